@@ -1,0 +1,150 @@
+"""Flags with defaults that work, YAML presets that only set flags, and the checks that turn bad input
+into one line (exit code 2). The resolved config is saved with the run and inside every checkpoint."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import yaml
+
+from engine.errors import UsageError
+
+# Per-method defaults (used where a flag is not given): the papers' ImageNet settings, lr per 256 images.
+METHOD_DEFAULTS = {
+    "simclr": dict(lr=0.3, wd=1e-6, optimizer="lars", temperature=0.2, proj_hidden=2048, proj_dim=128),
+    "moco": dict(lr=0.03, wd=1e-4, optimizer="sgd", temperature=0.2, proj_hidden=2048, proj_dim=128,
+                 ema=0.99, queue_size=65536),
+    "byol": dict(lr=0.2, wd=1.5e-6, optimizer="lars", proj_hidden=4096, proj_dim=256, pred_hidden=4096,
+                 ema=0.996),
+    "simsiam": dict(lr=0.05, wd=1e-4, optimizer="sgd", proj_hidden=2048, proj_dim=2048, pred_hidden=512),
+}
+MODEL_KEYS = ("arch", "small_stem", "stem_stride", "temperature", "proj_hidden", "proj_dim", "pred_hidden",
+              "queue_size")
+
+
+def parser_error_one_line(p: argparse.ArgumentParser):
+    """argparse prints usage + error; we print one line and exit 2."""
+    def error(msg):
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {msg} (see --help)", file=sys.stderr)
+        sys.exit(2)
+    p.error = error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Self-supervised pre-training (SimCLR, MoCo v2, BYOL, SimSiam).")
+    parser_error_one_line(p)
+    a = p.add_argument
+    a("--config", help="YAML preset: keys are flag names (dashes or underscores); flags given win")
+    a("--loader", default="torch", help="torch | synthetic | ffcv | dali")
+    a("--method", default="simclr", help="simclr | moco | byol | simsiam")
+    a("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | cifar10 | stl10")
+    a("--data", default=None, help="dataset root (fashion-mnist: /usr/share/datasets/fashion-mnist)")
+    a("--subset", type=int, default=0, help="train on a fixed random subset of N images (0: all)")
+    a("--arch", default="resnet18", help="resnet10 | resnet18 | resnet34 | resnet50")
+    a("--small-stem", action=argparse.BooleanOptionalAction, default=None,
+      help="3x3 first conv, no max-pool (default: on when --res <= 96)")
+    a("--stem-stride", type=int, default=1)
+    a("--res", type=int, default=None, help="crop size (default: 224, 28 for fashion-mnist, 32/96 CIFAR/STL)")
+    a("--epochs", type=int, default=100)
+    a("--batch-size", type=int, default=256, help="global batch size, split over ranks")
+    a("--lr", type=float, default=None, help="base learning rate per 256 images (scaled linearly)")
+    a("--wd", type=float, default=None)
+    a("--optimizer", default=None, help="sgd | lars")
+    a("--warmup-epochs", type=float, default=10)
+    a("--ema", type=float, default=None, help="momentum-encoder momentum (MoCo: constant; BYOL: base of cosine)")
+    a("--temperature", type=float, default=None)
+    a("--proj-hidden", type=int, default=None)
+    a("--proj-dim", type=int, default=None)
+    a("--pred-hidden", type=int, default=None)
+    a("--queue-size", type=int, default=None)
+    a("--recipe", default=None, help="augmentation recipe: simclr | byol (default: the method's)")
+    a("--out", default="runs/default")
+    a("--resume", default=None, help="checkpoint to resume from ('auto': OUT/last.pt if it exists)")
+    a("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPU, off on CPU)")
+    a("--compile", action="store_true", help="torch.compile the backbone and heads")
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(default: on GPU)")
+    a("--device", default="auto", help="auto | cpu | cuda")
+    a("--seed", type=int, default=0)
+    a("--workers", type=int, default=None, help="loader workers per rank (default: cores / ranks, <= 8)")
+    a("--knn-every", type=int, default=10, help="kNN monitor every N epochs (and at the end); 0: only at end")
+    a("--knn-k", type=int, default=200)
+    a("--knn-train", type=int, default=0, help="kNN monitor: training images used (0: all)")
+    a("--knn-test", type=int, default=0, help="kNN monitor: test images used (0: all)")
+    a("--knn-random-init", action="store_true", help="also report kNN of the encoder at random init")
+    a("--log-every", type=int, default=10)
+    a("--no-progress", action="store_true")
+    return p
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise UsageError(f"--config {args.config}: no such file")
+        with open(args.config) as f:
+            preset = yaml.safe_load(f) or {}
+        dests = {a.dest for a in p._actions}
+        preset = {k.replace("-", "_"): v for k, v in preset.items()}
+        unknown = sorted(set(preset) - dests)
+        if unknown:
+            raise UsageError(f"--config {args.config}: unknown keys {unknown}")
+        p.set_defaults(**preset)
+        args = p.parse_args(argv)
+    return resolve(args)
+
+
+def resolve(args):
+    from loaders import LOADERS
+    from models.backbones import ARCHS
+    from models.methods import METHODS
+    for flag, val, choices in (("--loader", args.loader, LOADERS), ("--method", args.method, METHODS),
+                               ("--arch", args.arch, ARCHS), ("--amp", args.amp, (None, "bf16", "fp16", "off")),
+                               ("--device", args.device, ("auto", "cpu", "cuda")),
+                               ("--optimizer", args.optimizer, (None, "sgd", "lars")),
+                               ("--recipe", args.recipe, (None, "simclr", "byol"))):
+        if val not in choices:
+            raise UsageError(f"{flag} {val}: unknown (choose from {', '.join(c for c in choices if c)})")
+    for k, v in METHOD_DEFAULTS[args.method].items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if args.res is None:
+        args.res = {"fashion-mnist": 28, "cifar10": 32, "stl10": 96}.get(args.dataset, 224)
+    if args.small_stem is None:
+        args.small_stem = args.res <= 96
+    if args.epochs < 1 or args.batch_size < 2:
+        raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
+    return args
+
+
+def resolve_device(args) -> torch.device:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is visible (use --device cpu)")
+    dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    dev = "cpu" if dev == "auto" else dev
+    if args.amp is None:
+        args.amp = "bf16" if dev == "cuda" else "off"
+    if args.amp == "fp16" and dev == "cpu":
+        raise UsageError("--amp fp16 needs a GPU (fp16 + GradScaler); on CPU use --amp bf16 or off")
+    if args.channels_last is None:
+        args.channels_last = dev == "cuda"
+    return torch.device(dev)
+
+
+def check_world(args, world: int):
+    if args.batch_size % world:
+        raise UsageError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
+    if args.workers is None:
+        args.workers = max(1, min(8, (os.cpu_count() or 2) // world))
+
+
+def model_kwargs(cfg: dict) -> dict:
+    return {k: cfg[k] for k in MODEL_KEYS if cfg.get(k) is not None}
+
+
+def build_model_from_config(cfg: dict):
+    from models.methods import build_method
+    return build_method(cfg["method"], **model_kwargs(cfg))

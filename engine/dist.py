@@ -1,0 +1,84 @@
+"""One distributed path (as DINO's init_distributed_mode): torchrun, one GPU and a CPU run all go through
+here; without torchrun's variables nothing is initialised and every collective is a no-op."""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def init(device_kind: str) -> tuple[int, int, int]:
+    """-> (rank, world, local_rank). NCCL on GPUs, gloo on CPUs."""
+    if "RANK" not in os.environ or dist.is_initialized():
+        return rank(), world(), int(os.environ.get("LOCAL_RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device_kind == "cuda":
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    return dist.get_rank(), dist.get_world_size(), local
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier():
+    if active():
+        dist.barrier()
+
+
+def cleanup():
+    if active():
+        dist.destroy_process_group()
+
+
+@torch.no_grad()
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x from every rank along dim 0 (equal shapes), no gradient."""
+    if not active():
+        return x
+    out = [torch.empty_like(x) for _ in range(world())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = [torch.empty_like(x) for _ in range(world())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, g):
+        # d(sum of every rank's loss)/d(my slice): sum the gathered gradients over ranks, keep my slice.
+        g = g.contiguous()
+        dist.all_reduce(g)
+        return g.chunk(world())[rank()]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """all_gather whose backward sends each rank the gradient of its own slice (SimCLR's global batch)."""
+    return _GatherWithGrad.apply(x) if active() and world() > 1 else x
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    if active():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= world()
+    return x

@@ -1,0 +1,197 @@
+"""Per-sample random augmentation as batched tensor ops on the training device.
+
+Every op draws its parameters per sample (not once per batch) and is written to equal torchvision's
+functional op on the same image with the same parameters (tests/test_augment.py checks each one).
+Ops that apply with probability p are computed for the whole batch and selected with torch.where:
+no data-dependent indexing, so no host/device sync in the step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from loaders.batch import Batch, RawBatch
+
+GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+
+
+@dataclass(frozen=True)
+class ViewAug:
+    """One view's recipe. crop_scale is used by the loaders (random-resized crop while decoding)."""
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip: float = 0.5
+    jitter: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    gray: float = 0.2
+    blur: float = 0.5
+    sigma: tuple[float, float] = (0.1, 2.0)
+    solarize: float = 0.0
+
+
+# SimCLR/MoCo v2/SimSiam: two identical distributions (MoCo v2's jitter strengths, as SimSiam uses).
+# BYOL (Grill et al. 2020, Table 6): asymmetric blur (1.0 / 0.1) and solarize (0 / 0.2), saturation 0.2.
+RECIPES: dict[str, tuple[ViewAug, ...]] = {
+    "simclr": (ViewAug(), ViewAug()),
+    "byol": (ViewAug(saturation=0.2, blur=1.0), ViewAug(saturation=0.2, blur=0.1, solarize=0.2)),
+    "none": (ViewAug(crop_scale=(1.0, 1.0), flip=0, jitter=0, gray=0, blur=0),) * 2,
+}
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """[..., 3, H, W] -> [..., 1, H, W] luma."""
+    r, g, b = x.unbind(-3)
+    return (GRAY[0] * r + GRAY[1] * g + GRAY[2] * b).unsqueeze(-3)
+
+
+def _col(f: torch.Tensor) -> torch.Tensor:
+    return f.view(-1, 1, 1, 1)
+
+
+def _blend(x, ref, f):
+    return (_col(f) * x + (1 - _col(f)) * ref).clamp(0, 1)
+
+
+def brightness(x, f):
+    return _blend(x, torch.zeros_like(x), f)
+
+
+def contrast(x, f):
+    return _blend(x, grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), f)
+
+
+def saturation(x, f):
+    return _blend(x, grayscale(x), f)
+
+
+def hue(x, f):
+    """Shift hue by f (in turns) per sample: RGB -> HSV -> RGB with torchvision's conventions."""
+    r, g, b = x.unbind(-3)
+    maxc, minc = x.amax(-3), x.amin(-3)
+    eqc = maxc == minc
+    cr = maxc - minc
+    s = cr / torch.where(eqc, torch.ones_like(maxc), maxc)
+    crd = torch.where(eqc, torch.ones_like(cr), cr)
+    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+    h = ((maxc == r) * (bc - gc) + ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+         + ((maxc != g) & (maxc != r)) * (4.0 + gc - rc))
+    h = torch.fmod(h / 6.0 + 1.0, 1.0)
+    h = torch.remainder(h + f.view(-1, 1, 1), 1.0)
+    # HSV -> RGB in closed form: channel n in (5, 3, 1) is v - v*s*clamp(min(k, 4-k), 0, 1), k=(n+6h) mod 6.
+    h6 = h.unsqueeze(-3) * 6.0
+    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + h6, 6.0)
+    w = torch.minimum(k, 4.0 - k).clamp(0, 1)
+    v, s = maxc.unsqueeze(-3), s.unsqueeze(-3)
+    return (v - v * s * w).clamp(0, 1)
+
+
+def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
+    """[B] sigmas -> [B, size] normalized 1-D kernels (torchvision's _get_gaussian_kernel1d)."""
+    half = (size - 1) * 0.5
+    t = torch.linspace(-half, half, size, device=sigma.device)
+    pdf = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    return pdf / pdf.sum(1, keepdim=True)
+
+
+def blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
+    """Separable gaussian blur, one sigma per sample, reflect padding (as torchvision)."""
+    B, C, H, W = x.shape
+    k = gaussian_kernels(sigma, size).repeat_interleave(C, 0)  # [B*C, size]
+    y = F.pad(x.reshape(1, B * C, H, W), [size // 2] * 4, mode="reflect")
+    y = F.conv2d(y, k.view(B * C, 1, size, 1).to(y.dtype), groups=B * C)
+    y = F.conv2d(y, k.view(B * C, 1, 1, size).to(y.dtype), groups=B * C)
+    return y.view(B, C, H, W)
+
+
+def solarize(x, threshold=0.5):
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
+def blur_size(res: int) -> int:
+    """10% of the side, odd (SimCLR: 23 px at 224), at least 3."""
+    k = max(3, int(0.1 * res))
+    return k if k % 2 else k + 1
+
+
+def _uniform(n, lo, hi, device):
+    return torch.rand(n, device=device) * (hi - lo) + lo
+
+
+def _coin(n, p, device):
+    return torch.rand(n, device=device) < p
+
+
+def jitter_params(n: int, aug: ViewAug, device) -> dict[str, torch.Tensor]:
+    """ColorJitter.get_params per sample: factors and a random order of the four ops."""
+    return dict(
+        factors=torch.stack([
+            _uniform(n, max(0.0, 1 - aug.brightness), 1 + aug.brightness, device),
+            _uniform(n, max(0.0, 1 - aug.contrast), 1 + aug.contrast, device),
+            _uniform(n, max(0.0, 1 - aug.saturation), 1 + aug.saturation, device),
+            _uniform(n, -aug.hue, aug.hue, device)], 1),
+        order=torch.rand(n, 4, device=device).argsort(1),
+    )
+
+
+JITTER_OPS = (brightness, contrast, saturation, hue)
+
+
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Apply the four ops in each sample's own order: at slot s, sample b gets op order[b, s]."""
+    for slot in range(4):
+        out = x
+        for o, op in enumerate(JITTER_OPS):
+            sel = (order[:, slot] == o).view(-1, 1, 1, 1)
+            out = torch.where(sel, op(x, factors[:, o]), out)
+        x = out
+    return x
+
+
+def augment_view(u8: torch.Tensor, aug: ViewAug) -> torch.Tensor:
+    """uint8 [B, C, H, W] (C = 1 or 3) -> float [B, 3, H, W] in [0, 1], randomly augmented per sample."""
+    B, dev = u8.shape[0], u8.device
+    x = u8.float().div_(255)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if aug.flip > 0:
+        x = torch.where(_coin(B, aug.flip, dev).view(-1, 1, 1, 1), x.flip(-1), x)
+    if aug.jitter > 0:
+        p = jitter_params(B, aug, dev)
+        x = torch.where(_coin(B, aug.jitter, dev).view(-1, 1, 1, 1), color_jitter(x, **p), x)
+    if aug.gray > 0:
+        x = torch.where(_coin(B, aug.gray, dev).view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+    if aug.blur > 0:
+        sig = _uniform(B, *aug.sigma, dev)
+        x = torch.where(_coin(B, aug.blur, dev).view(-1, 1, 1, 1), blur(x, sig, blur_size(x.shape[-1])), x)
+    if aug.solarize > 0:
+        x = torch.where(_coin(B, aug.solarize, dev).view(-1, 1, 1, 1), solarize(x), x)
+    return x
+
+
+class DeviceAugment:
+    """The shared device stage: RawBatch (uint8 crops) -> Batch (augmented, normalized float views)."""
+
+    def __init__(self, recipe, mean, std, channels_last: bool = False):
+        self.recipe = tuple(recipe)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        m, s = self.mean.to(x.device), self.std.to(x.device)
+        return ((x - m) / s).contiguous(memory_format=self.memory_format)
+
+    def __call__(self, raw: RawBatch) -> Batch:
+        if raw.views.shape[0] != len(self.recipe):
+            raise ValueError(f"loader gave {raw.views.shape[0]} views, recipe has {len(self.recipe)}")
+        views = torch.stack([self.normalize(augment_view(v, a)) for v, a in zip(raw.views, self.recipe)])
+        return Batch(views=views, index=raw.index, label=raw.label)
+
+    def plain(self, u8: torch.Tensor) -> torch.Tensor:
+        """No augmentation (evaluation): uint8 [B, C, H, W] -> normalized float [B, 3, H, W]."""
+        x = u8.float().div_(255)
+        return self.normalize(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)

@@ -1,0 +1,44 @@
+"""The one batch contract every loader back end yields (DESIGN.md, "Every back end yields the same Batch").
+
+Shapes and dtypes, declared once like an FFCV operation's output:
+  views  float [V, B, C, H, W]  augmented + normalized, on the training device (channels_last per view
+                                when the run uses it)
+  index  int64 [B]              real sample indices into the training set (never fakes: SePP needs them)
+  label  int64 [B]              class labels, -1 where the dataset has none
+  mix    Mix | None             BSIM mixtures (loaders/mix.py), made on the device from views[0]
+  pos    int64 [B] | None       in-batch position of each sample's mined semantic positive, -1 for none
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Mix:
+    images: torch.Tensor   # float [B, C, H, W]: lam * x_i + (1 - lam) * x_partner (or a cutmix paste)
+    partner: torch.Tensor  # int64 [B]: in-batch index j of the second source, never i itself
+    lam: torch.Tensor      # float32 [B]: weight of the first source (for cutmix: the area actually kept)
+
+
+@dataclass
+class Batch:
+    views: torch.Tensor
+    index: torch.Tensor
+    label: torch.Tensor
+    mix: Mix | None = None
+    pos: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return self.views.shape[1]
+
+
+@dataclass
+class RawBatch:
+    """What a back end hands to the shared device stage: uint8 crops [V, B, C, H, W] already on the device
+    (C is 1 for grayscale sources; the device stage expands to 3), before colour augmentation."""
+    views: torch.Tensor
+    index: torch.Tensor
+    label: torch.Tensor

@@ -1,0 +1,167 @@
+"""Image sources on disk: Fashion-MNIST (Debian idx files or torchvision raw layout), ImageFolder/ImageNet
+layout, CIFAR-10 and STL-10 (torchvision layouts, when present). Nothing is downloaded.
+
+A source gives `load(i) -> (uint8 tensor [C, H, W], label)`, `len()`, `labels` (np.int64 [N]),
+`num_classes`, and the normalization constants of the dataset.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.errors import UsageError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+
+
+class DataError(RuntimeError):
+    """A file that cannot be read (corrupt image, truncated file): the message names it."""
+
+
+@dataclass
+class ArraySource:
+    """Images held in memory as uint8 [N, H, W] or [N, H, W, C]."""
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    mean: tuple
+    std: tuple
+    name: str
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, i: int):
+        a = torch.from_numpy(self.images[i])
+        return (a.unsqueeze(0) if a.ndim == 2 else a.permute(2, 0, 1)), int(self.labels[i])
+
+
+class FolderSource:
+    """ImageFolder layout: root/<class>/<image>. Decodes with torchvision.io (libjpeg-turbo) on the CPU."""
+
+    def __init__(self, root: str):
+        classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+        self.files, labels = [], []
+        for c, name in enumerate(classes):
+            for dirpath, _, names in sorted(os.walk(os.path.join(root, name))):
+                for f in sorted(names):
+                    if f.lower().endswith(IMAGE_EXT):
+                        self.files.append(os.path.join(dirpath, f))
+                        labels.append(c)
+        if not self.files:
+            raise UsageError(f"--data {root}: no images found (expected {root}/<class>/<image>.jpg)")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classes, self.num_classes = classes, len(classes)
+        self.mean, self.std, self.name = IMAGENET_MEAN, IMAGENET_STD, "imagefolder"
+
+    def __len__(self):
+        return len(self.files)
+
+    def load(self, i: int):
+        from torchvision.io import ImageReadMode, decode_image, read_file
+        path = self.files[i]
+        try:
+            return decode_image(read_file(path), mode=ImageReadMode.RGB), int(self.labels[i])
+        except Exception as e:  # torchvision raises RuntimeError for corrupt/truncated data
+            raise DataError(f"cannot decode {path}: {str(e).splitlines()[0]} "
+                            f"(remove it, or list bad files with: python -m loaders.prepare --check --data DIR)")
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An idx file (optionally gzipped), as used by (Fashion-)MNIST."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise DataError(f"{path}: not an idx file of uint8")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * k:8 + 4 * k], "big") for k in range(ndim))
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise DataError(f"{path}: truncated idx file ({arr.size} of {int(np.prod(shape))} values)")
+    return arr.reshape(shape).copy()  # writable, so torch.from_numpy does not warn
+
+
+def _find_idx(root: str, stem: str) -> str | None:
+    for d in (root, os.path.join(root, "raw"), os.path.join(root, "FashionMNIST", "raw")):
+        for ext in ("", ".gz"):
+            p = os.path.join(d, stem + ext)
+            if os.path.isfile(p):
+                return p
+    return None
+
+
+def fashion_mnist(root: str, train: bool) -> ArraySource:
+    split = "train" if train else "t10k"
+    img, lab = _find_idx(root, f"{split}-images-idx3-ubyte"), _find_idx(root, f"{split}-labels-idx1-ubyte")
+    if img is None or lab is None:
+        raise UsageError(f"--data {root}: no Fashion-MNIST idx files ({split}-images-idx3-ubyte[.gz]); "
+                         f"on Debian: apt-get install dataset-fashion-mnist")
+    return ArraySource(read_idx(img), read_idx(lab).astype(np.int64), 10, (0.286,) * 3, (0.353,) * 3,
+                       "fashion-mnist")
+
+
+def cifar10(root: str, train: bool) -> ArraySource:
+    from torchvision.datasets import CIFAR10
+    try:
+        ds = CIFAR10(root, train=train, download=False)
+    except RuntimeError:
+        raise UsageError(f"--data {root}: no CIFAR-10 (expected {root}/cifar-10-batches-py)")
+    return ArraySource(ds.data, np.asarray(ds.targets, np.int64), 10, (0.491, 0.482, 0.447),
+                       (0.247, 0.243, 0.262), "cifar10")
+
+
+def stl10(root: str, train: bool) -> ArraySource:
+    from torchvision.datasets import STL10
+    try:
+        ds = STL10(root, split="train+unlabeled" if train else "test", download=False)
+    except RuntimeError:
+        raise UsageError(f"--data {root}: no STL-10 (expected {root}/stl10_binary)")
+    return ArraySource(ds.data.transpose(0, 2, 3, 1), ds.labels.astype(np.int64), 10,
+                       (0.441, 0.428, 0.387), (0.268, 0.261, 0.269), "stl10")
+
+
+def folder(root: str, train: bool) -> FolderSource:
+    sub = os.path.join(root, "train" if train else "val")
+    return FolderSource(sub if os.path.isdir(sub) else root)
+
+
+DATASETS = {"fashion-mnist": fashion_mnist, "imagefolder": folder, "cifar10": cifar10, "stl10": stl10}
+DEFAULT_DATA = {"fashion-mnist": FASHION_DIR}
+
+
+def open_source(dataset: str, root: str | None, train: bool = True, subset: int = 0, seed: int = 0):
+    """The dataset named by --dataset at --data; a fixed random subset of `subset` samples if > 0."""
+    if dataset not in DATASETS:
+        raise UsageError(f"--dataset {dataset}: unknown (choose from {', '.join(DATASETS)})")
+    root = root or DEFAULT_DATA.get(dataset)
+    if not root:
+        raise UsageError(f"--dataset {dataset} needs --data DIR")
+    if not os.path.isdir(root):
+        raise UsageError(f"--data {root}: no such directory")
+    src = DATASETS[dataset](root, train)
+    if len(src) == 0:
+        raise UsageError(f"--data {root}: the {dataset} {'train' if train else 'test'} split is empty")
+    return Subset(src, subset, seed) if 0 < subset < len(src) else src
+
+
+class Subset:
+    """A fixed, seeded random subset (indices are renumbered 0..n-1: they are the training set)."""
+
+    def __init__(self, src, n: int, seed: int):
+        self.src = src
+        self.keep = np.sort(np.random.default_rng(seed).permutation(len(src))[:n])
+        self.labels = np.asarray(src.labels)[self.keep]
+        self.num_classes, self.mean, self.std, self.name = src.num_classes, src.mean, src.std, src.name
+
+    def __len__(self):
+        return len(self.keep)
+
+    def load(self, i: int):
+        return self.src.load(int(self.keep[i]))

@@ -1,0 +1,32 @@
+"""The `synthetic` back end: random uint8 views made once on the device and replayed. It costs nothing
+to produce, so a run on it measures the compute ceiling of the step (augmentation included)."""
+from __future__ import annotations
+
+import torch
+
+from loaders.augment import DeviceAugment
+from loaders.batch import RawBatch
+
+
+class SyntheticLoader:
+    def __init__(self, n, res, views, batch_size, device, augment: DeviceAugment, rank=0, world=1, seed=0,
+                 num_classes=10, pool=4):
+        g = torch.Generator(device="cpu").manual_seed(seed + rank)
+        self.steps = max(1, n // (batch_size * world))
+        self.augment, self.B = augment, batch_size
+        self.pool = [(torch.randint(0, 256, (views, batch_size, 3, res, res), dtype=torch.uint8, generator=g),
+                      torch.randint(0, num_classes, (batch_size,), generator=g)) for _ in range(pool)]
+        self.pool = [(v.to(device), y.to(device)) for v, y in self.pool]
+        self.base = torch.arange(batch_size, device=device) + rank * batch_size
+
+    def set_epoch(self, epoch: int):
+        pass
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        for s in range(self.steps):
+            views, label = self.pool[s % len(self.pool)]
+            index = (self.base + s * self.B * (len(self.base) and 1)) % max(1, self.steps * self.B)
+            yield self.augment(RawBatch(views, index, label))

@@ -1,0 +1,77 @@
+"""The `torch` back end: a source on disk -> torch DataLoader workers that decode each image once and take
+V random-resized crops of it (uint8) -> the device -> the shared device augmentation. Works anywhere."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import DataLoader, Dataset
+
+from loaders.augment import DeviceAugment
+from loaders.batch import RawBatch
+from loaders.crops import rrc_params, sample_rng
+from loaders.order import epoch_permutation, num_steps, rank_batches
+
+
+class MultiCrop(Dataset):
+    """Item (index, epoch) -> (uint8 [V, C, res, res], index, label): one decode, V crops."""
+
+    def __init__(self, source, res: int, scales, seed: int):
+        self.source, self.res, self.scales, self.seed = source, res, tuple(scales), seed
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, item):
+        i, epoch = item
+        img, label = self.source.load(int(i))
+        rng = sample_rng(self.seed, epoch, int(i))
+        H, W = img.shape[-2:]
+        crops = []
+        for scale in self.scales:
+            t, l, h, w = rrc_params(rng, H, W, scale)
+            crops.append(TF.resized_crop(img, t, l, h, w, [self.res, self.res], antialias=True))
+        return torch.stack(crops), int(i), label
+
+
+class EpochBatches:
+    """Batch sampler: this rank's batches of the current epoch, each item tagged with the epoch. `plan`
+    (mining/sampler.py) may replace the global order of an epoch."""
+
+    def __init__(self, n, batch, rank, world, seed, drop_last):
+        self.n, self.batch, self.rank, self.world, self.seed, self.drop_last = n, batch, rank, world, seed, drop_last
+        self.epoch, self.plan = 0, None
+
+    def order(self) -> np.ndarray:
+        return self.plan(self.epoch) if self.plan else epoch_permutation(self.n, self.seed, self.epoch)
+
+    def __iter__(self):
+        for b in rank_batches(self.order(), self.batch, self.rank, self.world, self.drop_last):
+            yield [(int(i), self.epoch) for i in b]
+
+    def __len__(self):
+        return num_steps(self.n, self.batch, self.world, self.drop_last)
+
+
+class TorchLoader:
+    def __init__(self, source, res, recipe, batch_size, device, augment: DeviceAugment, rank=0, world=1,
+                 seed=0, workers=4, drop_last=True):
+        self.source, self.device, self.augment = source, torch.device(device), augment
+        self.sampler = EpochBatches(len(source), batch_size, rank, world, seed, drop_last)
+        pin = self.device.type == "cuda"
+        self.loader = DataLoader(MultiCrop(source, res, [a.crop_scale for a in recipe], seed),
+                                 batch_sampler=self.sampler, num_workers=workers, pin_memory=pin,
+                                 persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+
+    def set_epoch(self, epoch: int):
+        self.sampler.epoch = epoch
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        for views, index, label in self.loader:
+            nb = self.device.type == "cuda"
+            raw = RawBatch(views.to(self.device, non_blocking=nb).transpose(0, 1),
+                           index.to(self.device, non_blocking=nb), label.to(self.device, non_blocking=nb))
+            yield self.augment(raw)

@@ -1,0 +1,63 @@
+"""What the four methods share: the online encoder, an optional momentum copy, fp32 losses."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from models.backbones import build_backbone
+
+
+class Method(nn.Module):
+    concat_views = False   # forward V views as one batch (BN statistics over all views) or one by one
+    sync_bn = False        # convert BN to SyncBatchNorm under multi-GPU DDP (global-batch statistics)
+    momentum_encoder = False
+    recipe = "simclr"      # augmentation recipe (loaders/augment.py RECIPES)
+
+    def __init__(self, arch="resnet18", small_stem=False, stem_stride=1, **_):
+        super().__init__()
+        self.backbone, self.feat_dim = build_backbone(arch, small_stem, stem_stride)
+
+    def make_target(self, *modules: nn.Module) -> nn.ModuleList:
+        """A frozen copy (momentum / target encoder), updated only by momentum_update."""
+        t = nn.ModuleList(copy.deepcopy(m) for m in modules)
+        for p in t.parameters():
+            p.requires_grad_(False)
+        return t
+
+    def online_target_pairs(self):
+        return []
+
+    @torch.no_grad()
+    def momentum_update(self, m: float):
+        """target <- m * target + (1 - m) * online (MoCo, BYOL); BN buffers are copied."""
+        for online, target in self.online_target_pairs():
+            for po, pt in zip(online.parameters(), target.parameters()):
+                pt.mul_(m).add_(po.detach(), alpha=1 - m)
+            for bo, bt in zip(online.buffers(), target.buffers()):
+                bt.copy_(bo)
+
+    def encode_views(self, views: torch.Tensor, *fns) -> list[torch.Tensor]:
+        """Apply fns in sequence to every view ([V, B, ...]): concatenated or one by one (concat_views)."""
+        V = views.shape[0]
+        if self.concat_views:
+            x = views.flatten(0, 1)
+            for f in fns:
+                x = f(x)
+            return list(x.chunk(V))
+        out = []
+        for v in views:
+            for f in fns:
+                v = f(v)
+            out.append(v)
+        return out
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features for evaluation (kNN, linear probe)."""
+        return self.backbone(x)
+
+
+def fp32(device_type: str):
+    """Losses run outside autocast, in float32."""
+    return torch.autocast(device_type, enabled=False)

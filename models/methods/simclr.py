@@ -1,0 +1,42 @@
+"""SimCLR (Chen et al. 2020): NT-Xent over the global batch of 2N views, positives found by sample index."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine import dist
+from models.heads import mlp
+from models.losses import info_nce
+from models.methods.base import Method, fp32
+
+
+def nt_xent(z: torch.Tensor, ids: torch.Tensor, temperature: float, pos_ids: torch.Tensor | None = None):
+    """z [N, D] this rank's normalized views, ids [N] their sample indices. Keys: every rank's views (with
+    gradient). Positives: the other views of the same sample, plus views of pos_ids (semantic positives,
+    -1 = none). Self-similarity is excluded from the denominator (2N-1 terms, eq. 1 of the paper)."""
+    k, kid = dist.gather_with_grad(z), dist.all_gather(ids)
+    n = z.shape[0]
+    self_mask = torch.zeros(n, k.shape[0], dtype=torch.bool, device=z.device)
+    self_mask[torch.arange(n), dist.rank() * n + torch.arange(n)] = True
+    pos = (ids[:, None] == kid[None, :]) & ~self_mask
+    if pos_ids is not None:
+        pos |= (pos_ids[:, None] == kid[None, :]) & (pos_ids[:, None] >= 0)
+    return info_nce(z, k, pos, temperature, exclude=self_mask)
+
+
+class SimCLR(Method):
+    concat_views = True   # one forward of all 2N views: BN statistics over the whole batch, as the paper
+    sync_bn = True        # ... and global BN across devices
+
+    def __init__(self, proj_hidden=2048, proj_dim=128, temperature=0.2, **kw):
+        super().__init__(**kw)
+        self.projector = mlp(self.feat_dim, proj_hidden, proj_dim, 2)
+        self.temperature = temperature
+
+    def forward(self, batch):
+        V = batch.views.shape[0]
+        z = self.encode_views(batch.views, self.backbone, self.projector)
+        with fp32(z[0].device.type):
+            z = F.normalize(torch.cat(z).float(), dim=1)
+            loss = nt_xent(z, batch.index.repeat(V), self.temperature)
+        return {"loss": loss}

@@ -1,0 +1,21 @@
+"""SimSiam (Chen & He 2021): predictor + stop-gradient, no momentum encoder, no negatives."""
+from __future__ import annotations
+
+from models.heads import mlp
+from models.losses import neg_cosine
+from models.methods.base import Method, fp32
+
+
+class SimSiam(Method):
+    def __init__(self, proj_hidden=2048, proj_dim=2048, pred_hidden=512, **kw):
+        super().__init__(**kw)
+        self.projector = mlp(self.feat_dim, proj_hidden, proj_dim, 3, last_bn=True)
+        self.predictor = mlp(proj_dim, pred_hidden, proj_dim, 2)
+
+    def forward(self, batch):
+        z = self.encode_views(batch.views, self.backbone, self.projector)
+        p = [self.predictor(x) for x in z]
+        with fp32(p[0].device.type):
+            # eq. 2: L = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2
+            loss = 0.5 * (neg_cosine(p[0], z[1]).mean() + neg_cosine(p[1], z[0]).mean())
+        return {"loss": loss}

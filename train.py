@@ -1,0 +1,181 @@
+"""Self-supervised pre-training, one process or `torchrun --nproc_per_node=N train.py ...`.
+
+    python train.py --method simclr --dataset fashion-mnist --epochs 10 --out runs/simclr
+    torchrun --nproc_per_node=8 train.py --config configs/imagenet_moco_r50.yaml --data /data/imagenet
+
+Reads top to bottom: set-up, data, model, optimizer, schedules, resume, then for epoch / for batch:
+forward under autocast, loss, backward, step, momentum update, log; a checkpoint every epoch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine import ckpt, config, dist
+from engine.errors import UsageError, cli_main
+from engine.log import RunLog, Throughput
+from engine.optim import build_optimizer
+from engine.sched import momentum_schedule, warmup_cosine
+from eval.knn import knn_accuracy
+from loaders import build_loader
+from loaders.augment import RECIPES
+from loaders.datasets import open_source
+from models.methods import METHODS
+
+
+def seed_everything(seed: int, epoch: int, rank: int):
+    """Every epoch's random streams derive from (seed, epoch, rank): a resumed run replays them exactly."""
+    s = (seed * 1_000_003 + epoch * 10_007 + rank) % 2**31
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def knn_monitor(model, args, device, train_src, test_src, norm):
+    return knn_accuracy(model.backbone, train_src, test_src, args.res, norm, device, args.knn_k, 0.07,
+                        args.knn_train, args.knn_test, args.seed, workers=min(2, args.workers))
+
+
+@cli_main
+def main(argv=None):
+    # ---- set-up
+    args = config.parse(argv)
+    device = config.resolve_device(args)
+    rank, world, local = dist.init(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.backends.cudnn.benchmark = True
+    config.check_world(args, world)
+    main_rank = rank == 0
+    if main_rank:
+        os.makedirs(args.out, exist_ok=True)
+    if args.resume == "auto":
+        args.resume = os.path.join(args.out, "last.pt") if os.path.exists(os.path.join(args.out, "last.pt")) else None
+    seed_everything(args.seed, 0, rank)
+
+    # ---- data
+    train_src = open_source(args.dataset, args.data, True, args.subset, args.seed)
+    recipe = RECIPES[args.recipe or METHODS[args.method].recipe]
+    per_rank = args.batch_size // world
+    loader = build_loader(args.loader, train_src, recipe, args.res, per_rank, device, rank, world, args.seed,
+                          args.workers, args.channels_last)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise UsageError(f"{len(train_src)} training images make no batch of {args.batch_size}: lower --batch-size")
+
+    # ---- model
+    model = config.build_model_from_config(vars(args)).to(device)
+    random_init_state = {k: v.clone() for k, v in model.state_dict().items()} if args.knn_random_init else None
+    if world > 1 and device.type == "cuda" and model.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    # ---- optimizer, precision, schedules (per iteration)
+    opt = build_optimizer(args.optimizer, model, args.lr, args.wd)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    total = args.epochs * steps_per_epoch
+    lr_s = warmup_cosine(args.lr * args.batch_size / 256, 0.0, total, int(args.warmup_epochs * steps_per_epoch))
+    ema_s = momentum_schedule(args.ema, total) if args.method == "byol" else np.full(total, args.ema or 0.0)
+
+    # ---- resume
+    start_epoch = 0
+    if args.resume:
+        state = ckpt.load(args.resume)
+        if state.get("method") != args.method:
+            raise UsageError(f"--resume {args.resume}: a {state.get('method')} checkpoint, not {args.method}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+        if main_rank:
+            print(f"resumed from {args.resume} at epoch {start_epoch}", flush=True)
+
+    cfg = {k: v for k, v in vars(args).items()} | {"world": world, "git_sha": ckpt.git_sha()}
+    if main_rank:
+        with open(os.path.join(args.out, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=1)
+    if args.compile:
+        for m in model.children():
+            m.compile()
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    log = RunLog(args.out, main_rank)
+    test_src = open_source(args.dataset, args.data, False) if args.knn_every >= 0 else None
+    norm = loader.augment.plain if hasattr(loader, "augment") else None
+    if main_rank and random_init_state is not None and start_epoch == 0:
+        cur = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(random_init_state)
+        acc0 = knn_monitor(model, args, device, train_src, test_src, norm)
+        model.load_state_dict(cur)
+        print(f"kNN random init: {acc0:.2f}%", flush=True)
+        log.write("knn", {"epoch": 0, "knn_top1": acc0, "what": "random-init"}, 0)
+
+    # ---- train
+    meter = Throughput()
+    for epoch in range(start_epoch, args.epochs):
+        seed_everything(args.seed, epoch, rank)
+        loader.set_epoch(epoch)
+        model.train()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not main_rank
+                   or args.no_progress, dynamic_ncols=True, file=sys.stdout)
+        epoch_loss, it, t_wait = 0.0, 0, time.perf_counter()
+        for it, batch in enumerate(loader):
+            meter.waited(time.perf_counter() - t_wait, batch.size * world)
+            step = epoch * steps_per_epoch + it
+            for g in opt.param_groups:
+                g["lr"] = lr_s[step]
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = net(batch)
+            loss = out["loss"]
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if model.momentum_encoder:
+                model.momentum_update(float(ema_s[step]))
+            if it % args.log_every == 0 or it == steps_per_epoch - 1:
+                lv = dist.all_reduce_mean(loss.detach()).item()
+                if not math.isfinite(lv):
+                    raise UsageError(f"loss is {lv} at epoch {epoch + 1} step {it}: lower --lr, or try --amp off")
+                img_s, wait = meter.read()
+                log.write("train", {"step": step, "epoch": epoch, "loss": lv, "lr": lr_s[step], "img_s": img_s,
+                                    "data_wait": wait}, step)
+                bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{img_s:.0f}", wait=f"{wait:.0%}")
+            epoch_loss += loss.detach()
+            bar.update(1)
+            t_wait = time.perf_counter()
+        bar.close()
+        mean_loss = dist.all_reduce_mean(epoch_loss / max(1, it + 1)).item()
+
+        # ---- checkpoint (atomic), then the kNN monitor
+        if main_rank:
+            ckpt.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "scaler": scaler.state_dict(), "epoch": epoch + 1, "method": args.method,
+                              "rng": ckpt.rng_state(), "config": cfg}, os.path.join(args.out, "last.pt"))
+        row = {"epoch": epoch + 1, "loss": mean_loss, "knn_top1": ""}
+        last = epoch + 1 == args.epochs
+        if main_rank and test_src is not None and (last or (args.knn_every and (epoch + 1) % args.knn_every == 0)):
+            row["knn_top1"] = knn_monitor(model, args, device, train_src, test_src, norm)
+            log.write("knn", {"epoch": epoch + 1, "knn_top1": row["knn_top1"], "what": "trained"}, epoch + 1)
+        if main_rank:
+            log.write("epoch", row, epoch + 1)
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if v != ""),
+                  flush=True)
+        dist.barrier()
+    log.close()
+    dist.cleanup()
+    return row if start_epoch < args.epochs else None
+
+
+if __name__ == "__main__":
+    main()
