@@ -112,6 +112,7 @@ def main(argv=None):
     log = RunLog(args.out, main_rank)
     test_src = open_source(args.dataset, args.data, False) if args.knn_every >= 0 else None
     norm = loader.augment.plain if hasattr(loader, "augment") else None
+    acc0 = None
     if main_rank and random_init_state is not None and start_epoch == 0:
         cur = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(random_init_state)
@@ -122,6 +123,7 @@ def main(argv=None):
 
     # ---- train
     meter = Throughput()
+    run_images, run_time, run_wait = 0, 0.0, 0.0
     for epoch in range(start_epoch, args.epochs):
         seed_everything(args.seed, epoch, rank)
         loader.set_epoch(epoch)
@@ -129,8 +131,11 @@ def main(argv=None):
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not main_rank
                    or args.no_progress, dynamic_ncols=True, file=sys.stdout)
         epoch_loss, it, t_wait = 0.0, 0, time.perf_counter()
+        t_epoch = t_wait
         for it, batch in enumerate(loader):
             meter.waited(time.perf_counter() - t_wait, batch.size * world)
+            run_wait += time.perf_counter() - t_wait
+            run_images += batch.size * world
             step = epoch * steps_per_epoch + it
             for g in opt.param_groups:
                 g["lr"] = lr_s[step]
@@ -155,6 +160,7 @@ def main(argv=None):
             bar.update(1)
             t_wait = time.perf_counter()
         bar.close()
+        run_time += time.perf_counter() - t_epoch
         mean_loss = dist.all_reduce_mean(epoch_loss / max(1, it + 1)).item()
 
         # ---- checkpoint (atomic), then the kNN monitor
@@ -172,6 +178,11 @@ def main(argv=None):
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if v != ""),
                   flush=True)
         dist.barrier()
+    if main_rank and run_time > 0:
+        knn = f"kNN top-1 {row['knn_top1']:.2f}%" if row.get("knn_top1") != "" else "no kNN"
+        knn += f" (random init {acc0:.2f}%)" if acc0 is not None else ""
+        print(f"done: {knn}; {run_images / run_time:.0f} img/s, each as {len(recipe)} views, "
+              f"{run_wait / run_time:.0%} of the time waiting for data; checkpoint {args.out}/last.pt", flush=True)
     log.close()
     dist.cleanup()
     return row if start_epoch < args.epochs else None

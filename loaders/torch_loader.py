@@ -59,9 +59,13 @@ class TorchLoader:
         self.source, self.device, self.augment = source, torch.device(device), augment
         self.sampler = EpochBatches(len(source), batch_size, rank, world, seed, drop_last)
         pin = self.device.type == "cuda"
+        # Its own generator: creating an iterator must not draw from the global RNG, which the device
+        # augmentation uses (a resumed run creates its iterator at another point of that stream).
+        gen = torch.Generator().manual_seed(seed)
         self.loader = DataLoader(MultiCrop(source, res, [a.crop_scale for a in recipe], seed),
                                  batch_sampler=self.sampler, num_workers=workers, pin_memory=pin,
-                                 persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+                                 persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                                 generator=gen)
 
     def set_epoch(self, epoch: int):
         self.sampler.epoch = epoch

@@ -1,0 +1,74 @@
+"""Loader back ends keep the Batch contract; crops are regions of the source; epochs cover every index."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from loaders import build_loader
+from loaders.augment import RECIPES
+from loaders.crops import rrc_params, sample_rng
+from loaders.datasets import open_source
+from loaders.order import epoch_permutation, rank_batches
+from loaders.torch_loader import MultiCrop
+
+from tests.conftest import FASHION
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return open_source("fashion-mnist", FASHION, True, subset=300, seed=0)
+
+
+def test_fashion_mnist_reads_debian_idx_files():
+    train, test = open_source("fashion-mnist", FASHION, True), open_source("fashion-mnist", FASHION, False)
+    assert len(train) == 60000 and len(test) == 10000 and train.num_classes == 10
+    assert np.bincount(train.labels).tolist() == [6000] * 10
+    img, _ = train.load(0)
+    assert img.shape == (1, 28, 28) and img.dtype == torch.uint8 and img.float().std() > 10
+
+
+def test_views_are_crops_of_source_pil_reference(fashion):
+    """Each view equals PIL's crop + bilinear resize of the region the sample's generator drew."""
+    ds = MultiCrop(fashion, 24, [(0.2, 1.0), (0.2, 1.0)], seed=3)
+    for i in range(20):
+        views, idx, label = ds[(i, 5)]
+        src, y = fashion.load(i)
+        assert idx == i and label == y
+        rng = sample_rng(3, 5, i)
+        for v in views:
+            t, l, h, w = rrc_params(rng, 28, 28, (0.2, 1.0))
+            ref = Image.fromarray(src[0].numpy()).resize((24, 24), Image.BILINEAR, box=(l, t, l + w, t + h))
+            ref = torch.from_numpy(np.array(ref)).float()
+            corr = np.corrcoef(v[0].float().flatten(), ref.flatten())[0, 1]
+            assert corr > 0.97, (i, corr)
+        assert not torch.equal(views[0], views[1])
+
+
+def test_crops_depend_on_epoch_not_on_worker():
+    a = [rrc_params(sample_rng(0, 1, 7), 100, 80, (0.08, 1)) for _ in range(2)]
+    b = rrc_params(sample_rng(0, 2, 7), 100, 80, (0.08, 1))
+    assert a[0] == a[1] and a[0] != b
+
+
+@pytest.mark.parametrize("n,batch,world,drop", [(100, 8, 2, True), (100, 8, 2, False), (37, 5, 3, False)])
+def test_epoch_order_splits_ranks_disjointly(n, batch, world, drop):
+    order = epoch_permutation(n, 0, 4)
+    per_rank = [np.concatenate(rank_batches(order, batch, r, world, drop)) for r in range(world)]
+    seen = np.concatenate(per_rank)
+    assert len(np.unique(seen)) == len(seen)            # no duplicates across ranks
+    if not drop:
+        assert sorted(seen.tolist()) == list(range(n))  # every index once
+    else:
+        assert len(seen) == (n // (batch * world)) * batch * world
+
+
+@pytest.mark.parametrize("name", ["torch", "synthetic"])
+def test_loader_yields_the_batch_contract(fashion, name):
+    ld = build_loader(name, fashion, RECIPES["simclr"], 28, 32, "cpu", workers=0)
+    ld.set_epoch(0)
+    b = next(iter(ld))
+    assert b.views.shape == (2, 32, 3, 28, 28) and b.views.dtype == torch.float32
+    assert b.index.dtype == torch.int64 and b.label.dtype == torch.int64
+    if name == "torch":
+        assert torch.equal(b.label, torch.as_tensor(fashion.labels[b.index.numpy()]))
+        assert len(ld) == 300 // 32
