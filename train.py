@@ -28,6 +28,7 @@ from eval.knn import knn_accuracy
 from loaders import build_loader
 from loaders.augment import RECIPES
 from loaders.datasets import open_source
+from loaders.mix import MixSpec
 from models.methods import METHODS
 
 
@@ -65,8 +66,9 @@ def main(argv=None):
     train_src = open_source(args.dataset, args.data, True, args.subset, args.seed)
     recipe = RECIPES[args.recipe or METHODS[args.method].recipe]
     per_rank = args.batch_size // world
+    mix = MixSpec(args.bsim_mode, args.bsim_alpha) if args.bsim else None
     loader = build_loader(args.loader, train_src, recipe, args.res, per_rank, device, rank, world, args.seed,
-                          args.workers, args.channels_last)
+                          args.workers, args.channels_last, mix=mix)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise UsageError(f"{len(train_src)} training images make no batch of {args.batch_size}: lower --batch-size")
@@ -153,8 +155,10 @@ def main(argv=None):
                 if not math.isfinite(lv):
                     raise UsageError(f"loss is {lv} at epoch {epoch + 1} step {it}: lower --lr, or try --amp off")
                 img_s, wait = meter.read()
-                log.write("train", {"step": step, "epoch": epoch, "loss": lv, "lr": lr_s[step], "img_s": img_s,
-                                    "data_wait": wait}, step)
+                row = {"step": step, "epoch": epoch, "loss": lv, "lr": lr_s[step], "img_s": img_s, "data_wait": wait}
+                if "loss_mix" in out:
+                    row["loss_mix"] = dist.all_reduce_mean(out["loss_mix"]).item()
+                log.write("train", row, step)
                 bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{img_s:.0f}", wait=f"{wait:.0%}")
             epoch_loss += loss.detach()
             bar.update(1)

@@ -21,7 +21,7 @@ METHOD_DEFAULTS = {
     "simsiam": dict(lr=0.05, wd=1e-4, optimizer="sgd", proj_hidden=2048, proj_dim=2048, pred_hidden=512),
 }
 MODEL_KEYS = ("arch", "small_stem", "stem_stride", "temperature", "proj_hidden", "proj_dim", "pred_hidden",
-              "queue_size")
+              "queue_size", "bsim_weight")
 
 
 def parser_error_one_line(p: argparse.ArgumentParser):
@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--proj-dim", type=int, default=None)
     a("--pred-hidden", type=int, default=None)
     a("--queue-size", type=int, default=None)
+    a("--bsim", action="store_true", help="BSIM mixture views: add the joint-similarity mixture term")
+    a("--bsim-mode", default="mixup", help="mixup | cutmix | both")
+    a("--bsim-alpha", type=float, default=1.0, help="lam ~ Beta(alpha, alpha) per sample")
+    a("--bsim-weight", type=float, default=1.0, help="total = L_method + w * L_mix")
     a("--recipe", default=None, help="augmentation recipe: simclr | byol (default: the method's)")
     a("--out", default="runs/default")
     a("--resume", default=None, help="checkpoint to resume from ('auto': OUT/last.pt if it exists)")
@@ -105,7 +109,8 @@ def resolve(args):
                                ("--arch", args.arch, ARCHS), ("--amp", args.amp, (None, "bf16", "fp16", "off")),
                                ("--device", args.device, ("auto", "cpu", "cuda")),
                                ("--optimizer", args.optimizer, (None, "sgd", "lars")),
-                               ("--recipe", args.recipe, (None, "simclr", "byol"))):
+                               ("--recipe", args.recipe, (None, "simclr", "byol")),
+                               ("--bsim-mode", args.bsim_mode, ("mixup", "cutmix", "both"))):
         if val not in choices:
             raise UsageError(f"{flag} {val}: unknown (choose from {', '.join(c for c in choices if c)})")
     for k, v in METHOD_DEFAULTS[args.method].items():
@@ -115,6 +120,8 @@ def resolve(args):
         args.res = {"fashion-mnist": 28, "cifar10": 32, "stl10": 96}.get(args.dataset, 224)
     if args.small_stem is None:
         args.small_stem = args.res <= 96
+    if args.bsim_alpha <= 0:
+        raise UsageError(f"--bsim-alpha {args.bsim_alpha}: must be > 0")
     if args.epochs < 1 or args.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
     return args

@@ -94,6 +94,10 @@ class TVPIL:
 
 
 def build(a, name, source, device, model_recipe):
+    if name == "synthetic+bsim":
+        from loaders.mix import MixSpec
+        return build_loader("synthetic", source, RECIPES[model_recipe], a.res, a.batch_size, device,
+                            channels_last=a.channels_last, mix=MixSpec("mixup"))
     if name == "tvpil":
         return TVPIL(source, a.res, a.batch_size, a.workers, device, source.mean, source.std)
     return build_loader(name, source, RECIPES[model_recipe], a.res, a.batch_size, device, seed=0,
@@ -119,6 +123,7 @@ def main(argv=None):
     p.add_argument("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--bsim", action="store_true", help="also measure the step with BSIM mixtures (synthetic)")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,6 +158,8 @@ def main(argv=None):
     names = [n.strip() for n in a.loader.split(",") if n.strip()]
     if "synthetic" not in names:
         names.append("synthetic")  # the ceiling is always measured in the same run
+    if a.bsim:
+        names.append("synthetic+bsim")
     res = {"config": vars(a), "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
            or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "loaders": {}}
     for name in names:
@@ -175,6 +182,10 @@ def main(argv=None):
     if "tvpil" in res["loaders"] and "torch" in res["loaders"]:
         res["torch_vs_tvpil_loader"] = res["loaders"]["torch"]["loader_img_s"] / res["loaders"]["tvpil"]["loader_img_s"]
         print(f"torch loader vs torchvision+PIL baseline (loader alone): {res['torch_vs_tvpil_loader']:.2f}x")
+    if a.bsim:
+        r = res["loaders"]["synthetic+bsim"]
+        res["bsim_step_overhead"] = ceiling / r["end_to_end_img_s"] - 1
+        print(f"BSIM mixture forward: step time +{res['bsim_step_overhead']:.0%} (one extra pass of B images)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -13,8 +13,8 @@ LOADERS = ("torch", "synthetic", "ffcv", "dali")
 
 
 def build_loader(name, source, recipe, res, batch_size, device, rank=0, world=1, seed=0, workers=4,
-                 channels_last=False, **kw):
-    aug = DeviceAugment(recipe, source.mean, source.std, channels_last)
+                 channels_last=False, mix=None, **kw):
+    aug = DeviceAugment(recipe, source.mean, source.std, channels_last, mix)
     if name == "torch":
         from loaders.torch_loader import TorchLoader
         return TorchLoader(source, res, recipe, batch_size, device, aug, rank, world, seed, workers)

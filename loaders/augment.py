@@ -175,8 +175,8 @@ def augment_view(u8: torch.Tensor, aug: ViewAug) -> torch.Tensor:
 class DeviceAugment:
     """The shared device stage: RawBatch (uint8 crops) -> Batch (augmented, normalized float views)."""
 
-    def __init__(self, recipe, mean, std, channels_last: bool = False):
-        self.recipe = tuple(recipe)
+    def __init__(self, recipe, mean, std, channels_last: bool = False, mix=None):
+        self.recipe, self.mix = tuple(recipe), mix   # mix: loaders.mix.MixSpec for BSIM, or None
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -189,7 +189,11 @@ class DeviceAugment:
         if raw.views.shape[0] != len(self.recipe):
             raise ValueError(f"loader gave {raw.views.shape[0]} views, recipe has {len(self.recipe)}")
         views = torch.stack([self.normalize(augment_view(v, a)) for v, a in zip(raw.views, self.recipe)])
-        return Batch(views=views, index=raw.index, label=raw.label)
+        batch = Batch(views=views, index=raw.index, label=raw.label)
+        if self.mix is not None:
+            from loaders.mix import make_mix
+            batch.mix = make_mix(views[0], self.mix)
+        return batch
 
     def plain(self, u8: torch.Tensor) -> torch.Tensor:
         """No augmentation (evaluation): uint8 [B, C, H, W] -> normalized float [B, 3, H, W]."""

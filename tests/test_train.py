@@ -123,3 +123,23 @@ def test_demo_config_beats_random_init(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     knn = {x["what"]: float(x["knn_top1"]) for x in read_csv(out / "knn.csv")}
     assert knn["trained"] > knn["random-init"] + 5, knn
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam"])
+def test_bsim_two_process_training_and_resume(method, tmp_path):
+    out = tmp_path / method
+    extra = ["--lr", "0.12", "--ema", "0.99"] if method == "moco" else ["--lr", "0.3"]
+    args = ["train.py", "--method", method, "--subset", "512", "--batch-size", "64", "--out", str(out),
+            "--bsim", "--bsim-mode", "both"] + TINY + extra
+    r = run(args + ["--epochs", "2"], torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = read_csv(out / "train.csv")
+    assert all(math.isfinite(float(x["loss_mix"])) for x in steps)
+    losses = [float(x["loss"]) for x in read_csv(out / "epoch.csv")]
+    if method == "moco":
+        assert losses[1] < 2 * math.log(129) - 0.05, losses   # L_method + L_mix, each at most log(Q+1) at chance
+    else:
+        assert losses[1] < losses[0], losses
+    r = run(args + ["--epochs", "3", "--resume", "auto"], torchrun=2)
+    assert r.returncode == 0 and "at epoch 2" in r.stdout, r.stderr[-3000:]
+    assert [int(x["epoch"]) for x in read_csv(out / "epoch.csv")] == [1, 2, 3]

@@ -15,9 +15,10 @@ class Method(nn.Module):
     momentum_encoder = False
     recipe = "simclr"      # augmentation recipe (loaders/augment.py RECIPES)
 
-    def __init__(self, arch="resnet18", small_stem=False, stem_stride=1, **_):
+    def __init__(self, arch="resnet18", small_stem=False, stem_stride=1, bsim_weight=1.0, **_):
         super().__init__()
         self.backbone, self.feat_dim = build_backbone(arch, small_stem, stem_stride)
+        self.bsim_weight = bsim_weight   # total = L_method + w * L_mix (BSIM)
 
     def make_target(self, *modules: nn.Module) -> nn.ModuleList:
         """A frozen copy (momentum / target encoder), updated only by momentum_update."""
@@ -61,3 +62,14 @@ class Method(nn.Module):
 def fp32(device_type: str):
     """Losses run outside autocast, in float32."""
     return torch.autocast(device_type, enabled=False)
+
+
+def mix_regression(pm: torch.Tensor, z: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor, D) -> torch.Tensor:
+    """BSIM term for BYOL/SimSiam: mean of lam * D(p(m), z_i) + (1 - lam) * D(p(m), z_j), z the targets."""
+    return (lam * D(pm, z) + (1 - lam) * D(pm, z[partner])).mean()
+
+
+def with_mix(out: dict, method: "Method", loss_mix: torch.Tensor) -> dict:
+    out["loss_method"], out["loss_mix"] = out["loss"].detach(), loss_mix.detach()
+    out["loss"] = out["loss"] + method.bsim_weight * loss_mix
+    return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from models.heads import mlp
 from models.losses import byol_regression
-from models.methods.base import Method, fp32
+from models.methods.base import Method, fp32, mix_regression, with_mix
 
 
 class BYOL(Method):
@@ -23,7 +23,10 @@ class BYOL(Method):
     def forward(self, batch):
         p = self.encode_views(batch.views, self.backbone, self.projector, self.predictor)
         z = self.encode_views(batch.views, self.target[0], self.target[1])
+        pm = self.predictor(self.projector(self.backbone(batch.mix.images))) if batch.mix is not None else None
         with fp32(p[0].device.type):
             # eq. 2 + symmetrization: L = L(p1, z2') + L(p2, z1')
-            loss = byol_regression(p[0], z[1]).mean() + byol_regression(p[1], z[0]).mean()
-        return {"loss": loss}
+            out = {"loss": byol_regression(p[0], z[1]).mean() + byol_regression(p[1], z[0]).mean()}
+            if pm is not None:  # BSIM: targets from the target network's second view
+                out = with_mix(out, self, mix_regression(pm, z[1], batch.mix.lam, batch.mix.partner, byol_regression))
+        return out

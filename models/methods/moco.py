@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from engine import dist
 from models.heads import mlp
 from models.losses import info_nce
-from models.methods.base import Method, fp32
+from models.methods.base import Method, fp32, with_mix
 
 
 def moco_contrast(q, k, ids, queue, temperature, pos_ids=None, queue_ids=None):
@@ -24,6 +24,17 @@ def moco_contrast(q, k, ids, queue, temperature, pos_ids=None, queue_ids=None):
     exclude = torch.zeros_like(pos)
     exclude[:, :B] = ~pos[:, :B]
     return info_nce(q, keys, pos, temperature, exclude=exclude)
+
+
+def moco_mix(qm, k, ids, lam, partner, queue, temperature):
+    """BSIM term: lam * InfoNCE(m, k_i) + (1 - lam) * InfoNCE(m, k_j), keys from the momentum encoder,
+    negatives the queue (other in-batch keys left out, as in moco_contrast)."""
+    B, Q = k.shape[0], queue.shape[0]
+    w = torch.zeros(B, B + Q, device=qm.device)
+    w[:, :B] = lam[:, None] * (ids[:, None] == ids[None, :]) + (1 - lam)[:, None] * (ids[partner][:, None] == ids[None, :])
+    exclude = torch.zeros_like(w, dtype=torch.bool)
+    exclude[:, :B] = w[:, :B] == 0
+    return info_nce(qm, torch.cat([k, queue]), w, temperature, exclude=exclude)
 
 
 class MoCo(Method):
@@ -57,11 +68,18 @@ class MoCo(Method):
     def forward(self, batch):
         q = self.encode_views(batch.views, self.backbone, self.projector)
         k = self.keys(batch.views)
+        qm = self.projector(self.backbone(batch.mix.images)) if batch.mix is not None else None
         with fp32(q[0].device.type):
             q = [F.normalize(x.float(), dim=1) for x in q]
             k = [F.normalize(x.float(), dim=1) for x in k]
             queue = self.queue.clone()
             loss = 0.5 * (moco_contrast(q[0], k[1], batch.index, queue, self.temperature)
                           + moco_contrast(q[1], k[0], batch.index, queue, self.temperature))
+            out = {"loss": loss}
+            if qm is not None:
+                m = batch.mix
+                mix = moco_mix(F.normalize(qm.float(), dim=1), k[1], batch.index, m.lam, m.partner, queue,
+                               self.temperature)
+                out = with_mix(out, self, mix)
         self.enqueue(k[1], batch.index)
-        return {"loss": loss}
+        return out

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from engine import dist
 from models.heads import mlp
 from models.losses import info_nce
-from models.methods.base import Method, fp32
+from models.methods.base import Method, fp32, with_mix
 
 
 def nt_xent(z: torch.Tensor, ids: torch.Tensor, temperature: float, pos_ids: torch.Tensor | None = None):
@@ -24,6 +24,14 @@ def nt_xent(z: torch.Tensor, ids: torch.Tensor, temperature: float, pos_ids: tor
     return info_nce(z, k, pos, temperature, exclude=self_mask)
 
 
+def nt_xent_mix(zm, k2, ids, lam, partner, temperature):
+    """BSIM term: lam * InfoNCE(m, k_i) + (1 - lam) * InfoNCE(m, k_j). zm [B, D] mixtures (of first views),
+    k2 [B, D] this rank's second views; keys and negatives: every rank's second views (with gradient)."""
+    k, kid = dist.gather_with_grad(k2), dist.all_gather(ids)
+    w = lam[:, None] * (ids[:, None] == kid[None, :]) + (1 - lam)[:, None] * (ids[partner][:, None] == kid[None, :])
+    return info_nce(zm, k, w, temperature)
+
+
 class SimCLR(Method):
     concat_views = True   # one forward of all 2N views: BN statistics over the whole batch, as the paper
     sync_bn = True        # ... and global BN across devices
@@ -36,7 +44,13 @@ class SimCLR(Method):
     def forward(self, batch):
         V = batch.views.shape[0]
         z = self.encode_views(batch.views, self.backbone, self.projector)
+        zm = self.projector(self.backbone(batch.mix.images)) if batch.mix is not None else None
         with fp32(z[0].device.type):
             z = F.normalize(torch.cat(z).float(), dim=1)
-            loss = nt_xent(z, batch.index.repeat(V), self.temperature)
-        return {"loss": loss}
+            out = {"loss": nt_xent(z, batch.index.repeat(V), self.temperature)}
+            if zm is not None:
+                m = batch.mix
+                k2 = z[batch.size:2 * batch.size]
+                mix = nt_xent_mix(F.normalize(zm.float(), dim=1), k2, batch.index, m.lam, m.partner, self.temperature)
+                out = with_mix(out, self, mix)
+        return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from models.heads import mlp
 from models.losses import neg_cosine
-from models.methods.base import Method, fp32
+from models.methods.base import Method, fp32, mix_regression, with_mix
 
 
 class SimSiam(Method):
@@ -15,7 +15,10 @@ class SimSiam(Method):
     def forward(self, batch):
         z = self.encode_views(batch.views, self.backbone, self.projector)
         p = [self.predictor(x) for x in z]
+        pm = self.predictor(self.projector(self.backbone(batch.mix.images))) if batch.mix is not None else None
         with fp32(p[0].device.type):
             # eq. 2: L = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2
-            loss = 0.5 * (neg_cosine(p[0], z[1]).mean() + neg_cosine(p[1], z[0]).mean())
-        return {"loss": loss}
+            out = {"loss": 0.5 * (neg_cosine(p[0], z[1]).mean() + neg_cosine(p[1], z[0]).mean())}
+            if pm is not None:  # BSIM: stop-gradient targets of the second view
+                out = with_mix(out, self, mix_regression(pm, z[1], batch.mix.lam, batch.mix.partner, neg_cosine))
+        return out
