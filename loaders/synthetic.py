@@ -17,7 +17,7 @@ class SyntheticLoader:
         self.pool = [(torch.randint(0, 256, (views, batch_size, 3, res, res), dtype=torch.uint8, generator=g),
                       torch.randint(0, num_classes, (batch_size,), generator=g)) for _ in range(pool)]
         self.pool = [(v.to(device), y.to(device)) for v, y in self.pool]
-        self.base = torch.arange(batch_size, device=device) + rank * batch_size
+        self.base, self.stride = torch.arange(batch_size, device=device) + rank * batch_size, batch_size * world
 
     def set_epoch(self, epoch: int):
         pass
@@ -28,5 +28,4 @@ class SyntheticLoader:
     def __iter__(self):
         for s in range(self.steps):
             views, label = self.pool[s % len(self.pool)]
-            index = (self.base + s * self.B * (len(self.base) and 1)) % max(1, self.steps * self.B)
-            yield self.augment(RawBatch(views, index, label))
+            yield self.augment(RawBatch(views, self.base + s * self.stride, label))  # unique over ranks
