@@ -13,7 +13,7 @@ class SyntheticLoader:
                  num_classes=10, pool=4):
         g = torch.Generator(device="cpu").manual_seed(seed + rank)
         self.steps = max(1, n // (batch_size * world))
-        self.augment, self.B = augment, batch_size
+        self.augment = augment
         self.pool = [(torch.randint(0, 256, (views, batch_size, 3, res, res), dtype=torch.uint8, generator=g),
                       torch.randint(0, num_classes, (batch_size,), generator=g)) for _ in range(pool)]
         self.pool = [(v.to(device), y.to(device)) for v, y in self.pool]
