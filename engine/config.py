@@ -20,6 +20,7 @@ METHOD_DEFAULTS = {
                  ema=0.996),
     "simsiam": dict(lr=0.05, wd=1e-4, optimizer="sgd", proj_hidden=2048, proj_dim=2048, pred_hidden=512),
 }
+DEFAULT_RES = {"fashion-mnist": 28, "cifar10": 32, "stl10": 96}   # else 224
 MODEL_KEYS = ("arch", "small_stem", "stem_stride", "temperature", "proj_hidden", "proj_dim", "pred_hidden",
               "queue_size", "bsim_weight")
 
@@ -117,7 +118,7 @@ def resolve(args):
         if getattr(args, k, None) is None:
             setattr(args, k, v)
     if args.res is None:
-        args.res = {"fashion-mnist": 28, "cifar10": 32, "stl10": 96}.get(args.dataset, 224)
+        args.res = DEFAULT_RES.get(args.dataset, 224)
     if args.small_stem is None:
         args.small_stem = args.res <= 96
     if args.bsim_alpha <= 0:

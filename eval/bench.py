@@ -14,10 +14,9 @@ import os
 import platform
 import time
 
-import numpy as np
 import torch
 
-from engine.config import METHOD_DEFAULTS, parser_error_one_line
+from engine.config import DEFAULT_RES, METHOD_DEFAULTS, model_kwargs, parser_error_one_line
 from engine.errors import UsageError, cli_main
 from engine.optim import build_optimizer
 from loaders import build_loader
@@ -127,17 +126,14 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    a.res = a.res or {"fashion-mnist": 28, "cifar10": 32, "stl10": 96}.get(a.dataset, 224)
+    a.res = a.res or DEFAULT_RES.get(a.dataset, 224)
     a.small_stem = a.res <= 96 if a.small_stem is None else a.small_stem
     a.amp = a.amp or ("bf16" if device.type == "cuda" else "off")
     a.channels_last = device.type == "cuda" if a.channels_last is None else a.channels_last
     if a.method not in METHOD_DEFAULTS:
         raise UsageError(f"--method {a.method}: unknown (choose from {', '.join(METHOD_DEFAULTS)})")
     source = open_source(a.dataset, a.data, True)
-    d = METHOD_DEFAULTS[a.method]
-    model = build_method(a.method, arch=a.arch, small_stem=a.small_stem, stem_stride=a.stem_stride,
-                         **{k: d[k] for k in ("temperature", "proj_hidden", "proj_dim", "pred_hidden", "queue_size")
-                            if k in d}).to(device)
+    model = build_method(a.method, **model_kwargs(vars(a) | METHOD_DEFAULTS[a.method])).to(device)
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if a.compile:

@@ -83,7 +83,7 @@ def hue(x, f):
     h = torch.remainder(h + f.view(-1, 1, 1), 1.0)
     # HSV -> RGB in closed form: channel n in (5, 3, 1) is v - v*s*clamp(min(k, 4-k), 0, 1), k=(n+6h) mod 6.
     h6 = h.unsqueeze(-3) * 6.0
-    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + h6, 6.0)
+    k = torch.remainder(torch.cat([h6 + 5.0, h6 + 3.0, h6 + 1.0], dim=-3), 6.0)
     w = torch.minimum(k, 4.0 - k).clamp(0, 1)
     v, s = maxc.unsqueeze(-3), s.unsqueeze(-3)
     return (v - v * s * w).clamp(0, 1)
@@ -182,8 +182,9 @@ class DeviceAugment:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        m, s = self.mean.to(x.device), self.std.to(x.device)
-        return ((x - m) / s).contiguous(memory_format=self.memory_format)
+        if self.mean.device != x.device:  # once: no per-step host-to-device copy
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
     def __call__(self, raw: RawBatch) -> Batch:
         if raw.views.shape[0] != len(self.recipe):

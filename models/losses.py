@@ -21,8 +21,8 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, temperature: f
     w = pos.float()
     per_row = -torch.where(w > 0, w * logp, torch.zeros_like(logp)).sum(1)
     norm = w.sum(1)
-    has = norm > 0
-    return (per_row[has] / norm[has]).mean()
+    has = (norm > 0).float()  # masked arithmetic, not boolean indexing: no host-device sync in the step
+    return (per_row / norm.clamp_min(1e-12) * has).sum() / has.sum().clamp_min(1)
 
 
 def neg_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,8 @@ def nt_xent(z: torch.Tensor, ids: torch.Tensor, temperature: float, pos_ids: tor
     k, kid = dist.gather_with_grad(z), dist.all_gather(ids)
     n = z.shape[0]
     self_mask = torch.zeros(n, k.shape[0], dtype=torch.bool, device=z.device)
-    self_mask[torch.arange(n), dist.rank() * n + torch.arange(n)] = True
+    rows = torch.arange(n, device=z.device)
+    self_mask[rows, dist.rank() * n + rows] = True
     pos = (ids[:, None] == kid[None, :]) & ~self_mask
     if pos_ids is not None:
         pos |= (pos_ids[:, None] == kid[None, :]) & (pos_ids[:, None] >= 0)
