@@ -8,6 +8,7 @@ forward under autocast, loss, backward, step, momentum update, log; a checkpoint
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from engine.log import RunLog, Throughput
 from engine.optim import build_optimizer
 from engine.sched import momentum_schedule, warmup_cosine
 from eval.knn import knn_accuracy
-from loaders import build_loader
+from loaders import build_loader, progressive_res
 from loaders.augment import RECIPES
 from loaders.datasets import open_source
 from loaders.mix import MixSpec
@@ -67,8 +68,12 @@ def main(argv=None):
     recipe = RECIPES[args.recipe or METHODS[args.method].recipe]
     per_rank = args.batch_size // world
     mix = MixSpec(args.bsim_mode, args.bsim_alpha) if args.bsim else None
+    res_at = (functools.partial(progressive_res, min_res=args.min_res, max_res=args.res, start=args.start_ramp,
+                                end=args.end_ramp) if args.min_res else None)
     loader = build_loader(args.loader, train_src, recipe, args.res, per_rank, device, rank, world, args.seed,
-                          args.workers, args.channels_last, mix=mix)
+                          args.workers, args.channels_last, mix=mix, beton=args.beton, ffcv_order=args.ffcv_order,
+                          os_cache=args.os_cache, batches_ahead=args.batches_ahead, res_at=res_at,
+                          skip_files=args.skip_files)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise UsageError(f"{len(train_src)} training images make no batch of {args.batch_size}: lower --batch-size")

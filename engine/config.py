@@ -44,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | cifar10 | stl10")
     a("--data", default=None, help="dataset root (fashion-mnist: /usr/share/datasets/fashion-mnist)")
     a("--subset", type=int, default=0, help="train on a fixed random subset of N images (0: all)")
+    a("--beton", default=None, help="--loader ffcv: the .beton written by python -m loaders.prepare")
+    a("--ffcv-order", default="auto", help="auto (quasi_random on one process, ours under torchrun) | "
+      "quasi_random | random | ours (the rank split of one global permutation, as the other loaders)")
+    a("--os-cache", action=argparse.BooleanOptionalAction, default=True,
+      help="ffcv: use the OS page cache (off: a private cache per process, RAM grows with the number of GPUs)")
+    a("--batches-ahead", type=int, default=3, help="ffcv: batches prepared ahead")
+    a("--skip-files", default=None, help="dali: skip the images listed in this report (loaders.prepare --check)")
+    a("--min-res", type=int, default=0, help="progressive resolution (ffcv): start at this crop size ...")
+    a("--start-ramp", type=int, default=0, help="... until this epoch, then grow linearly ...")
+    a("--end-ramp", type=int, default=0, help="... to --res at this epoch (default: the last epoch)")
     a("--arch", default="resnet18", help="resnet10 | resnet18 | resnet34 | resnet50")
     a("--small-stem", action=argparse.BooleanOptionalAction, default=None,
       help="3x3 first conv, no max-pool (default: on when --res <= 96)")
@@ -123,6 +133,13 @@ def resolve(args):
         args.small_stem = args.res <= 96
     if args.bsim_alpha <= 0:
         raise UsageError(f"--bsim-alpha {args.bsim_alpha}: must be > 0")
+    if args.min_res:
+        args.end_ramp = args.end_ramp or max(0, args.epochs - 1)
+        if not 0 < args.min_res <= args.res or not 0 <= args.start_ramp <= args.end_ramp:
+            raise UsageError(f"--min-res {args.min_res} --start-ramp {args.start_ramp} --end-ramp {args.end_ramp}: "
+                             f"need 0 < min-res <= --res ({args.res}) and start-ramp <= end-ramp")
+    if args.loader == "ffcv" and args.subset:
+        raise UsageError("--subset with --loader ffcv: write the subset once with python -m loaders.prepare --subset N")
     if args.epochs < 1 or args.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
     return args

@@ -12,9 +12,30 @@ from loaders.augment import DeviceAugment
 LOADERS = ("torch", "synthetic", "ffcv", "dali")
 
 
+def progressive_res(epoch: int, min_res: int, max_res: int, start: int, end: int, step: int = 0) -> int:
+    """FFCV's progressive resizing: min_res until epoch `start`, linear up to max_res at `end`, rounded to
+    a multiple of `step` (default 32 at ImageNet sizes, 4 below 128 px)."""
+    step = step or (32 if max_res >= 128 else 4)
+    r = float(np.interp(epoch, [start, end], [min_res, max_res]))
+    return int(min(max_res, max(step, round(r / step) * step)))
+
+
 def build_loader(name, source, recipe, res, batch_size, device, rank=0, world=1, seed=0, workers=4,
-                 channels_last=False, mix=None, **kw):
+                 channels_last=False, mix=None, beton=None, ffcv_order="auto", os_cache=True, batches_ahead=3,
+                 res_at=None, **kw):
+    """The loader `name` over `source` (ffcv: over the .beton `beton` made from it). res_at(epoch) -> crop
+    size gives progressive resolution (ffcv only)."""
     aug = DeviceAugment(recipe, source.mean, source.std, channels_last, mix)
+    if res_at is not None and name != "ffcv":
+        raise UsageError(f"progressive resolution (--min-res) needs --loader ffcv, not {name}")
+    if name == "ffcv":
+        from loaders.ffcv_loader import FFCVLoader
+        loader = FFCVLoader(beton, res_at(0) if res_at else res, recipe, batch_size, device, aug, rank, world,
+                            seed, workers, ffcv_order, os_cache, batches_ahead, res_at=res_at)
+        if loader.n != len(source):
+            print(f"note: {beton} holds {loader.n} images, the source {len(source)} (images skipped at prepare "
+                  "time, or another subset)", flush=True)
+        return loader
     if name == "torch":
         from loaders.torch_loader import TorchLoader
         return TorchLoader(source, res, recipe, batch_size, device, aug, rank, world, seed, workers)
@@ -22,8 +43,10 @@ def build_loader(name, source, recipe, res, batch_size, device, rank=0, world=1,
         from loaders.synthetic import SyntheticLoader
         return SyntheticLoader(len(source), res, len(recipe), batch_size, device, aug, rank, world, seed,
                                source.num_classes)
-    if name in ("ffcv", "dali"):
-        raise UsageError(f"--loader {name}: not available in this build yet (use torch or synthetic)")
+    if name == "dali":
+        from loaders.dali import DALILoader
+        return DALILoader(source, res, recipe, batch_size, device, rank, world, seed, workers, channels_last, mix,
+                          skip_files=kw.get("skip_files"))
     raise UsageError(f"--loader {name}: unknown (choose from {', '.join(LOADERS)})")
 
 

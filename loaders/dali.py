@@ -1,0 +1,234 @@
+"""The `dali` back end: NVIDIA DALI decodes and augments every view inside one pipeline, on the GPU
+(device='mixed' nvJPEG decode + GPU operators) or, where there is no GPU, the same pipeline on the CPU
+(device_id=None, device='cpu' operators), so CI runs the real pipeline.
+
+Per view: random-resized crop (area and aspect as torchvision), colour jitter with probability p
+(brightness and contrast around the sample's mean grey level as torchvision does; saturation and hue with
+DALI's linear hsv), grayscale with probability p (hsv saturation 0: the luma), Gaussian blur with
+probability p, solarize with probability p, then flip + normalize in crop_mirror_normalize to fp16 (GPU) or
+fp32 (CPU), CHW. Ops with a probability use DALI conditionals, so a sample that skips an op costs nothing.
+One difference from the torch path: jitter's four ops run in a fixed order (torchvision: random order).
+
+Sources:
+- an ImageFolder/ImageNet directory (or a file list): fn.readers.file with shard_id/num_shards = rank/world,
+  the file list permuted once by the seed and reshuffled by DALI after every epoch (shuffle_after_epoch,
+  the same reader seed on every rank so shards stay disjoint), pad_last_batch=True with
+  LastBatchPolicy.DROP: the padded tail batch is dropped, never a duplicate; the list is cut to a multiple
+  of the world size so that every rank has the same number of steps. The iterator is bound to the reader
+  (reader_name) so epochs end. DALI cannot restore a reader's position: a resumed run starts epoch E with a
+  fresh shuffle drawn from (seed, E) and says so.
+- images held in memory (Fashion-MNIST, CIFAR): fn.external_source per sample, in the shared epoch order
+  (loaders/order.py) split by rank like the torch back end.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from engine.errors import UsageError
+from loaders.augment import blur_size
+from loaders.batch import Batch
+from loaders.datasets import DataError, FolderSource, Subset
+from loaders.order import epoch_permutation, num_steps, rank_batches
+
+RATIO = [3 / 4, 4 / 3]
+
+
+def _jitter(fn, types, v, a):
+    """torchvision's ColorJitter factors, per sample (fixed op order)."""
+    b = fn.random.uniform(range=[1 - a.brightness, 1 + a.brightness])
+    c = fn.random.uniform(range=[1 - a.contrast, 1 + a.contrast])
+    s = fn.random.uniform(range=[1 - a.saturation, 1 + a.saturation])
+    h = fn.random.uniform(range=[-a.hue * 360, a.hue * 360])
+    v = fn.brightness_contrast(v, brightness=b)
+    gray = fn.color_space_conversion(v, image_type=types.RGB, output_type=types.GRAY)
+    center = fn.reductions.mean(fn.cast(gray, dtype=types.FLOAT))
+    v = fn.brightness_contrast(v, contrast=c, contrast_center=center)
+    return fn.hsv(v, hue=h, saturation=s)
+
+
+def _coin(fn, types, p):
+    return fn.cast(fn.random.coin_flip(probability=p), dtype=types.BOOL)
+
+
+def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu):
+    """One view of the recipe `a` (loaders.augment.ViewAug) from decoded uint8 HWC images."""
+    dev = "cpu" if cpu else "gpu"
+    v = fn.random_resized_crop(images, device=dev, size=[res, res], random_area=list(a.crop_scale),
+                               random_aspect_ratio=RATIO, antialias=True)
+    if a.jitter > 0:
+        if _coin(fn, types, a.jitter):
+            v = _jitter(fn, types, v, a)
+    if a.gray > 0:
+        if _coin(fn, types, a.gray):
+            v = fn.hsv(v, saturation=0.0)
+    if a.blur > 0:
+        if _coin(fn, types, a.blur):
+            v = fn.gaussian_blur(v, sigma=fn.random.uniform(range=list(a.sigma)), window_size=blur_size(res))
+    if a.solarize > 0:
+        if _coin(fn, types, a.solarize):
+            v = fn.cast(v ^ (fn.cast(v >= 128, dtype=types.UINT8) * 255), dtype=types.UINT8)
+    mirror = fn.random.coin_flip(probability=a.flip) if a.flip > 0 else 0
+    return fn.crop_mirror_normalize(v, mirror=mirror, dtype=out_dtype, output_layout=layout,
+                                    mean=[m * 255 for m in mean], std=[s * 255 for s in std])
+
+
+class DALILoader:
+    def __init__(self, source, res, recipe, batch_size, device, rank=0, world=1, seed=0, workers=4,
+                 channels_last=False, mix=None, drop_last=True, skip_files=None, prefetch=2):
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError:
+            raise UsageError("--loader dali: nvidia-dali is not installed (pip install nvidia-dali-cuda130)")
+        self.source, self.res, self.recipe, self.batch = source, res, tuple(recipe), batch_size
+        self.device, self.rank, self.world, self.seed = torch.device(device), rank, world, seed
+        self.workers, self.channels_last, self.mix, self.prefetch = max(1, workers), channels_last, mix, prefetch
+        self.drop_last = drop_last
+        self.cpu = self.device.type != "cuda"
+        self.mean, self.std = source.mean, source.std
+        base = source.src if isinstance(source, Subset) else source
+        self.files = None
+        if isinstance(base, FolderSource):
+            keep = source.keep if isinstance(source, Subset) else np.arange(len(base))
+            files, labels = [base.files[i] for i in keep], np.asarray(base.labels)[keep]
+            bad = set(_read_skip_list(skip_files)) if skip_files else set()
+            if bad:
+                kept = [k for k, f in enumerate(files) if f not in bad]
+                files, labels = [files[k] for k in kept], labels[kept]
+            self.files = files
+            self.labels = torch.as_tensor(labels, dtype=torch.long)
+            # same number of samples on every rank: cut to a multiple of the world size (< world dropped)
+            self.n = len(files) - len(files) % world
+            per_rank = self.n // world
+            self.steps = per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+        else:
+            self.labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
+            self.n = len(source)
+            self.steps = num_steps(self.n, batch_size, world, drop_last)
+        self.labels = self.labels.to(self.device)
+        self.epoch, self.built_for, self.it, self.plan = 0, None, None, None
+
+    # ---- pipeline
+    def _build(self, epoch):
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        cpu = self.cpu
+        out_dtype = types.FLOAT if cpu else types.FLOAT16
+        layout = "HWC" if self.channels_last else "CHW"
+        names = [f"view{v}" for v in range(len(self.recipe))] + ["index"]
+
+        @pipeline_def(enable_conditionals=True)
+        def pipe():
+            if self.files is not None:
+                # the sample's position in self.files rides as its "label"; class labels are looked up after
+                order = np.random.default_rng([self.seed, epoch, 11]).permutation(self.n)
+                jpegs, index = fn.readers.file(
+                    files=[self.files[i] for i in order], labels=[int(i) for i in order], name="Reader",
+                    shard_id=self.rank, num_shards=self.world, shuffle_after_epoch=True, seed=self.seed + 1,
+                    pad_last_batch=True, random_shuffle=False)
+                images = fn.decoders.image(jpegs, device="cpu" if cpu else "mixed", output_type=types.RGB)
+            else:
+                images, index = fn.external_source(source=self._sample_fn(), num_outputs=2, batch=False,
+                                                   dtype=[types.UINT8, types.INT64], layout=["HWC", ""])
+                if not cpu:
+                    images = images.gpu()
+            views = [view_ops(fn, types, images, a, self.res, self.mean, self.std, out_dtype, layout, cpu)
+                     for a in self.recipe]
+            return (*views, index)
+
+        self.built_for = epoch
+        # per-rank, per-epoch augmentation seed; the reader's own seed is shared by all ranks
+        p = pipe(batch_size=self.batch, num_threads=self.workers, device_id=None if cpu else (self.device.index or 0),
+                 seed=(self.seed * 1000003 + self.rank * 7919 + epoch) % (2 ** 31),
+                 prefetch_queue_depth=self.prefetch)
+        try:
+            p.build()
+        except RuntimeError as e:
+            raise DataError(f"DALI pipeline failed to build: {_first_line(e)}")
+        if self.files is not None:
+            policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
+            self.it = DALIGenericIterator([p], names, reader_name="Reader", last_batch_policy=policy,
+                                          auto_reset=True)
+        else:
+            self.it = DALIGenericIterator([p], names, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+
+    def _sample_fn(self):
+        src, loader = self.source, self
+
+        def sample(info):
+            order = loader._rank_order(info.epoch_idx + loader.built_for)
+            if info.idx_in_epoch >= len(order):
+                raise StopIteration
+            i = int(order[info.idx_in_epoch])
+            img = src.load(i)[0].permute(1, 2, 0).numpy()
+            if img.shape[2] == 1:
+                img = np.repeat(img, 3, axis=2)
+            return np.ascontiguousarray(img), np.array(i, dtype=np.int64)
+        return sample
+
+    def _rank_order(self, epoch):
+        order = self.plan(epoch) if self.plan else epoch_permutation(self.n, self.seed, epoch)
+        parts = rank_batches(np.asarray(order), self.batch, self.rank, self.world, self.drop_last)
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    # ---- loader interface
+    def set_epoch(self, epoch: int):
+        if self.built_for is not None and epoch != self.epoch + 1 and epoch != self.epoch:
+            self.it = None  # not the next epoch (a resume): rebuild for it
+        if self.built_for is None and epoch > 0 and self.files is not None and self.rank == 0:
+            print(f"note: DALI cannot restore a reader's position: epoch {epoch} starts with a fresh shuffle "
+                  f"of the file list (seed {self.seed}, epoch {epoch})", flush=True)
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        if self.it is None:
+            self._build(self.epoch)
+        steps = 0
+        while True:
+            try:
+                out = next(self.it)[0]
+            except StopIteration:
+                break
+            except RuntimeError as e:
+                raise DataError(f"DALI: {_first_line(e)} (remove the file, or list bad files "
+                                "with python -m loaders.prepare --check and pass the report with --skip-files)")
+            yield self._batch(out)
+            steps += 1
+        if steps != self.steps:
+            raise RuntimeError(f"DALI gave {steps} batches this epoch, expected {self.steps}")
+
+    def _batch(self, out):
+        views = [out[f"view{v}"] for v in range(len(self.recipe))]
+        if self.channels_last:   # HWC from DALI: a channels_last NCHW view, no copy
+            views = [v.permute(0, 3, 1, 2) for v in views]
+        views = torch.stack(views)
+        if self.cpu:
+            views = views.float()
+        else:
+            views = views.to(self.device)
+        index = out["index"].view(-1).to(self.device, non_blocking=True).long()
+        batch = Batch(views=views, index=index, label=self.labels[index])
+        if self.mix is not None:
+            from loaders.mix import make_mix
+            batch.mix = make_mix(views[0], self.mix)
+        return batch
+
+
+def _first_line(e) -> str:
+    """The useful line of a DALI error (it nests the pipeline traceback): the file it failed on, if named."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    hits = [ln for ln in lines if ln.startswith("Failed to") or "rror" in ln and "/" in ln and "File " not in ln]
+    return (hits or [ln for ln in lines if not ln.startswith(("Critical", "File ", "Error in"))] or ["unknown"])[0][:400]
+
+
+def _read_skip_list(path):
+    try:
+        with open(path) as f:
+            return [ln.split("\t")[0] for ln in f if ln.strip() and not ln.startswith("#")]
+    except OSError as e:
+        raise UsageError(f"--skip-files {path}: {e.strerror}")

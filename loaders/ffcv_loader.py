@@ -1,0 +1,326 @@
+"""The `ffcv` back end: a .beton (python -m loaders.prepare) -> FFCV workers that decode each JPEG ONCE and
+cut V random-resized crops of it (MultiCropDecoder, compiled with numba like FFCV's own decoders) ->
+ToDevice(non_blocking) -> the shared device augmentation -> Batch.
+
+Stock FFCV gives one output per pipeline: two views of one field mean two decodes (PipelineSpec), and
+ffcv 1.0.2 has no custom_field_mapper. MultiCropDecoder is an FFCV Operation whose output is
+uint8 [V, res, res, 3] per sample: one decode into a scratch buffer, then V crop+resizes (FFCV's resize).
+
+Crops are drawn from a counter-based hash of (seed, epoch, sample, view): the same crops for a sample and
+epoch whatever the worker count or thread, so a resumed run and a test can recompute them (crop_box).
+The epoch reaches the compiled code through a one-element array read by address (no recompilation).
+
+Order: one process -> FFCV's QUASI_RANDOM (or RANDOM with --ffcv-order random); distributed -> our own
+TraversalOrder, the global per-epoch permutation split by rank (loaders/order.py) like every back end:
+FFCV's RANDOM+distributed pads with duplicates (DistributedSampler, drop_last=False) and its QUASI_RANDOM
+does not support distributed. The SePP sampler's plan plugs into the same order.
+
+Memory: with os_cache=False each process keeps its own page cache, so host RAM grows with the number of
+GPUs (8 ranks = 8 copies of the hot set); os_cache=True (default) shares the OS page cache.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from queue import Empty
+
+import numpy as np
+import torch
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from engine.errors import UsageError
+from loaders.augment import DeviceAugment
+from loaders.batch import RawBatch
+from loaders.datasets import DataError
+from loaders.order import epoch_permutation, num_steps, rank_batches
+
+LOG_RATIO = (float(np.log(3 / 4)), float(np.log(4 / 3)))
+
+
+# ---- deterministic crop parameters (numba; callable from Python too)
+
+@njit(cache=True)
+def _mix(x):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True)
+def _u01(key, draw):
+    """Uniform [0, 1) from a 64-bit key and a draw number (splitmix64)."""
+    h = _mix(key + np.uint64(draw) * np.uint64(0x9E3779B97F4A7C15))
+    return np.float64(h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True)
+def crop_key(seed, epoch, index, view):
+    h = _mix(np.uint64(seed) + np.uint64(0x632BE59BD9B4E019))
+    h = _mix(h ^ np.uint64(epoch))
+    h = _mix(h ^ np.uint64(index))
+    return _mix(h ^ np.uint64(view + 1))
+
+
+@njit(cache=True)
+def crop_box(seed, epoch, index, view, height, width, smin, smax, lr0, lr1):
+    """(top, left, h, w) with torchvision RandomResizedCrop's rules (10 tries, then a centred crop)."""
+    key = crop_key(seed, epoch, index, view)
+    area = height * width
+    for t in range(10):
+        target = area * (smin + (smax - smin) * _u01(key, 4 * t))
+        aspect = np.exp(lr0 + (lr1 - lr0) * _u01(key, 4 * t + 1))
+        w = int(np.round(np.sqrt(target * aspect)))
+        h = int(np.round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(_u01(key, 4 * t + 2) * (height - h + 1))
+            j = int(_u01(key, 4 * t + 3) * (width - w + 1))
+            return i, j, h, w
+    in_ratio = width / height
+    if in_ratio < np.exp(lr0):
+        w = width
+        h = int(np.round(w / np.exp(lr0)))
+    elif in_ratio > np.exp(lr1):
+        h = height
+        w = int(np.round(h * np.exp(lr1)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@intrinsic
+def _int64_ptr(typingctx, addr):
+    """An integer address -> int64* (to read a value Python changes between epochs)."""
+    sig = types.CPointer(types.int64)(types.intp)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.intp_t.as_pointer())
+    return sig, codegen
+
+
+@njit
+def read_int64(addr):
+    return carray(_int64_ptr(addr), (1,))[0]
+
+
+def _decoder_class():
+    """Defined lazily so that importing this module does not need ffcv."""
+    from dataclasses import replace
+
+    from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
+    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.compiler import Compiler
+
+    class MultiCropDecoder(SimpleRGBImageDecoder):  # FFCV accepts a decoder of the field's decoder class
+        """RGBImageField -> uint8 [V, res, res, 3] per sample: decode once, V random-resized crops."""
+
+        def __init__(self, res: int, scales, seed: int):
+            super().__init__()
+            self.res, self.scales, self.seed = int(res), np.asarray(scales, dtype=np.float64), int(seed)
+            self.epoch = np.zeros(1, dtype=np.int64)   # written by set_epoch, read by the compiled code
+
+        def declare_state_and_memory(self, previous_state):
+            self.max_width = np.uint64(self.metadata["width"].max())
+            self.max_height = np.uint64(self.metadata["height"].max())
+            shape = (len(self.scales), self.res, self.res, 3)
+            u8 = np.dtype("<u1")
+            return (replace(previous_state, jit_mode=True, shape=shape, dtype=u8),
+                    (AllocationQuery(shape, u8),
+                     AllocationQuery((self.max_height * self.max_width * np.uint64(3),), u8)))
+
+        def generate_code(self):
+            jpg = IMAGE_MODES["jpg"]
+            mem_read = self.memory_read
+            my_range = Compiler.get_iterator()
+            imdecode_c = Compiler.compile(imdecode)
+            resize_crop_c = Compiler.compile(resize_crop)
+            scales, seed, V = self.scales, self.seed, len(self.scales)
+            lr0, lr1 = LOG_RATIO
+            epoch_addr = self.epoch.ctypes.data
+
+            def decode(batch_indices, my_storage, metadata, storage_state):
+                destination, temp_storage = my_storage
+                epoch = read_int64(epoch_addr)
+                for dst_ix in my_range(len(batch_indices)):
+                    source_ix = batch_indices[dst_ix]
+                    field = metadata[source_ix]
+                    image_data = mem_read(field["data_ptr"], storage_state)
+                    height = np.uint32(field["height"])
+                    width = np.uint32(field["width"])
+                    if field["mode"] == jpg:
+                        buf = temp_storage[dst_ix]
+                        imdecode_c(image_data, buf, height, width, height, width, 0, 0, 1, 1, False, False)
+                        img = buf.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                    else:
+                        img = image_data.reshape(height, width, 3)
+                    for v in range(V):
+                        i, j, h, w = crop_box(seed, epoch, source_ix, v, int(height), int(width),
+                                              scales[v, 0], scales[v, 1], lr0, lr1)
+                        resize_crop_c(img, i, i + h, j, j + w, destination[dst_ix, v])
+                return destination[:len(batch_indices)]
+
+            decode.is_parallel = True
+            return decode
+
+    return MultiCropDecoder
+
+
+def _rank_order_class():
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class RankOrder(TraversalOrder):
+        """This rank's samples of an epoch: the shared global permutation (or a SePP plan) split by rank."""
+
+        def __init__(self, n, batch, rank, world, seed, drop_last):
+            self.n, self.batch, self.rank, self.world, self.seed_, self.drop_last = n, batch, rank, world, seed, drop_last
+            self.plan = None
+
+        def __call__(self, loader):  # ffcv 1.0.2 calls the order it was given with the loader
+            self.loader, self.indices, self.seed = loader, loader.indices, loader.seed
+            self.distributed, self.sampler = loader.distributed, None
+            return self
+
+        def sample_order(self, epoch):
+            order = self.plan(epoch) if self.plan else epoch_permutation(self.n, self.seed_, epoch)
+            parts = rank_batches(np.asarray(order), self.batch, self.rank, self.world, self.drop_last)
+            return np.concatenate(parts).astype(np.uint64) if parts else np.zeros(0, np.uint64)
+
+    return RankOrder
+
+
+# FFCV runs its pipeline in a thread; an exception there is printed and the consumer waits forever.
+# We record such exceptions and turn a dead pipeline thread into one clear error instead of a hang.
+_THREAD_ERRORS: "weakref.WeakKeyDictionary[threading.Thread, BaseException]" = weakref.WeakKeyDictionary()
+_default_hook = threading.excepthook
+
+
+def _record_thread_error(args):
+    if type(args.thread).__name__ == "EpochIterator":
+        _THREAD_ERRORS[args.thread] = args.exc_value
+    else:
+        _default_hook(args)
+
+
+threading.excepthook = _record_thread_error
+
+
+def epoch_batches(it, poll: float = 1.0):
+    """Iterate an FFCV EpochIterator; raise DataError if its thread dies instead of waiting forever."""
+    try:
+        while True:
+            try:
+                item = it.output_queue.get(timeout=poll)
+            except Empty:
+                if not it.is_alive():
+                    e = _THREAD_ERRORS.pop(it, None)
+                    why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" if e else "no error recorded"
+                    raise DataError(f"the FFCV pipeline stopped ({why})")
+                continue
+            if item is None:
+                return
+            slot, result = item
+            if it.cuda_streams[slot] is not None:
+                it.current_stream.wait_stream(it.cuda_streams[slot])
+            yield result
+    finally:
+        it.close()
+
+
+def check_beton(path: str):
+    """A .beton that opens: its header, fields and every sample's data inside the file; else UsageError."""
+    if not path:
+        raise UsageError("--loader ffcv needs --beton FILE (make one with: python -m loaders.prepare --out FILE)")
+    if not os.path.isfile(path):
+        raise UsageError(f"--beton {path}: no such file (make it with: python -m loaders.prepare --out {path})")
+    from ffcv.reader import Reader
+    from ffcv.types import CURRENT_VERSION, HeaderType
+    size = os.path.getsize(path)
+    header = np.fromfile(path, dtype=HeaderType, count=1)
+    damaged = UsageError(f"--beton {path}: truncated or damaged FFCV .beton ({size} bytes); remake it with "
+                         "loaders.prepare")
+    if len(header) == 1 and header[0]["version"] == CURRENT_VERSION and header[0]["alloc_table_ptr"] > size:
+        raise damaged
+    try:
+        r = Reader(path)
+        ok = len(r.metadata) == r.num_samples and len(r.alloc_table) > 0
+        ok = ok and int((r.alloc_table["ptr"] + r.alloc_table["size"]).max()) <= size
+    except Exception as e:
+        raise UsageError(f"--beton {path}: not a readable FFCV .beton ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'bad header'}); remake it with loaders.prepare")
+    if not ok:
+        raise damaged
+    missing = {"image", "label", "index"} - set(r.field_names)
+    if missing:
+        raise UsageError(f"--beton {path}: has fields {r.field_names}, needs image, label and index "
+                         "(write it with python -m loaders.prepare)")
+    return r
+
+
+class FFCVLoader:
+    def __init__(self, path, res, recipe, batch_size, device, augment: DeviceAugment, rank=0, world=1, seed=0,
+                 workers=4, order="auto", os_cache=True, batches_ahead=3, drop_last=True, res_at=None):
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor
+        reader = check_beton(path)
+        self.n = int(reader.num_samples)
+        self.device, self.augment, self.res_at = torch.device(device), augment, res_at
+        self.decoder = _decoder_class()(res, [a.crop_scale for a in recipe], seed)
+        self.order = order if order != "auto" else ("ours" if world > 1 else "quasi_random")
+        if world > 1 and self.order != "ours":
+            raise UsageError(f"--ffcv-order {order}: under torchrun only 'ours' (the rank split of one global "
+                             "permutation) gives every sample once per epoch")
+        if self.order == "ours":
+            self.rank_order = _rank_order_class()(self.n, batch_size, rank, world, seed, drop_last)
+            ffcv_order = self.rank_order
+        elif self.order in ("random", "quasi_random"):
+            self.rank_order = None
+            ffcv_order = OrderOption.RANDOM if self.order == "random" else OrderOption.QUASI_RANDOM
+        else:
+            raise UsageError(f"--ffcv-order {order}: choose auto, quasi_random, random or ours")
+        nb = self.device.type == "cuda"
+        dev = [ToDevice(self.device, non_blocking=nb)]
+        pipelines = {"image": [self.decoder, ToTensor(), *dev],
+                     "label": [IntDecoder(), ToTensor(), Squeeze(1), *dev],
+                     "index": [IntDecoder(), ToTensor(), Squeeze(1), *dev]}
+        self.loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers), os_cache=os_cache,
+                             order=ffcv_order, distributed=False, seed=seed, drop_last=drop_last,
+                             pipelines=pipelines, batches_ahead=batches_ahead)
+        self.steps = num_steps(self.n, batch_size, world, drop_last) if self.rank_order else len(self.loader)
+        self.epoch = 0
+
+    @property
+    def plan(self):
+        return self.rank_order.plan if self.rank_order else None
+
+    @plan.setter
+    def plan(self, fn):
+        if self.rank_order is None:
+            raise UsageError("a sample plan (SePP) needs --ffcv-order ours")
+        self.rank_order.plan = fn
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+        self.decoder.epoch[0] = epoch
+        self.loader.next_epoch = epoch
+        if self.res_at is not None:
+            res = int(self.res_at(epoch))
+            if res != self.decoder.res:  # progressive resolution: a new output shape needs new code
+                self.decoder.res = res
+                self.loader.generate_code()
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        self.decoder.epoch[0] = self.epoch
+        self.loader.next_epoch = self.epoch
+        cpu = self.device.type == "cpu"
+        for images, label, index in epoch_batches(iter(self.loader)):
+            views = images.permute(1, 0, 4, 2, 3)   # [B, V, H, W, 3] -> [V, B, 3, H, W]
+            if cpu:  # FFCV reuses its buffers a few batches later: keep our own copies of what outlives the step
+                label, index = label.clone(), index.clone()
+            yield self.augment(RawBatch(views, index, label))

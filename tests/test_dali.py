@@ -1,0 +1,136 @@
+"""DALI back end in CPU mode (device_id=None): views are regions of the source, augmentation statistics match
+the torch path's, shards cover every file once over 2 ranks, corrupt files are named, training runs."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.errors import UsageError
+from loaders import build_loader
+from loaders.augment import RECIPES, DeviceAugment, ViewAug
+from loaders.batch import RawBatch
+from loaders.datasets import DataError, ArraySource, IMAGENET_MEAN, IMAGENET_STD, open_source
+from tests.helpers import TINY, make_image_folder, run, smooth_image
+
+MEAN, STD = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+
+
+def unnormalize(v):  # [B, 3, H, W] float -> [B, H, W, 3] in 0..255
+    return (v.permute(0, 2, 3, 1).numpy() * STD + MEAN) * 255
+
+
+@pytest.fixture(scope="module")
+def coded_folder(tmp_path_factory):
+    """PNG images whose red channel is the column, green the row, blue a smooth pattern: a view tells which
+    region of its source it shows."""
+    root = tmp_path_factory.mktemp("coded")
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        os.makedirs(root / f"c{c}")
+        for i in range(8):
+            h, w = 96, 128
+            img = np.empty((h, w, 3), np.uint8)
+            img[..., 0] = np.linspace(0, 255, w)[None, :].round()
+            img[..., 1] = np.linspace(0, 255, h)[:, None].round()
+            img[..., 2] = smooth_image(rng, h, w)[..., 2]
+            Image.fromarray(img).save(root / f"c{c}" / f"{i}.png")
+    return str(root)
+
+
+def test_views_are_regions_of_the_source(coded_folder):
+    src = open_source("imagefolder", coded_folder, True)
+    recipe = (ViewAug(crop_scale=(0.2, 1.0), flip=0, jitter=0, gray=0, blur=0),) * 2
+    loader = build_loader("dali", src, recipe, 32, 4, "cpu", workers=2, seed=1)
+    loader.set_epoch(0)
+    areas, n = [], 0
+    for b in loader:
+        assert b.views.shape == (2, 4, 3, 32, 32) and b.views.dtype == torch.float32
+        assert b.label.tolist() == [int(src.labels[i]) for i in b.index.tolist()]
+        for v in range(2):
+            x = unnormalize(b.views[v])
+            for k, i in enumerate(b.index.tolist()):
+                img = np.asarray(Image.open(src.files[i]).convert("RGB")).astype(float)
+                # the red/green ramps give the crop box: column = red * (W-1)/255, row = green * (H-1)/255
+                l, r = x[k, :, :, 0].min() * 127 / 255, x[k, :, :, 0].max() * 127 / 255
+                t, btm = x[k, :, :, 1].min() * 95 / 255, x[k, :, :, 1].max() * 95 / 255
+                assert -1.5 < l < r < 128.5 and -1.5 < t < btm < 96.5
+                box = (l, t, r + 1, btm + 1)
+                areas.append((r + 1 - l) * (btm + 1 - t) / (96 * 128))
+                ref = np.asarray(Image.fromarray(img[..., 2].astype(np.uint8)).resize((32, 32), Image.BILINEAR, box=box))
+                assert np.corrcoef(ref.ravel(), x[k, :, :, 2].ravel())[0, 1] > 0.9
+                n += 1
+    assert n == 32 and 0.2 - 0.05 < min(areas) and max(areas) <= 1.05 and np.std(areas) > 0.1
+
+
+def test_augmentation_statistics_match_the_torch_path():
+    """Constant-colour images: the fraction turned grey and the brightness/colour changes of DALI's views
+    follow the same distributions as the torch path's device augmentation (2048 samples each)."""
+    rng = np.random.default_rng(0)
+    n, res = 2048, 8
+    colours = rng.integers(40, 216, (n, 3)).astype(np.uint8)
+    images = np.broadcast_to(colours[:, None, None, :], (n, res, res, 3)).copy()
+    src = ArraySource(images, np.zeros(n, np.int64), 1, IMAGENET_MEAN, IMAGENET_STD, "flat")
+    recipe = (ViewAug(crop_scale=(1.0, 1.0), blur=0),) * 2
+    loader = build_loader("dali", src, recipe, res, 256, "cpu", workers=2, seed=0)
+    dali_views, idx = [], []
+    for b in loader:
+        dali_views.append(unnormalize(b.views[0]).mean((1, 2)))
+        idx.append(b.index.numpy())
+    dali = np.concatenate(dali_views)
+    base = colours[np.concatenate(idx)].astype(float)
+    aug = DeviceAugment(recipe, IMAGENET_MEAN, IMAGENET_STD)
+    u8 = torch.from_numpy(images).permute(0, 3, 1, 2).unsqueeze(0).expand(2, -1, -1, -1, -1)
+    tv = unnormalize(aug(RawBatch(u8, torch.arange(n), torch.zeros(n))).views[0]).mean((1, 2))
+
+    def stats(out, src_rgb):
+        gray = (np.abs(out[:, 0] - out[:, 1]) < 1.5) & (np.abs(out[:, 1] - out[:, 2]) < 1.5)
+        luma = out @ [0.299, 0.587, 0.114] / (src_rgb @ [0.299, 0.587, 0.114])
+        return gray.mean(), np.median(luma), np.std(luma), np.abs(out - src_rgb).mean()
+    d, t = stats(dali, base), stats(tv, colours.astype(float))
+    assert abs(d[0] - t[0]) < 0.04 and 0.15 < d[0] < 0.3, (d, t)    # grayscale p=0.2
+    assert abs(d[1] - t[1]) < 0.04 and abs(d[2] - t[2]) < 0.05, (d, t)  # brightness change
+    assert abs(d[3] - t[3]) / t[3] < 0.2, (d, t)                      # overall colour change
+
+
+@pytest.mark.slow
+def test_two_ranks_cover_every_file_once_per_epoch(tmp_path):
+    make_image_folder(str(tmp_path / "img"), per_class=40, bad=False)
+    r = run(["tests/dump_indices.py", "--loader", "dali", "--dataset", "imagefolder", "--data",
+             str(tmp_path / "img"), "--batch", "8", "--out", str(tmp_path)], torchrun=2, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    orders = []
+    for ep in range(2):
+        a, b = (np.load(tmp_path / f"r{k}_e{ep}.npy") for k in range(2))
+        assert len(a) == len(b) == 40 and not set(a) & set(b)
+        assert sorted(np.concatenate([a, b]).tolist()) == list(range(80))
+        orders.append(np.concatenate([a, b]))
+    assert not np.array_equal(*orders)  # reshuffled after the epoch
+
+
+def test_corrupt_file_is_named_and_can_be_skipped(tmp_path):
+    _, bad = make_image_folder(str(tmp_path / "img"), per_class=8)
+    src = open_source("imagefolder", str(tmp_path / "img"), True)
+    loader = build_loader("dali", src, RECIPES["simclr"], 16, 4, "cpu", workers=1)
+    with pytest.raises(DataError, match="zz_(corrupt|truncated).jpg"):
+        for _ in loader:
+            pass
+    report = tmp_path / "bad.txt"
+    report.write_text("# 2 bad\n" + "".join(f"{p}\tOSError\n" for p in bad))
+    loader = build_loader("dali", src, RECIPES["simclr"], 16, 4, "cpu", workers=1, skip_files=str(report))
+    assert sum(len(b.index) for b in loader) == 16 and len(loader) == 4
+    with pytest.raises(UsageError, match="--skip-files"):
+        build_loader("dali", src, RECIPES["simclr"], 16, 4, "cpu", skip_files=str(tmp_path / "nope.txt"))
+
+
+@pytest.mark.slow
+def test_train_with_dali_two_ranks_and_resume(tmp_path):
+    make_image_folder(str(tmp_path / "img"), per_class=32, bad=False)
+    out = str(tmp_path / "run")
+    args = ["train.py", *TINY, "--loader", "dali", "--dataset", "imagefolder", "--data", str(tmp_path / "img"),
+            "--res", "32", "--batch-size", "16", "--lr", "0.1", "--out", out]
+    r = run(args + ["--epochs", "1"], torchrun=2, timeout=400)
+    assert r.returncode == 0 and "done:" in r.stdout, r.stderr[-2000:]
+    r = run(args + ["--epochs", "2", "--resume", "auto"], torchrun=2, timeout=400)
+    assert r.returncode == 0 and "resumed from" in r.stdout and "fresh shuffle" in r.stdout, r.stderr[-2000:]
