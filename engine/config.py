@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", help="YAML preset: keys are flag names (dashes or underscores); flags given win")
     a("--loader", default="torch", help="torch | synthetic | ffcv | dali")
     a("--method", default="simclr", help="simclr | moco | byol | simsiam")
-    a("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | cifar10 | stl10")
+    a("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | filelist | cifar10 | stl10")
     a("--data", default=None, help="dataset root (fashion-mnist: /usr/share/datasets/fashion-mnist)")
     a("--subset", type=int, default=0, help="train on a fixed random subset of N images (0: all)")
     a("--beton", default=None, help="--loader ffcv: the .beton written by python -m loaders.prepare")
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--os-cache", action=argparse.BooleanOptionalAction, default=True,
       help="ffcv: use the OS page cache (off: a private cache per process, RAM grows with the number of GPUs)")
     a("--batches-ahead", type=int, default=3, help="ffcv: batches prepared ahead")
+    a("--dali-roi", action="store_true", help="dali: decode only each view's crop window (two partial decodes)")
     a("--skip-files", default=None, help="dali: skip the images listed in this report (loaders.prepare --check)")
     a("--min-res", type=int, default=0, help="progressive resolution (ffcv): start at this crop size ...")
     a("--start-ramp", type=int, default=0, help="... until this epoch, then grow linearly ...")

@@ -46,7 +46,7 @@ def build_loader(name, source, recipe, res, batch_size, device, rank=0, world=1,
     if name == "dali":
         from loaders.dali import DALILoader
         return DALILoader(source, res, recipe, batch_size, device, rank, world, seed, workers, channels_last, mix,
-                          skip_files=kw.get("skip_files"))
+                          skip_files=kw.get("skip_files"), roi=kw.get("dali_roi", False))
     raise UsageError(f"--loader {name}: unknown (choose from {', '.join(LOADERS)})")
 
 

@@ -17,6 +17,8 @@ Sources:
   of the world size so that every rank has the same number of steps. The iterator is bound to the reader
   (reader_name) so epochs end. DALI cannot restore a reader's position: a resumed run starts epoch E with a
   fresh shuffle drawn from (seed, E) and says so.
+- with roi=True (--dali-roi), each view is decoded on its own, only its random crop window
+  (fn.decoders.image_random_crop): two partial decodes instead of one whole decode + two crops.
 - images held in memory (Fashion-MNIST, CIFAR): fn.external_source per sample, in the shared epoch order
   (loaders/order.py) split by rank like the torch back end.
 """
@@ -36,16 +38,19 @@ from loaders.order import epoch_permutation, num_steps, rank_batches
 RATIO = [3 / 4, 4 / 3]
 
 
-def _jitter(fn, types, v, a):
-    """torchvision's ColorJitter factors, per sample (fixed op order)."""
+def _jitter(fn, types, v, a, cpu):
+    """torchvision's ColorJitter factors, per sample (fixed op order). Contrast blends with the sample's mean
+    grey level as torchvision does (arithmetic: DALI wants named arguments on the CPU)."""
+    from nvidia.dali import math as dmath
     b = fn.random.uniform(range=[1 - a.brightness, 1 + a.brightness])
     c = fn.random.uniform(range=[1 - a.contrast, 1 + a.contrast])
     s = fn.random.uniform(range=[1 - a.saturation, 1 + a.saturation])
     h = fn.random.uniform(range=[-a.hue * 360, a.hue * 360])
     v = fn.brightness_contrast(v, brightness=b)
-    gray = fn.color_space_conversion(v, image_type=types.RGB, output_type=types.GRAY)
-    center = fn.reductions.mean(fn.cast(gray, dtype=types.FLOAT))
-    v = fn.brightness_contrast(v, contrast=c, contrast_center=center)
+    mean = fn.reductions.mean(fn.cast(fn.color_space_conversion(v, image_type=types.RGB, output_type=types.GRAY),
+                                      dtype=types.FLOAT))
+    c = c if cpu else c.gpu()
+    v = fn.cast(dmath.clamp(fn.cast(v, dtype=types.FLOAT) * c + mean * (1.0 - c), 0.0, 255.0), dtype=types.UINT8)
     return fn.hsv(v, hue=h, saturation=s)
 
 
@@ -53,14 +58,21 @@ def _coin(fn, types, p):
     return fn.cast(fn.random.coin_flip(probability=p), dtype=types.BOOL)
 
 
-def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu):
-    """One view of the recipe `a` (loaders.augment.ViewAug) from decoded uint8 HWC images."""
+def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs=None):
+    """One view of the recipe `a` (loaders.augment.ViewAug) from decoded uint8 HWC images, or, given `jpegs`,
+    with ROI decoding (each view decodes only its random crop window)."""
     dev = "cpu" if cpu else "gpu"
-    v = fn.random_resized_crop(images, device=dev, size=[res, res], random_area=list(a.crop_scale),
-                               random_aspect_ratio=RATIO, antialias=True)
+    if jpegs is not None:
+        v = fn.decoders.image_random_crop(jpegs, device="cpu" if cpu else "mixed", output_type=types.RGB,
+                                          random_area=list(a.crop_scale), random_aspect_ratio=RATIO,
+                                          num_attempts=10)
+        v = fn.resize(v, resize_x=res, resize_y=res, antialias=True)
+    else:
+        v = fn.random_resized_crop(images, device=dev, size=[res, res], random_area=list(a.crop_scale),
+                                   random_aspect_ratio=RATIO, antialias=True)
     if a.jitter > 0:
         if _coin(fn, types, a.jitter):
-            v = _jitter(fn, types, v, a)
+            v = _jitter(fn, types, v, a, cpu)
     if a.gray > 0:
         if _coin(fn, types, a.gray):
             v = fn.hsv(v, saturation=0.0)
@@ -77,7 +89,7 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu):
 
 class DALILoader:
     def __init__(self, source, res, recipe, batch_size, device, rank=0, world=1, seed=0, workers=4,
-                 channels_last=False, mix=None, drop_last=True, skip_files=None, prefetch=2):
+                 channels_last=False, mix=None, drop_last=True, skip_files=None, prefetch=2, roi=False):
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
@@ -85,7 +97,7 @@ class DALILoader:
         self.source, self.res, self.recipe, self.batch = source, res, tuple(recipe), batch_size
         self.device, self.rank, self.world, self.seed = torch.device(device), rank, world, seed
         self.workers, self.channels_last, self.mix, self.prefetch = max(1, workers), channels_last, mix, prefetch
-        self.drop_last = drop_last
+        self.drop_last, self.roi = drop_last, roi
         self.cpu = self.device.type != "cuda"
         self.mean, self.std = source.mean, source.std
         base = source.src if isinstance(source, Subset) else source
@@ -128,14 +140,16 @@ class DALILoader:
                     files=[self.files[i] for i in order], labels=[int(i) for i in order], name="Reader",
                     shard_id=self.rank, num_shards=self.world, shuffle_after_epoch=True, seed=self.seed + 1,
                     pad_last_batch=True, random_shuffle=False)
-                images = fn.decoders.image(jpegs, device="cpu" if cpu else "mixed", output_type=types.RGB)
+                images = None if self.roi else fn.decoders.image(jpegs, device="cpu" if cpu else "mixed",
+                                                                 output_type=types.RGB)
             else:
+                jpegs = None
                 images, index = fn.external_source(source=self._sample_fn(), num_outputs=2, batch=False,
                                                    dtype=[types.UINT8, types.INT64], layout=["HWC", ""])
                 if not cpu:
                     images = images.gpu()
-            views = [view_ops(fn, types, images, a, self.res, self.mean, self.std, out_dtype, layout, cpu)
-                     for a in self.recipe]
+            views = [view_ops(fn, types, images, a, self.res, self.mean, self.std, out_dtype, layout, cpu,
+                              jpegs if self.roi else None) for a in self.recipe]
             return (*views, index)
 
         self.built_for = epoch
@@ -188,19 +202,20 @@ class DALILoader:
     def __iter__(self):
         if self.it is None:
             self._build(self.epoch)
-        steps = 0
+            self._pos = 0
         while True:
             try:
                 out = next(self.it)[0]
             except StopIteration:
-                break
+                steps, self._pos = self._pos, 0
+                if steps != self.steps:
+                    raise RuntimeError(f"DALI gave {steps} batches this epoch, expected {self.steps}")
+                return
             except RuntimeError as e:
                 raise DataError(f"DALI: {_first_line(e)} (remove the file, or list bad files "
                                 "with python -m loaders.prepare --check and pass the report with --skip-files)")
+            self._pos += 1
             yield self._batch(out)
-            steps += 1
-        if steps != self.steps:
-            raise RuntimeError(f"DALI gave {steps} batches this epoch, expected {self.steps}")
 
     def _batch(self, out):
         views = [out[f"view{v}"] for v in range(len(self.recipe))]

@@ -73,6 +73,31 @@ class FolderSource:
                             f"(remove it, or list bad files with: python -m loaders.prepare --check --data DIR)")
 
 
+class FileListSource(FolderSource):
+    """A file list as DALI's readers take it: one "path label" per line (paths relative to the list's folder,
+    or absolute; '#' starts a comment)."""
+
+    def __init__(self, path: str):
+        base = os.path.dirname(os.path.abspath(path))
+        self.files, labels = [], []
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                line = line.split("#")[0].strip()
+                if not line:
+                    continue
+                parts = line.rsplit(maxsplit=1)
+                if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                    raise UsageError(f"--data {path}: line {n} is not 'path label': {line[:80]}")
+                self.files.append(os.path.join(base, parts[0]))
+                labels.append(int(parts[1]))
+        if not self.files:
+            raise UsageError(f"--data {path}: the file list is empty")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.num_classes = int(self.labels.max()) + 1
+        self.classes = [str(c) for c in range(self.num_classes)]
+        self.mean, self.std, self.name = IMAGENET_MEAN, IMAGENET_STD, "filelist"
+
+
 def read_idx(path: str) -> np.ndarray:
     """An idx file (optionally gzipped), as used by (Fashion-)MNIST."""
     opener = gzip.open if path.endswith(".gz") else open
@@ -132,7 +157,16 @@ def folder(root: str, train: bool) -> FolderSource:
     return FolderSource(sub if os.path.isdir(sub) else root)
 
 
-DATASETS = {"fashion-mnist": fashion_mnist, "imagefolder": folder, "cifar10": cifar10, "stl10": stl10}
+def filelist(path: str, train: bool) -> FileListSource:
+    """--data LIST.txt (train) ; the test split is LIST with 'train' replaced by 'val' when that file exists."""
+    if not train:
+        other = path.replace("train", "val")
+        path = other if other != path and os.path.isfile(other) else path
+    return FileListSource(path)
+
+
+DATASETS = {"fashion-mnist": fashion_mnist, "imagefolder": folder, "filelist": filelist, "cifar10": cifar10,
+            "stl10": stl10}
 DEFAULT_DATA = {"fashion-mnist": FASHION_DIR}
 
 
@@ -143,7 +177,10 @@ def open_source(dataset: str, root: str | None, train: bool = True, subset: int 
     root = root or DEFAULT_DATA.get(dataset)
     if not root:
         raise UsageError(f"--dataset {dataset} needs --data DIR")
-    if not os.path.isdir(root):
+    if dataset == "filelist":
+        if not os.path.isfile(root):
+            raise UsageError(f"--data {root}: no such file (a list of 'path label' lines)")
+    elif not os.path.isdir(root):
         raise UsageError(f"--data {root}: no such directory")
     src = DATASETS[dataset](root, train)
     if len(src) == 0:

@@ -286,7 +286,9 @@ class FFCVLoader:
         pipelines = {"image": [self.decoder, ToTensor(), *dev],
                      "label": [IntDecoder(), ToTensor(), Squeeze(1), *dev],
                      "index": [IntDecoder(), ToTensor(), Squeeze(1), *dev]}
-        self.loader = Loader(path, batch_size=batch_size, num_workers=max(1, workers), os_cache=os_cache,
+        import numba
+        workers = min(max(1, workers), numba.config.NUMBA_NUM_THREADS)  # numba refuses more threads than cores
+        self.loader = Loader(path, batch_size=batch_size, num_workers=workers, os_cache=os_cache,
                              order=ffcv_order, distributed=False, seed=seed, drop_last=drop_last,
                              pipelines=pipelines, batches_ahead=batches_ahead)
         self.steps = num_steps(self.n, batch_size, world, drop_last) if self.rank_order else len(self.loader)

@@ -93,9 +93,14 @@ class Samples:
 
 
 def write_beton(samples: Samples, out: str, write_mode: str, max_resolution: int | None, jpeg_quality: int,
-                compress_probability: float, workers: int, chunksize: int = 100):
+                compress_probability: float, workers: int, chunksize: int = 100, progress: bool = True):
+    import functools
+
+    import ffcv.writer
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
+    from tqdm import tqdm
+    ffcv.writer.tqdm = functools.partial(tqdm, disable=not progress, desc="write", unit="img")
     fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution,
                                      jpeg_quality=jpeg_quality, compress_probability=compress_probability,
                                      smart_threshold=max_resolution and max_resolution ** 2 * 3 // 2),
@@ -184,7 +189,7 @@ def main(argv=None):
     t1 = time.perf_counter()
     try:
         write_beton(Samples(src, keep), tmp, args.write_mode, args.max_resolution, args.jpeg_quality,
-                    args.compress_probability, workers, args.chunksize)
+                    args.compress_probability, workers, args.chunksize, progress)
         os.replace(tmp, args.out)
     finally:
         if os.path.exists(tmp):

@@ -18,7 +18,10 @@ MEAN, STD = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
 
 
 def unnormalize(v):  # [B, 3, H, W] float -> [B, H, W, 3] in 0..255
-    return (v.permute(0, 2, 3, 1).numpy() * STD + MEAN) * 255
+    return (v.permute(0, 2, 3, 1).float().cpu().numpy() * STD + MEAN) * 255
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +42,26 @@ def coded_folder(tmp_path_factory):
     return str(root)
 
 
-def test_views_are_regions_of_the_source(coded_folder):
-    src = open_source("imagefolder", coded_folder, True)
+@pytest.mark.parametrize("device,roi,listed", [("cpu", False, False), ("cpu", True, True),
+                                               pytest.param("cuda", False, False, marks=pytest.mark.gpu),
+                                               pytest.param("cuda", True, False, marks=pytest.mark.gpu)])
+def test_views_are_regions_of_the_source(coded_folder, device, roi, listed, tmp_path):
+    """Whole decode + crops, and ROI decoding (--dali-roi); over the folder and over a file list."""
+    if listed:
+        lines = [f"{os.path.join(d, f)} {int(d[-1])}\n" for d in sorted(glob_dirs(coded_folder))
+                 for f in sorted(os.listdir(d))]
+        (tmp_path / "train.txt").write_text("# path label\n" + "".join(lines))
+        src = open_source("filelist", str(tmp_path / "train.txt"), True)
+    else:
+        src = open_source("imagefolder", coded_folder, True)
     recipe = (ViewAug(crop_scale=(0.2, 1.0), flip=0, jitter=0, gray=0, blur=0),) * 2
-    loader = build_loader("dali", src, recipe, 32, 4, "cpu", workers=2, seed=1)
+    loader = build_loader("dali", src, recipe, 32, 4, device, workers=2, seed=1, dali_roi=roi)
     loader.set_epoch(0)
     areas, n = [], 0
     for b in loader:
-        assert b.views.shape == (2, 4, 3, 32, 32) and b.views.dtype == torch.float32
-        assert b.label.tolist() == [int(src.labels[i]) for i in b.index.tolist()]
+        assert b.views.shape == (2, 4, 3, 32, 32) and b.views.device.type == device
+        assert b.views.dtype == (torch.float32 if device == "cpu" else torch.float16)
+        assert b.label.tolist() == [int(src.labels[i]) for i in b.index.tolist()] and b.label.device.type == device
         for v in range(2):
             x = unnormalize(b.views[v])
             for k, i in enumerate(b.index.tolist()):
@@ -64,7 +78,12 @@ def test_views_are_regions_of_the_source(coded_folder):
     assert n == 32 and 0.2 - 0.05 < min(areas) and max(areas) <= 1.05 and np.std(areas) > 0.1
 
 
-def test_augmentation_statistics_match_the_torch_path():
+def glob_dirs(root):
+    return [os.path.join(root, d) for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_augmentation_statistics_match_the_torch_path(device):
     """Constant-colour images: the fraction turned grey and the brightness/colour changes of DALI's views
     follow the same distributions as the torch path's device augmentation (2048 samples each)."""
     rng = np.random.default_rng(0)
@@ -73,11 +92,11 @@ def test_augmentation_statistics_match_the_torch_path():
     images = np.broadcast_to(colours[:, None, None, :], (n, res, res, 3)).copy()
     src = ArraySource(images, np.zeros(n, np.int64), 1, IMAGENET_MEAN, IMAGENET_STD, "flat")
     recipe = (ViewAug(crop_scale=(1.0, 1.0), blur=0),) * 2
-    loader = build_loader("dali", src, recipe, res, 256, "cpu", workers=2, seed=0)
+    loader = build_loader("dali", src, recipe, res, 256, device, workers=2, seed=0)
     dali_views, idx = [], []
     for b in loader:
         dali_views.append(unnormalize(b.views[0]).mean((1, 2)))
-        idx.append(b.index.numpy())
+        idx.append(b.index.cpu().numpy())
     dali = np.concatenate(dali_views)
     base = colours[np.concatenate(idx)].astype(float)
     aug = DeviceAugment(recipe, IMAGENET_MEAN, IMAGENET_STD)

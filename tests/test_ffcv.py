@@ -13,7 +13,7 @@ import torch
 from loaders.augment import RECIPES
 from loaders.ffcv_loader import LOG_RATIO, FFCVLoader, crop_box
 from loaders.prepare import read_rgb
-from tests.helpers import ROOT, TINY, make_image_folder, run
+from tests.helpers import ROOT, TINY, make_image_folder, read_csv, run
 
 
 def prepare(*args):
@@ -51,15 +51,18 @@ def test_prepare_skips_and_reports_corrupt_and_truncated(folder_beton):
     assert again.returncode == 2 and "exists (add --force" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_views_are_regions_of_the_pil_decoded_source(folder_beton):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_views_are_regions_of_the_pil_decoded_source(folder_beton, device):
     """Each view = the crop_box region of the PIL-decoded file resized to res (after the JPEG re-encode at
     quality 95); the two views of a sample differ; the index/label fields are right."""
     out, good, _, _ = folder_beton
     labels = [0 if "class0" in p else 1 for p in good]
-    loader = FFCVLoader(out, 32, RECIPES["simclr"], 4, "cpu", lambda raw: raw, workers=2, seed=3)
+    loader = FFCVLoader(out, 32, RECIPES["simclr"], 4, device, lambda raw: raw, workers=2, seed=3)
     loader.set_epoch(1)
     seen = 0
     for b in loader:
+        assert b.views.device.type == device
+        b.views, b.index, b.label = b.views.cpu(), b.index.cpu(), b.label.cpu()
         assert b.views.shape == (2, 4, 3, 32, 32) and b.views.dtype == torch.uint8
         for k, i in enumerate(b.index.tolist()):
             img = read_rgb(good[i])
@@ -105,27 +108,27 @@ def test_two_ranks_cover_every_index_once_per_epoch(fashion_beton, tmp_path):
 
 
 def test_not_a_beton_and_truncated_beton_are_clear_errors(fashion_beton, tmp_path):
+    from engine.errors import UsageError
+    from loaders.ffcv_loader import check_beton
     junk = tmp_path / "junk.beton"
     junk.write_bytes(os.urandom(5000))
     cut = tmp_path / "cut.beton"
     data = open(fashion_beton, "rb").read()
     cut.write_bytes(data[:len(data) // 2])
     for path, what in ((junk, "not a readable FFCV .beton"), (cut, "truncated or damaged"),
-                       (tmp_path / "missing.beton", "no such file")):
-        r = run(["train.py", *TINY, "--loader", "ffcv", "--beton", str(path), "--epochs", "1",
-                 "--out", str(tmp_path / "run")])
-        assert r.returncode == 2 and what in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
-    r = run(["train.py", *TINY, "--loader", "ffcv", "--epochs", "1", "--out", str(tmp_path / "run")])
-    assert r.returncode == 2 and "needs --beton" in r.stderr
+                       (tmp_path / "missing.beton", "no such file"), (None, "needs --beton")):
+        with pytest.raises(UsageError, match=what):
+            check_beton(str(path) if path else None)
+    r = run(["train.py", *TINY, "--loader", "ffcv", "--beton", str(cut), "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert r.returncode == 2 and "truncated or damaged" in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
 
 
 @pytest.mark.slow
 def test_train_with_ffcv_two_ranks_and_progressive_resolution(fashion_beton, tmp_path):
+    """2 ranks over gloo, crop size growing 16 -> 28 over the 2 epochs (the decoder is recompiled)."""
     out = str(tmp_path / "run")
-    args = ["train.py", *TINY, "--loader", "ffcv", "--beton", fashion_beton, "--epochs", "2", "--batch-size", "64",
-            "--lr", "0.1", "--out", out]
-    r = run(args, torchrun=2, timeout=400)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "done:" in r.stdout
-    r = run(args[:-2] + ["--out", out + "p", "--min-res", "16", "--res", "28"], timeout=400)
+    r = run(["train.py", *TINY, "--loader", "ffcv", "--beton", fashion_beton, "--epochs", "2", "--batch-size", "64",
+             "--lr", "0.1", "--min-res", "16", "--res", "28", "--out", out], torchrun=2, timeout=400)
     assert r.returncode == 0 and "done:" in r.stdout, r.stderr[-2000:]
+    rows = read_csv(os.path.join(out, "epoch.csv"))
+    assert len(rows) == 2 and all(np.isfinite(float(x["loss"])) for x in rows)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# On the GPU machine (../shared/DEVICE.md), from the repository root, after the bundle's parts were appended
+# to /tmp/bundle.tar: install FFCV + DALI, run the tests marked gpu, make ImageNet-sized JPEGs, write a
+# .beton, and benchmark every loader against the synthetic ceiling in one run per model. Results in $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+N=${N:-10000}
+if [ -f /tmp/bundle.tar ] && [ ! -d /tmp/site ]; then
+  mkdir -p /tmp/w && tar xf /tmp/bundle.tar -C /tmp/w
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/w/*.whl .whl/extra/*.whl 2>&1 | tail -2
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONWARNINGS=ignore
+python3 -c "import ffcv, nvidia.dali, yaml, tqdm, torch; print('ffcv', ffcv.__version__, 'dali', nvidia.dali.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())" 2>&1 | tail -1 | tee "$OUT/versions.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$OUT/versions.txt" 2>&1
+if [ "${TESTS:-1}" = 1 ]; then
+  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tail -25 > "$OUT/gpu_tests.txt"
+  tail -3 "$OUT/gpu_tests.txt"
+fi
+[ -d /tmp/inet ] || python3 scripts/make_jpegs.py /tmp/inet --n "$N" --classes 100 | tee "$OUT/jpegs.txt"
+[ -f /tmp/inet.beton ] || python3 -m loaders.prepare --dataset imagefolder --data /tmp/inet --out /tmp/inet.beton \
+  --max-resolution 256 --write-mode jpg --jpeg-quality 90 --workers 16 --no-progress 2>&1 | tail -2 | tee "$OUT/prepare.txt"
+for cfg in ${CFGS:-resnet50:224 resnet18:128}; do
+  set -- ${cfg/:/ }
+  timeout 280 python3 -m eval.bench --loader "${LOADERS:-dali,ffcv,torch,tvpil}" --dataset imagefolder --data /tmp/inet \
+    --beton /tmp/inet.beton --arch "$1" --res "$2" --batch-size 256 --workers 16 --steps "${STEPS:-30}" --warmup 5 \
+    --json "$OUT/bench_$1_$2.json" > "$OUT/bench_$1_$2.txt" 2>&1
+  tail -9 "$OUT/bench_$1_$2.txt"
+done
