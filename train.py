@@ -27,9 +27,10 @@ from engine.optim import build_optimizer
 from engine.sched import momentum_schedule, warmup_cosine
 from eval.knn import knn_accuracy
 from loaders import build_loader, progressive_res
-from loaders.augment import RECIPES
+from loaders.augment import RECIPES, DeviceAugment
 from loaders.datasets import open_source
 from loaders.mix import MixSpec
+from mining.sepp import SePP
 from models.methods import METHODS
 
 
@@ -118,7 +119,8 @@ def main(argv=None):
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     log = RunLog(args.out, main_rank)
     test_src = open_source(args.dataset, args.data, False) if args.knn_every >= 0 else None
-    norm = loader.augment.plain if hasattr(loader, "augment") else None
+    norm = (loader.augment if hasattr(loader, "augment") else  # DALI normalizes in its pipeline
+            DeviceAugment(recipe, train_src.mean, train_src.std, args.channels_last)).plain
     acc0 = None
     if main_rank and random_init_state is not None and start_epoch == 0:
         cur = {k: v.clone() for k, v in model.state_dict().items()}
@@ -128,11 +130,21 @@ def main(argv=None):
         print(f"kNN random init: {acc0:.2f}%", flush=True)
         log.write("knn", {"epoch": 0, "knn_top1": acc0, "what": "random-init"}, 0)
 
+    sepp = SePP(args, loader, train_src, norm, device, rank, world) if args.sepp else None
+
     # ---- train
     meter = Throughput()
     run_images, run_time, run_wait = 0, 0.0, 0.0
     for epoch in range(start_epoch, args.epochs):
         seed_everything(args.seed, epoch, rank)
+        if sepp is not None and sepp.due(epoch):
+            info = sepp.refresh(epoch, model, progress=main_rank and not args.no_progress)
+            if main_rank:
+                log.write("sepp", info, epoch)
+                print(f"SePP refresh: {info['paired']:.0%} of samples paired, {info['label_agreement']:.1%} of "
+                      f"pairs share a label, {info['refresh_s']:.1f} s", flush=True)
+        if sepp is not None:
+            sepp.start_epoch(epoch)
         loader.set_epoch(epoch)
         model.train()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not main_rank
@@ -140,6 +152,8 @@ def main(argv=None):
         epoch_loss, it, t_wait = 0.0, 0, time.perf_counter()
         t_epoch = t_wait
         for it, batch in enumerate(loader):
+            if sepp is not None:
+                sepp.tag(batch)
             meter.waited(time.perf_counter() - t_wait, batch.size * world)
             run_wait += time.perf_counter() - t_wait
             run_images += batch.size * world
@@ -161,8 +175,9 @@ def main(argv=None):
                     raise UsageError(f"loss is {lv} at epoch {epoch + 1} step {it}: lower --lr, or try --amp off")
                 img_s, wait = meter.read()
                 row = {"step": step, "epoch": epoch, "loss": lv, "lr": lr_s[step], "img_s": img_s, "data_wait": wait}
-                if "loss_mix" in out:
-                    row["loss_mix"] = dist.all_reduce_mean(out["loss_mix"]).item()
+                for extra, on in (("loss_mix", args.bsim), ("loss_sepp", args.sepp)):
+                    if on:  # a fixed CSV header: empty until the term exists (SePP warm-up)
+                        row[extra] = dist.all_reduce_mean(out[extra]).item() if extra in out else ""
                 log.write("train", row, step)
                 bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{img_s:.0f}", wait=f"{wait:.0%}")
             epoch_loss += loss.detach()

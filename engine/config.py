@@ -22,7 +22,7 @@ METHOD_DEFAULTS = {
 }
 DEFAULT_RES = {"fashion-mnist": 28, "cifar10": 32, "stl10": 96}   # else 224
 MODEL_KEYS = ("arch", "small_stem", "stem_stride", "temperature", "proj_hidden", "proj_dim", "pred_hidden",
-              "queue_size", "bsim_weight")
+              "queue_size", "bsim_weight", "sepp_weight")
 
 
 def parser_error_one_line(p: argparse.ArgumentParser):
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--method", default="simclr", help="simclr | moco | byol | simsiam")
     a("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | filelist | cifar10 | stl10")
     a("--data", default=None, help="dataset root (fashion-mnist: /usr/share/datasets/fashion-mnist)")
-    a("--subset", type=int, default=0, help="train on a fixed random subset of N images (0: all)")
+    a("--subset", type=int, default=0, help="train on a fixed random subset of N images (0: all; with ffcv: "
+      "the subset the .beton was written with, prepare --subset N --seed S)")
     a("--beton", default=None, help="--loader ffcv: the .beton written by python -m loaders.prepare")
     a("--ffcv-order", default="auto", help="auto (quasi_random on one process, ours under torchrun) | "
       "quasi_random | random | ours (the rank split of one global permutation, as the other loaders)")
@@ -76,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--bsim-mode", default="mixup", help="mixup | cutmix | both")
     a("--bsim-alpha", type=float, default=1.0, help="lam ~ Beta(alpha, alpha) per sample")
     a("--bsim-weight", type=float, default=1.0, help="total = L_method + w * L_mix")
+    a("--sepp", action="store_true", help="semantic positive pairs: mined nearest neighbours become positives")
+    a("--sepp-k", type=int, default=5, help="candidates per anchor (one is paired with it each epoch)")
+    a("--sepp-threshold", type=float, default=0.5, help="minimum cosine similarity of a mined positive")
+    a("--sepp-every", type=int, default=1, help="refresh the bank and the pairs every N epochs")
+    a("--sepp-warmup", type=int, default=1, help="epochs without SePP before the first refresh")
+    a("--sepp-weight", type=float, default=1.0, help="BYOL/SimSiam: total += w * L_sepp")
+    a("--sepp-encoder", default=None, help="mine with this checkpoint's backbone instead of the training one")
+    a("--sepp-index", default="auto", help="auto | faiss | faiss-ivf | torch")
     a("--recipe", default=None, help="augmentation recipe: simclr | byol (default: the method's)")
     a("--out", default="runs/default")
     a("--resume", default=None, help="checkpoint to resume from ('auto': OUT/last.pt if it exists)")
@@ -122,7 +131,8 @@ def resolve(args):
                                ("--device", args.device, ("auto", "cpu", "cuda")),
                                ("--optimizer", args.optimizer, (None, "sgd", "lars")),
                                ("--recipe", args.recipe, (None, "simclr", "byol")),
-                               ("--bsim-mode", args.bsim_mode, ("mixup", "cutmix", "both"))):
+                               ("--bsim-mode", args.bsim_mode, ("mixup", "cutmix", "both")),
+                               ("--sepp-index", args.sepp_index, ("auto", "faiss", "faiss-ivf", "torch"))):
         if val not in choices:
             raise UsageError(f"{flag} {val}: unknown (choose from {', '.join(c for c in choices if c)})")
     for k, v in METHOD_DEFAULTS[args.method].items():
@@ -139,8 +149,13 @@ def resolve(args):
         if not 0 < args.min_res <= args.res or not 0 <= args.start_ramp <= args.end_ramp:
             raise UsageError(f"--min-res {args.min_res} --start-ramp {args.start_ramp} --end-ramp {args.end_ramp}: "
                              f"need 0 < min-res <= --res ({args.res}) and start-ramp <= end-ramp")
-    if args.loader == "ffcv" and args.subset:
-        raise UsageError("--subset with --loader ffcv: write the subset once with python -m loaders.prepare --subset N")
+    if args.sepp:
+        if args.sepp_k < 1 or args.sepp_every < 1 or args.sepp_warmup < 0 or not -1 <= args.sepp_threshold <= 1:
+            raise UsageError("--sepp-k and --sepp-every must be >= 1, --sepp-warmup >= 0, --sepp-threshold in [-1, 1]")
+        if args.sepp_encoder and not os.path.isfile(args.sepp_encoder):
+            raise UsageError(f"--sepp-encoder {args.sepp_encoder}: no such file")
+        if args.loader == "ffcv":
+            args.ffcv_order = "ours"  # the pair plan is an index order
     if args.epochs < 1 or args.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
     return args

@@ -6,7 +6,7 @@ Shapes and dtypes, declared once like an FFCV operation's output:
   index  int64 [B]              real sample indices into the training set (never fakes: SePP needs them)
   label  int64 [B]              class labels, -1 where the dataset has none
   mix    Mix | None             BSIM mixtures (loaders/mix.py), made on the device from views[0]
-  pos    int64 [B] | None       in-batch position of each sample's mined semantic positive, -1 for none
+  pos    int64 [B] | None       SePP: the sample id (an index value) of each sample's mined positive, -1 for none
 """
 from __future__ import annotations
 

@@ -111,16 +111,29 @@ class DALILoader:
                 files, labels = [files[k] for k in kept], labels[kept]
             self.files = files
             self.labels = torch.as_tensor(labels, dtype=torch.long)
-            # same number of samples on every rank: cut to a multiple of the world size (< world dropped)
-            self.n = len(files) - len(files) % world
-            per_rank = self.n // world
+            # the reader: the same number of samples on every rank, cut to a multiple of the world size
+            self.n = len(files)
+            self.n_reader = self.n - self.n % world
+            per_rank = self.n_reader // world
             self.steps = per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
         else:
             self.labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
             self.n = len(source)
             self.steps = num_steps(self.n, batch_size, world, drop_last)
         self.labels = self.labels.to(self.device)
-        self.epoch, self.built_for, self.it, self.plan = 0, None, None, None
+        self.epoch, self.built_for, self.it, self._plan = 0, None, None, None
+
+    @property
+    def plan(self):
+        return self._plan
+
+    @plan.setter
+    def plan(self, fn):
+        """A sample plan (SePP: each anchor next to its positive): files are then fed in that order through an
+        external source (encoded bytes, still decoded by DALI on the GPU) instead of DALI's shuffling reader."""
+        self._plan, self.it = fn, None
+        if self.files is not None and fn is not None and not self.drop_last:
+            raise UsageError("a sample plan with DALI needs drop_last")
 
     # ---- pipeline
     def _build(self, epoch):
@@ -133,13 +146,18 @@ class DALILoader:
 
         @pipeline_def(enable_conditionals=True)
         def pipe():
-            if self.files is not None:
+            if self.files is not None and self._plan is None:
                 # the sample's position in self.files rides as its "label"; class labels are looked up after
-                order = np.random.default_rng([self.seed, epoch, 11]).permutation(self.n)
+                order = np.random.default_rng([self.seed, epoch, 11]).permutation(self.n)[:self.n_reader]
                 jpegs, index = fn.readers.file(
                     files=[self.files[i] for i in order], labels=[int(i) for i in order], name="Reader",
                     shard_id=self.rank, num_shards=self.world, shuffle_after_epoch=True, seed=self.seed + 1,
                     pad_last_batch=True, random_shuffle=False)
+                images = None if self.roi else fn.decoders.image(jpegs, device="cpu" if cpu else "mixed",
+                                                                 output_type=types.RGB)
+            elif self.files is not None:  # files in our order (a plan): encoded bytes, decoded by DALI
+                jpegs, index = fn.external_source(source=self._sample_fn(), num_outputs=2, batch=False,
+                                                  dtype=[types.UINT8, types.INT64])
                 images = None if self.roi else fn.decoders.image(jpegs, device="cpu" if cpu else "mixed",
                                                                  output_type=types.RGB)
             else:
@@ -161,7 +179,7 @@ class DALILoader:
             p.build()
         except RuntimeError as e:
             raise DataError(f"DALI pipeline failed to build: {_first_line(e)}")
-        if self.files is not None:
+        if self.files is not None and self._plan is None:
             policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
             self.it = DALIGenericIterator([p], names, reader_name="Reader", last_batch_policy=policy,
                                           auto_reset=True)
@@ -171,11 +189,15 @@ class DALILoader:
     def _sample_fn(self):
         src, loader = self.source, self
 
+        files = self.files
+
         def sample(info):
             order = loader._rank_order(info.epoch_idx + loader.built_for)
             if info.idx_in_epoch >= len(order):
                 raise StopIteration
             i = int(order[info.idx_in_epoch])
+            if files is not None:
+                return np.fromfile(files[i], dtype=np.uint8), np.array(i, dtype=np.int64)
             img = src.load(i)[0].permute(1, 2, 0).numpy()
             if img.shape[2] == 1:
                 img = np.repeat(img, 3, axis=2)
@@ -183,7 +205,7 @@ class DALILoader:
         return sample
 
     def _rank_order(self, epoch):
-        order = self.plan(epoch) if self.plan else epoch_permutation(self.n, self.seed, epoch)
+        order = self._plan(epoch) if self._plan else epoch_permutation(self.n, self.seed, epoch)
         parts = rank_batches(np.asarray(order), self.batch, self.rank, self.world, self.drop_last)
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
@@ -191,7 +213,7 @@ class DALILoader:
     def set_epoch(self, epoch: int):
         if self.built_for is not None and epoch != self.epoch + 1 and epoch != self.epoch:
             self.it = None  # not the next epoch (a resume): rebuild for it
-        if self.built_for is None and epoch > 0 and self.files is not None and self.rank == 0:
+        if self.built_for is None and epoch > 0 and self.files is not None and self._plan is None and self.rank == 0:
             print(f"note: DALI cannot restore a reader's position: epoch {epoch} starts with a fresh shuffle "
                   f"of the file list (seed {self.seed}, epoch {epoch})", flush=True)
         self.epoch = epoch

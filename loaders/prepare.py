@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.config import parser_error_one_line
 from engine.errors import UsageError, cli_main
-from loaders.datasets import ArraySource, FolderSource, Subset, open_source
+from loaders.datasets import FolderSource, Subset, open_source
 
 WRITE_MODES = ("jpg", "raw", "proportion", "smart")
 

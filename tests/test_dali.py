@@ -148,8 +148,30 @@ def test_train_with_dali_two_ranks_and_resume(tmp_path):
     make_image_folder(str(tmp_path / "img"), per_class=32, bad=False)
     out = str(tmp_path / "run")
     args = ["train.py", *TINY, "--loader", "dali", "--dataset", "imagefolder", "--data", str(tmp_path / "img"),
-            "--res", "32", "--batch-size", "16", "--lr", "0.1", "--out", out]
+            "--res", "32", "--batch-size", "16", "--lr", "0.1", "--bsim", "--out", out]
     r = run(args + ["--epochs", "1"], torchrun=2, timeout=400)
     assert r.returncode == 0 and "done:" in r.stdout, r.stderr[-2000:]
     r = run(args + ["--epochs", "2", "--resume", "auto"], torchrun=2, timeout=400)
     assert r.returncode == 0 and "resumed from" in r.stdout and "fresh shuffle" in r.stdout, r.stderr[-2000:]
+
+
+def test_sample_plan_over_files_keeps_pairs_in_one_batch(tmp_path):
+    """SePP's plan with DALI over files: encoded bytes in the plan's order, decoded by DALI."""
+    from mining.sampler import PairPlan
+    make_image_folder(str(tmp_path / "img"), per_class=16, bad=False)
+    src = open_source("imagefolder", str(tmp_path / "img"), True)
+    rng = np.random.default_rng(0)
+    nb = np.stack([rng.permutation(32)[:3] for _ in range(32)])
+    nb[nb == np.arange(32)[:, None]] = -1
+    loader = build_loader("dali", src, RECIPES["simclr"], 16, 8, "cpu", workers=1)
+    plan = PairPlan(nb, seed=0)
+    loader.plan = plan
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        seen = []
+        for b in loader:
+            ids = b.index.tolist()
+            assert all(plan.partner[i] in ids for i in ids if plan.partner[i] >= 0)
+            assert b.label.tolist() == [int(src.labels[i]) for i in ids]
+            seen += ids
+        assert sorted(seen) == list(range(32)) and len(loader) == 4

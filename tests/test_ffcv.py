@@ -124,11 +124,19 @@ def test_not_a_beton_and_truncated_beton_are_clear_errors(fashion_beton, tmp_pat
 
 
 @pytest.mark.slow
-def test_train_with_ffcv_two_ranks_and_progressive_resolution(fashion_beton, tmp_path):
-    """2 ranks over gloo, crop size growing 16 -> 28 over the 2 epochs (the decoder is recompiled)."""
+def test_train_with_ffcv_two_ranks_progressive_resolution_sepp_and_bsim(fashion_beton, tmp_path):
+    """2 ranks over gloo, crop size growing 16 -> 28 over the 2 epochs (the decoder is recompiled), with
+    semantic positives from epoch 1 (the pair plan as FFCV's order) and BSIM mixtures at once (BYOL)."""
     out = str(tmp_path / "run")
-    r = run(["train.py", *TINY, "--loader", "ffcv", "--beton", fashion_beton, "--epochs", "2", "--batch-size", "64",
-             "--lr", "0.1", "--min-res", "16", "--res", "28", "--out", out], torchrun=2, timeout=400)
+    r = run(["train.py", *TINY, "--loader", "ffcv", "--beton", fashion_beton, "--subset", "512", "--epochs", "2",
+             "--batch-size", "64", "--lr", "0.1", "--min-res", "16", "--res", "28", "--method", "byol",
+             "--sepp", "--sepp-warmup", "1", "--bsim", "--out", out], torchrun=2, timeout=400)
     assert r.returncode == 0 and "done:" in r.stdout, r.stderr[-2000:]
     rows = read_csv(os.path.join(out, "epoch.csv"))
     assert len(rows) == 2 and all(np.isfinite(float(x["loss"])) for x in rows)
+    sepp = read_csv(os.path.join(out, "sepp.csv"))
+    assert len(sepp) == 1 and float(sepp[0]["paired"]) > 0.5
+    steps = read_csv(os.path.join(out, "train.csv"))
+    assert all(x["loss_sepp"] == "" for x in steps if x["epoch"] == "0")
+    assert all(np.isfinite(float(x["loss_sepp"])) and np.isfinite(float(x["loss_mix"]))
+               for x in steps if x["epoch"] == "1")

@@ -139,3 +139,57 @@ def test_losses_are_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(b)
     assert out["loss"].dtype == torch.float32
+
+
+def ref_nt_xent_sepp(z, ids, partner, t):
+    """SimCLR with semantic positives (SupCon's L_out): row i averages -log softmax over every other row
+    whose sample is i's own or i's mined positive."""
+    z = F.normalize(z.double(), dim=1)
+    n2 = z.shape[0]
+    total = 0.0
+    for i in range(n2):
+        den = sum(math.exp(float(z[i] @ z[k]) / t) for k in range(n2) if k != i)
+        pos = [k for k in range(n2) if k != i and (ids[k] == ids[i] or ids[k] == partner[ids[i]])]
+        total += sum(-math.log(math.exp(float(z[i] @ z[k]) / t) / den) for k in pos) / len(pos)
+    return total / n2
+
+
+def test_simclr_with_semantic_positives_matches_reference():
+    torch.manual_seed(0)
+    m, b = run_method("simclr")
+    B = b.size
+    partner = {int(i): -1 for i in b.index}
+    a, c = int(b.index[0]), int(b.index[3])
+    partner[a], partner[c] = c, a
+    b.pos = torch.tensor([partner[int(i)] for i in b.index])
+    loss = m(b)["loss"]
+    with torch.no_grad():
+        z = m.projector(m.backbone(torch.cat(list(b.views))))  # one forward of all views, as SimCLR does
+    ids = b.index.repeat(2).tolist()
+    assert abs(loss.item() - ref_nt_xent_sepp(z, ids, partner, m.temperature)) < 1e-4
+    b.pos = torch.full((B,), -1)
+    assert abs(m(b)["loss"].item() - ref_nt_xent(z, m.temperature)) < 1e-4
+
+
+def test_byol_and_simsiam_semantic_positive_term_matches_reference():
+    for method in ("byol", "simsiam"):
+        torch.manual_seed(0)
+        m, b = run_method(method)
+        base = m(b)["loss"].item()
+        b.pos = torch.full((b.size,), -1)
+        b.pos[1], b.pos[2] = b.index[2], b.index[1]
+        out = m(b)
+        with torch.no_grad():
+            if method == "byol":
+                p = [m.predictor(m.projector(m.backbone(v))).double() for v in b.views]
+                z = [m.target[1](m.target[0](v)).double() for v in b.views]
+                D = lambda a, c: ((F.normalize(a, dim=0) - F.normalize(c, dim=0)) ** 2).sum()  # noqa: E731
+                scale = 1.0
+            else:
+                z = [m.projector(m.backbone(v)).double() for v in b.views]
+                p = [m.predictor(x.float()).double() for x in z]
+                D = lambda a, c: -(F.normalize(a, dim=0) * F.normalize(c, dim=0)).sum()  # noqa: E731
+                scale = 0.5
+        term = sum(D(p[v][i], z[1 - v][j]) for v in (0, 1) for i, j in ((1, 2), (2, 1))) / 2
+        assert abs(out["loss_sepp"].item() - scale * term.item()) < 1e-4, method
+        assert abs(out["loss"].item() - base - m.sepp_weight * out["loss_sepp"].item()) < 1e-4

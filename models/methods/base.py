@@ -15,10 +15,11 @@ class Method(nn.Module):
     momentum_encoder = False
     recipe = "simclr"      # augmentation recipe (loaders/augment.py RECIPES)
 
-    def __init__(self, arch="resnet18", small_stem=False, stem_stride=1, bsim_weight=1.0, **_):
+    def __init__(self, arch="resnet18", small_stem=False, stem_stride=1, bsim_weight=1.0, sepp_weight=1.0, **_):
         super().__init__()
         self.backbone, self.feat_dim = build_backbone(arch, small_stem, stem_stride)
         self.bsim_weight = bsim_weight   # total = L_method + w * L_mix (BSIM)
+        self.sepp_weight = sepp_weight   # BYOL/SimSiam: total += w * L_sepp (semantic positives)
 
     def make_target(self, *modules: nn.Module) -> nn.ModuleList:
         """A frozen copy (momentum / target encoder), updated only by momentum_update."""
@@ -67,6 +68,21 @@ def fp32(device_type: str):
 def mix_regression(pm: torch.Tensor, z: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor, D) -> torch.Tensor:
     """BSIM term for BYOL/SimSiam: mean of lam * D(p(m), z_i) + (1 - lam) * D(p(m), z_j), z the targets."""
     return (lam * D(pm, z) + (1 - lam) * D(pm, z[partner])).mean()
+
+
+def sepp_regression(p: torch.Tensor, z: torch.Tensor, ids: torch.Tensor, pos_ids: torch.Tensor, D) -> torch.Tensor:
+    """SePP term for BYOL/SimSiam: mean over the anchors whose semantic positive (pos_ids, a sample id or -1)
+    is in the batch of D(p_i, z_j), j that positive's row. Masked, so no host-device sync."""
+    hit = (pos_ids[:, None] == ids[None, :]) & (pos_ids[:, None] >= 0)
+    has = hit.any(1)
+    j = hit.float().argmax(1)
+    return (D(p, z[j]) * has).sum() / has.sum().clamp(min=1)
+
+
+def with_sepp(out: dict, method: "Method", loss_sepp: torch.Tensor) -> dict:
+    out["loss_sepp"] = loss_sepp.detach()
+    out["loss"] = out["loss"] + method.sepp_weight * loss_sepp
+    return out
 
 
 def with_mix(out: dict, method: "Method", loss_mix: torch.Tensor) -> dict:

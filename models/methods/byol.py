@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from models.heads import mlp
 from models.losses import byol_regression
-from models.methods.base import Method, fp32, mix_regression, with_mix
+from models.methods.base import Method, fp32, mix_regression, sepp_regression, with_mix, with_sepp
 
 
 class BYOL(Method):
@@ -27,6 +27,9 @@ class BYOL(Method):
         with fp32(p[0].device.type):
             # eq. 2 + symmetrization: L = L(p1, z2') + L(p2, z1')
             out = {"loss": byol_regression(p[0], z[1]).mean() + byol_regression(p[1], z[0]).mean()}
+            if batch.pos is not None:  # SePP: predict the semantic positive's target too (both views)
+                out = with_sepp(out, self, sepp_regression(p[0], z[1], batch.index, batch.pos, byol_regression)
+                                + sepp_regression(p[1], z[0], batch.index, batch.pos, byol_regression))
             if pm is not None:  # BSIM: targets from the target network's second view
                 out = with_mix(out, self, mix_regression(pm, z[1], batch.mix.lam, batch.mix.partner, byol_regression))
         return out

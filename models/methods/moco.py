@@ -73,8 +73,9 @@ class MoCo(Method):
             q = [F.normalize(x.float(), dim=1) for x in q]
             k = [F.normalize(x.float(), dim=1) for x in k]
             queue = self.queue.clone()
-            loss = 0.5 * (moco_contrast(q[0], k[1], batch.index, queue, self.temperature)
-                          + moco_contrast(q[1], k[0], batch.index, queue, self.temperature))
+            qid = self.queue_ids.clone()
+            loss = 0.5 * (moco_contrast(q[0], k[1], batch.index, queue, self.temperature, batch.pos, qid)
+                          + moco_contrast(q[1], k[0], batch.index, queue, self.temperature, batch.pos, qid))
             out = {"loss": loss}
             if qm is not None:
                 m = batch.mix

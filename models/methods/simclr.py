@@ -48,7 +48,8 @@ class SimCLR(Method):
         zm = self.projector(self.backbone(batch.mix.images)) if batch.mix is not None else None
         with fp32(z[0].device.type):
             z = F.normalize(torch.cat(z).float(), dim=1)
-            out = {"loss": nt_xent(z, batch.index.repeat(V), self.temperature)}
+            pos = batch.pos.repeat(V) if batch.pos is not None else None   # SePP: semantic positives count too
+            out = {"loss": nt_xent(z, batch.index.repeat(V), self.temperature, pos)}
             if zm is not None:
                 m = batch.mix
                 k2 = z[batch.size:2 * batch.size]

@@ -1,0 +1,78 @@
+"""SePP in the training loop: refresh the bank and the pair plan every --sepp-every epochs (after
+--sepp-warmup), hand the plan to the loader (each anchor's positive decoded in the same batch), and give
+each batch its positives (Batch.pos = partner[Batch.index])."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from engine import ckpt
+from engine.errors import UsageError
+from mining.bank import embed_all, label_agreement
+from mining.index import search
+from mining.sampler import PairPlan
+
+
+def attach(loader, plan):
+    """Install `plan` (epoch -> order) as the loader's sample order."""
+    name = type(loader).__name__
+    if name == "TorchLoader":
+        loader.sampler.plan = plan
+    elif name == "FFCVLoader":
+        loader.plan = plan
+    elif name == "DALILoader":
+        loader.plan = plan
+    else:
+        raise UsageError(f"--sepp needs a loader that takes a sample order (torch, ffcv or dali), not {name}")
+
+
+class SePP:
+    def __init__(self, args, loader, source, normalize, device, rank, world):
+        if getattr(loader, "n", len(source)) != len(source):
+            raise UsageError(f"--sepp: the loader holds {loader.n} samples, --dataset/--data/--subset give "
+                             f"{len(source)}; mining needs the same samples (write the .beton from the same "
+                             "data and --subset, with no unreadable images)")
+        if args.batch_size // world % 2:
+            raise UsageError(f"--sepp pairs samples inside a batch: the per-rank batch ({args.batch_size // world}) "
+                             "must be even")
+        self.args, self.loader, self.source, self.normalize = args, loader, source, normalize
+        self.device, self.rank, self.world = device, rank, world
+        self.plan, self.partner = None, None
+        self.encoder = None
+        if args.sepp_encoder:
+            from engine.config import build_model_from_config
+            state = ckpt.load(args.sepp_encoder)
+            m = build_model_from_config(state["config"])
+            m.load_state_dict(state["model"])
+            self.encoder = m.backbone.to(device)
+
+    def due(self, epoch: int) -> bool:
+        a = self.args
+        return epoch >= a.sepp_warmup and (self.plan is None or (epoch - a.sepp_warmup) % a.sepp_every == 0)
+
+    def refresh(self, epoch: int, model, progress=False) -> dict:
+        """New bank (momentum/target encoder if the method has one), neighbours, and pair plan."""
+        a, t0 = self.args, time.perf_counter()
+        enc = self.encoder or (model.target[0] if model.momentum_encoder else model.backbone)
+        bank = embed_all(enc, self.source, a.res, self.normalize, self.device, self.rank, self.world,
+                         workers=min(2, a.workers), progress=progress)
+        sims, ids = search(bank.float(), k=a.sepp_k, threshold=a.sepp_threshold, backend=a.sepp_index,
+                           exclude_self=True)
+        self.plan = PairPlan(ids.cpu().numpy(), a.seed)
+        attach(self.loader, self.plan)
+        got, agree = label_agreement(np.asarray(self.source.labels), self.plan.plan(epoch)[1])
+        valid = (ids >= 0).float().mean().item()
+        return {"epoch": epoch, "refresh_s": time.perf_counter() - t0, "paired": got, "label_agreement": agree,
+                "candidates_above_threshold": valid, "mean_sim": sims[ids >= 0].mean().item() if valid else 0.0}
+
+    def start_epoch(self, epoch: int):
+        self.partner = None
+        if self.plan is not None:
+            self.partner = torch.as_tensor(self.plan.plan(epoch)[1], device=self.device)
+
+    def tag(self, batch):
+        if self.partner is not None:
+            batch.pos = self.partner[batch.index]
+        return batch
