@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--subset", type=int, default=0, help="train on a fixed random subset of N images (0: all; with ffcv: "
       "the subset the .beton was written with, prepare --subset N --seed S)")
     a("--beton", default=None, help="--loader ffcv: the .beton written by python -m loaders.prepare")
-    a("--ffcv-order", default="auto", help="auto (quasi_random on one process, ours under torchrun) | "
+    a("--ffcv-order", default="auto", help="auto (one process: random, quasi_random with --no-os-cache; "
+      "torchrun: ours) | "
       "quasi_random | random | ours (the rank split of one global permutation, as the other loaders)")
     a("--os-cache", action=argparse.BooleanOptionalAction, default=True,
       help="ffcv: use the OS page cache (off: a private cache per process, RAM grows with the number of GPUs)")

@@ -10,7 +10,9 @@ Crops are drawn from a counter-based hash of (seed, epoch, sample, view): the sa
 epoch whatever the worker count or thread, so a resumed run and a test can recompute them (crop_box).
 The epoch reaches the compiled code through a one-element array read by address (no recompilation).
 
-Order: one process -> FFCV's QUASI_RANDOM (or RANDOM with --ffcv-order random); distributed -> our own
+Order: one process -> FFCV's RANDOM, or QUASI_RANDOM with --no-os-cache (the case it is made for: it
+reads a few pages at a time, so a batch draws from few pages; with a .beton written in class order that
+means few classes per batch); distributed -> our own
 TraversalOrder, the global per-epoch permutation split by rank (loaders/order.py) like every back end:
 FFCV's RANDOM+distributed pads with duplicates (DistributedSampler, drop_last=False) and its QUASI_RANDOM
 does not support distributed. The SePP sampler's plan plugs into the same order.
@@ -269,7 +271,9 @@ class FFCVLoader:
         self.n = int(reader.num_samples)
         self.device, self.augment, self.res_at = torch.device(device), augment, res_at
         self.decoder = _decoder_class()(res, [a.crop_scale for a in recipe], seed)
-        self.order = order if order != "auto" else ("ours" if world > 1 else "quasi_random")
+        # auto: under torchrun our rank split; on one process FFCV's RANDOM, or QUASI_RANDOM when os_cache is
+        # off (what it is for: it reads a few pages at a time, so batches come from few pages)
+        self.order = order if order != "auto" else ("ours" if world > 1 else "random" if os_cache else "quasi_random")
         if world > 1 and self.order != "ours":
             raise UsageError(f"--ffcv-order {order}: under torchrun only 'ours' (the rank split of one global "
                              "permutation) gives every sample once per epoch")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from engine import ckpt
+from engine import ckpt, dist
 from engine.errors import UsageError
 from mining.bank import embed_all, label_agreement
 from mining.index import search
@@ -60,6 +60,8 @@ class SePP:
                          workers=min(2, a.workers), progress=progress)
         sims, ids = search(bank.float(), k=a.sepp_k, threshold=a.sepp_threshold, backend=a.sepp_index,
                            exclude_self=True)
+        if dist.active():  # one plan for all ranks: rank 0's neighbours (ties could differ between ranks)
+            torch.distributed.broadcast(ids, src=0)
         self.plan = PairPlan(ids.cpu().numpy(), a.seed)
         attach(self.loader, self.plan)
         got, agree = label_agreement(np.asarray(self.source.labels), self.plan.plan(epoch)[1])
