@@ -187,9 +187,7 @@ class DALILoader:
             self.it = DALIGenericIterator([p], names, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
 
     def _sample_fn(self):
-        src, loader = self.source, self
-
-        files = self.files
+        src, loader, files = self.source, self, self.files
 
         def sample(info):
             order = loader._rank_order(info.epoch_idx + loader.built_for)
@@ -205,9 +203,14 @@ class DALILoader:
         return sample
 
     def _rank_order(self, epoch):
-        order = self._plan(epoch) if self._plan else epoch_permutation(self.n, self.seed, epoch)
-        parts = rank_batches(np.asarray(order), self.batch, self.rank, self.world, self.drop_last)
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        """This rank's samples of `epoch` (computed once per epoch: the callback asks for every sample)."""
+        key = (epoch, self._plan)
+        if getattr(self, "_order_key", None) != key:
+            order = self._plan(epoch) if self._plan else epoch_permutation(self.n, self.seed, epoch)
+            parts = rank_batches(np.asarray(order), self.batch, self.rank, self.world, self.drop_last)
+            self._order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            self._order_key = key
+        return self._order
 
     # ---- loader interface
     def set_epoch(self, epoch: int):
