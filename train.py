@@ -74,7 +74,8 @@ def main(argv=None):
     loader = build_loader(args.loader, train_src, recipe, args.res, per_rank, device, rank, world, args.seed,
                           args.workers, args.channels_last, mix=mix, beton=args.beton, ffcv_order=args.ffcv_order,
                           os_cache=args.os_cache, batches_ahead=args.batches_ahead, res_at=res_at,
-                          skip_files=args.skip_files, dali_roi=args.dali_roi)
+                          skip_files=args.skip_files, dali_roi=args.dali_roi,
+                          compile_augment=args.compile_augment)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise UsageError(f"{len(train_src)} training images make no batch of {args.batch_size}: lower --batch-size")

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--resume", default=None, help="checkpoint to resume from ('auto': OUT/last.pt if it exists)")
     a("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPU, off on CPU)")
     a("--compile", action="store_true", help="torch.compile the backbone and heads")
+    a("--compile-augment", action="store_true", help="torch.compile the device augmentation (GPU)")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(default: on GPU)")
     a("--device", default="auto", help="auto | cpu | cuda")
     a("--seed", type=int, default=0)

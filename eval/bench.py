@@ -110,14 +110,15 @@ def build(a, name, source, device, model_recipe):
     if name == "synthetic+bsim":
         from loaders.mix import MixSpec
         return build_loader("synthetic", source, RECIPES[model_recipe], a.res, a.batch_size, device,
-                            channels_last=a.channels_last, mix=MixSpec("mixup"))
+                            channels_last=a.channels_last, mix=MixSpec("mixup"), compile_augment=a.compile_augment)
     if name == "dali-roi":
         return build_loader("dali", source, RECIPES[model_recipe], a.res, a.batch_size, device, seed=0,
                             workers=a.workers, channels_last=a.channels_last, dali_roi=True)
     if name == "tvpil":
         return TVPIL(source, a.res, a.batch_size, a.workers, device, source.mean, source.std)
     return build_loader(name, source, RECIPES[model_recipe], a.res, a.batch_size, device, seed=0,
-                        workers=a.workers, channels_last=a.channels_last, beton=a.beton)
+                        workers=a.workers, channels_last=a.channels_last, beton=a.beton,
+                        compile_augment=a.compile_augment)
 
 
 @cli_main
@@ -140,6 +141,7 @@ def main(argv=None):
     p.add_argument("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-augment", action="store_true", help="torch.compile the device augmentation")
     p.add_argument("--bsim", action="store_true", help="also measure the step with BSIM mixtures (synthetic)")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)

@@ -25,7 +25,8 @@ def build_loader(name, source, recipe, res, batch_size, device, rank=0, world=1,
                  res_at=None, **kw):
     """The loader `name` over `source` (ffcv: over the .beton `beton` made from it). res_at(epoch) -> crop
     size gives progressive resolution (ffcv only)."""
-    aug = DeviceAugment(recipe, source.mean, source.std, channels_last, mix)
+    aug = DeviceAugment(recipe, source.mean, source.std, channels_last, mix,
+                        compile=kw.get("compile_augment", False))
     if res_at is not None and name != "ffcv":
         raise UsageError(f"progressive resolution (--min-res) needs --loader ffcv, not {name}")
     if name == "ffcv":

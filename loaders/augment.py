@@ -175,8 +175,11 @@ def augment_view(u8: torch.Tensor, aug: ViewAug) -> torch.Tensor:
 class DeviceAugment:
     """The shared device stage: RawBatch (uint8 crops) -> Batch (augmented, normalized float views)."""
 
-    def __init__(self, recipe, mean, std, channels_last: bool = False, mix=None):
+    def __init__(self, recipe, mean, std, channels_last: bool = False, mix=None, compile: bool = False):
         self.recipe, self.mix = tuple(recipe), mix   # mix: loaders.mix.MixSpec for BSIM, or None
+        # compile=True: torch.compile fuses the many elementwise passes (jitter evaluates its 4 ops at each of
+        # its 4 random-order slots) into a few kernels; same math, for GPU runs
+        self.view_fn = torch.compile(augment_view, dynamic=False) if compile else augment_view
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -189,7 +192,7 @@ class DeviceAugment:
     def __call__(self, raw: RawBatch) -> Batch:
         if raw.views.shape[0] != len(self.recipe):
             raise ValueError(f"loader gave {raw.views.shape[0]} views, recipe has {len(self.recipe)}")
-        views = torch.stack([self.normalize(augment_view(v, a)) for v, a in zip(raw.views, self.recipe)])
+        views = torch.stack([self.normalize(self.view_fn(v, a)) for v, a in zip(raw.views, self.recipe)])
         batch = Batch(views=views, index=raw.index, label=raw.label)
         if self.mix is not None:
             from loaders.mix import make_mix
