@@ -96,8 +96,9 @@ class Replay:
     """The step with no loader and no augmentation: a few batches of `inner`, made once and replayed."""
 
     def __init__(self, inner, k=4):
-        it = iter(inner)
-        self.pool = [next(it) for _ in range(k)]
+        self.pool = []
+        while len(self.pool) < k:   # across epochs if one epoch has fewer than k batches
+            self.pool += [b for _, b in zip(range(k - len(self.pool)), inner)]
 
     def __iter__(self):
         for i in range(10 ** 9):

@@ -36,21 +36,3 @@ def test_train_on_dali_gpu_pipeline(tmp_path):
              "--res", "64", "--epochs", "2", "--batch-size", "32", "--out", str(tmp_path / "run")], timeout=600)
     assert r.returncode == 0 and "done:" in r.stdout, r.stderr[-2000:]
 
-
-def test_compiled_augmentation_matches_eager():
-    import torch
-
-    from loaders.augment import RECIPES, DeviceAugment
-    from loaders.batch import RawBatch
-    import torch._inductor.config as inductor_config
-    inductor_config.fallback_random = True  # the compiled graph draws the same random numbers as eager
-    u8 = torch.randint(0, 256, (2, 64, 3, 32, 32), dtype=torch.uint8, device="cuda")
-    raw = RawBatch(u8, torch.arange(64, device="cuda"), torch.zeros(64, device="cuda"))
-    outs = []
-    for compiled in (False, True):
-        aug = DeviceAugment(RECIPES["byol"], (0.5,) * 3, (0.25,) * 3, compile=compiled)
-        torch.manual_seed(0)
-        aug(raw)  # warm-up (compilation), then the same random stream for both
-        torch.manual_seed(1)
-        outs.append(aug(raw).views)
-    assert (outs[0] - outs[1]).abs().max() < 1e-3
