@@ -33,7 +33,7 @@ def build_loader(name, source, recipe, res, batch_size, device, rank=0, world=1,
         from loaders.ffcv_loader import FFCVLoader
         loader = FFCVLoader(beton, res_at(0) if res_at else res, recipe, batch_size, device, aug, rank, world,
                             seed, workers, ffcv_order, os_cache, batches_ahead, res_at=res_at)
-        if loader.n != len(source):
+        if loader.n != len(source) and rank == 0:
             print(f"note: {beton} holds {loader.n} images, the source {len(source)} (images skipped at prepare "
                   "time, or another subset)", flush=True)
         return loader
