@@ -122,13 +122,14 @@ def main(argv=None):
     test_src = open_source(args.dataset, args.data, False) if args.knn_every >= 0 else None
     norm = (loader.augment if hasattr(loader, "augment") else  # DALI normalizes in its pipeline
             DeviceAugment(recipe, train_src.mean, train_src.std, args.channels_last)).plain
-    acc0 = None
-    if main_rank and random_init_state is not None and start_epoch == 0:
+    acc0 = None   # the kNN monitor runs on every rank: feature extraction is sharded
+    if random_init_state is not None and start_epoch == 0 and test_src is not None:
         cur = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(random_init_state)
         acc0 = knn_monitor(model, args, device, train_src, test_src, norm)
         model.load_state_dict(cur)
-        print(f"kNN random init: {acc0:.2f}%", flush=True)
+        if main_rank:
+            print(f"kNN random init: {acc0:.2f}%", flush=True)
         log.write("knn", {"epoch": 0, "knn_top1": acc0, "what": "random-init"}, 0)
 
     sepp = SePP(args, loader, train_src, norm, device, rank, world) if args.sepp else None
@@ -195,7 +196,7 @@ def main(argv=None):
                               "rng": ckpt.rng_state(), "config": cfg}, os.path.join(args.out, "last.pt"))
         row = {"epoch": epoch + 1, "loss": mean_loss, "knn_top1": ""}
         last = epoch + 1 == args.epochs
-        if main_rank and test_src is not None and (last or (args.knn_every and (epoch + 1) % args.knn_every == 0)):
+        if test_src is not None and (last or (args.knn_every and (epoch + 1) % args.knn_every == 0)):
             row["knn_top1"] = knn_monitor(model, args, device, train_src, test_src, norm)
             log.write("knn", {"epoch": epoch + 1, "knn_top1": row["knn_top1"], "what": "trained"}, epoch + 1)
         if main_rank:
@@ -208,6 +209,10 @@ def main(argv=None):
         knn += f" (random init {acc0:.2f}%)" if acc0 is not None else ""
         print(f"done: {knn}; {run_images / run_time:.0f} img/s, each as {len(recipe)} views, "
               f"{run_wait / run_time:.0%} of the time waiting for data; checkpoint {args.out}/last.pt", flush=True)
+        with open(os.path.join(args.out, "summary.json"), "w") as f:   # read by eval.report
+            json.dump({"epochs": args.epochs, "loss": row["loss"], "knn_top1": row.get("knn_top1"),
+                       "knn_random_init": acc0, "img_s": run_images / run_time, "data_wait": run_wait / run_time,
+                       "world": world, "device": str(device)}, f, indent=1)
     log.close()
     dist.cleanup()
     return row if start_epoch < args.epochs else None

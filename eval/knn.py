@@ -1,98 +1,124 @@
-"""Weighted kNN classification on frozen features (Wu et al. 2018: k=200, weights exp(cos/0.07)).
+"""Weighted kNN classification on frozen features (Wu et al. 2018): each test image votes with its k most
+similar training images, weight exp(cos / T), T = 0.07; k = 20 and 200 as the SSL papers report.
 
-    python -m eval.knn --checkpoint RUN/last.pt [--data DIR] [--k 200] [--random-init]
+    python -m eval.knn --checkpoint RUN/last.pt [--data DIR] [--k 20,200] [--index auto]
+    torchrun --nproc_per_node=8 -m eval.knn --checkpoint RUN/last.pt     # extraction sharded over ranks
+
+The neighbour search is mining/index.py's (FAISS flat/IVF, GPU when faiss-gpu is present, or the exact
+chunked torch search), so it scales to ImageNet (1.28M training features).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from engine.errors import UsageError, cli_main
+from eval.features import eval_sources, extract_sharded, load_run
+from mining.index import BACKENDS, search
 
 
 @torch.no_grad()
-def extract(encoder, loader, normalize, device, progress=False, desc="features"):
-    """-> (L2-normalized float32 features [N, D], labels [N]) of a plain (no augmentation) loader."""
-    feats, labels = [], []
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        f = encoder(normalize(x.to(device, non_blocking=True)))
-        feats.append(F.normalize(f.float(), dim=1))
-        labels.append(y.to(device))
-    return torch.cat(feats), torch.cat(labels)
+def knn_predict(train_f, train_y, test_f, num_classes, k=(200,), temperature=0.07, backend="torch",
+                chunk=4096) -> dict:
+    """{k: class scores [N_test, C]}: for each k, the sum over the k most similar training features of
+    exp(sim / T). One search for the largest k serves every k."""
+    ks = [k] if isinstance(k, int) else list(k)
+    kmax = min(max(ks), train_f.shape[0])
+    sims, ids = search(test_f, train_f, k=kmax, threshold=float("-inf"), backend=backend, chunk=chunk)
+    w = (sims / temperature).exp().masked_fill(ids < 0, 0.0)
+    votes = train_y[ids.clamp(min=0)]
+    out = {}
+    for kk in ks:
+        kk = min(kk, kmax)
+        scores = torch.zeros(test_f.shape[0], num_classes, device=test_f.device)
+        out[kk] = scores.scatter_add_(1, votes[:, :kk], w[:, :kk])
+    return out
 
 
-@torch.no_grad()
-def knn_predict(train_f, train_y, test_f, num_classes, k=200, temperature=0.07, chunk=1024):
-    """Class scores [N_test, C]: sum over the k most similar training features of exp(sim / T)."""
-    k = min(k, train_f.shape[0])
-    out = []
-    for q in test_f.split(chunk):
-        sim, idx = (q @ train_f.T).topk(k, dim=1)
-        w = (sim / temperature).exp()
-        scores = torch.zeros(q.shape[0], num_classes, device=q.device)
-        scores.scatter_add_(1, train_y[idx], w)
-        out.append(scores)
-    return torch.cat(out)
+def knn_scores(train, test, num_classes, ks=(20, 200), temperature=0.07, backend="auto") -> dict:
+    """{k: top-1 accuracy (%)} from (features, labels) pairs."""
+    res = knn_predict(train[0], train[1], test[0], num_classes, ks, temperature, backend)
+    return {k: 100.0 * (s.argmax(1) == test[1]).float().mean().item() for k, s in res.items()}
 
 
 def knn_accuracy(encoder, train_src, test_src, res, normalize, device, k=200, temperature=0.07,
-                 n_train=0, n_test=0, seed=0, workers=2, progress=False):
-    """Top-1 kNN accuracy (%) of `encoder`, on fixed seeded subsets when n_train / n_test > 0."""
-    from loaders import plain_loader
+                 n_train=0, n_test=0, seed=0, workers=2, progress=False, backend="torch"):
+    """Top-1 kNN accuracy (%) of `encoder`, on fixed seeded subsets when n_train / n_test > 0. Under
+    torchrun every rank must call it: extraction is sharded, every rank gets the answer."""
     rng = np.random.default_rng(seed)
     pick = lambda n, N: np.sort(rng.permutation(N)[:n]) if 0 < n < N else None  # noqa: E731
-    was = encoder.training
-    encoder.eval()
-    tr = extract(encoder, plain_loader(train_src, res, workers=workers, indices=pick(n_train, len(train_src))),
-                 normalize, device, progress, "kNN train features")
-    te = extract(encoder, plain_loader(test_src, res, workers=workers, indices=pick(n_test, len(test_src))),
-                 normalize, device, progress, "kNN test features")
-    encoder.train(was)
-    pred = knn_predict(tr[0], tr[1], te[0], train_src.num_classes, k, temperature).argmax(1)
-    return 100.0 * (pred == te[1]).float().mean().item()
+    tr = extract_sharded(encoder, train_src, res, normalize, device, pick(n_train, len(train_src)),
+                         workers=workers, progress=progress, desc="kNN train features")
+    te = extract_sharded(encoder, test_src, res, normalize, device, pick(n_test, len(test_src)),
+                         workers=workers, progress=progress, desc="kNN test features")
+    return knn_scores(tr, te, train_src.num_classes, (k,), temperature, backend)[min(k, len(tr[0]))]
 
 
 @cli_main
 def main(argv=None):
-    from engine import ckpt as ck
-    from engine.config import build_model_from_config, parser_error_one_line
-    from loaders.augment import DeviceAugment
-    from loaders.datasets import open_source
+    from engine import dist
+    from engine.config import parser_error_one_line
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", default=None, help="dataset root (default: the one the run trained on)")
     p.add_argument("--dataset", default=None)
-    p.add_argument("--k", type=int, default=200)
+    p.add_argument("--k", default="20,200", help="comma-separated neighbour counts")
     p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--index", default="auto", help=" | ".join(BACKENDS))
     p.add_argument("--n-train", type=int, default=0, help="subset of training images (0: all)")
     p.add_argument("--n-test", type=int, default=0)
+    p.add_argument("--res", type=int, default=None, help="image size (default: the run's)")
     p.add_argument("--random-init", action="store_true", help="also score the same arch at random init")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 2))
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", default=None, help="write results here (default: next to the checkpoint, "
+                   "eval_knn.json)")
+    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    state = ck.load(a.checkpoint)
-    cfg = state.get("config")
-    if cfg is None:
-        raise UsageError(f"{a.checkpoint}: no config inside; is it a checkpoint of this project's train.py?")
-    dataset, data = a.dataset or cfg["dataset"], a.data or cfg["data"]
-    train_src, test_src = open_source(dataset, data, True), open_source(dataset, data, False)
-    norm = DeviceAugment([], train_src.mean, train_src.std).plain
+    try:
+        ks = sorted({int(x) for x in a.k.split(",") if x.strip()})
+    except ValueError:
+        raise UsageError(f"--k {a.k}: expected comma-separated integers, e.g. 20,200")
+    if not ks or min(ks) < 1:
+        raise UsageError(f"--k {a.k}: neighbour counts must be >= 1")
+    if a.index not in BACKENDS:
+        raise UsageError(f"--index {a.index}: choose from {', '.join(BACKENDS)}")
     device = torch.device(a.device)
-    rows = []
-    for name in (["trained"] + (["random-init"] if a.random_init else [])):
-        model = build_model_from_config(cfg).to(device)
-        if name == "trained":
-            model.load_state_dict(state["model"])
-        acc = knn_accuracy(model.backbone, train_src, test_src, cfg["res"], norm, device, a.k, a.temperature,
-                           a.n_train, a.n_test, cfg["seed"], a.workers, progress=True)
-        rows.append((name, acc))
-        print(f"kNN (k={a.k}, T={a.temperature}) {name}: {acc:.2f}%", flush=True)
-    return rows
+    rank, world, local = dist.init(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+    cfg, _ = load_run(a.checkpoint)
+    train_src, test_src, norm = eval_sources(cfg, a.dataset, a.data)
+    res = a.res or cfg["res"]
+    rng = np.random.default_rng(cfg.get("seed", 0))
+    pick = lambda n, N: np.sort(rng.permutation(N)[:n]) if 0 < n < N else None  # noqa: E731
+    i_tr, i_te = pick(a.n_train, len(train_src)), pick(a.n_test, len(test_src))
+    out = {"checkpoint": os.path.abspath(a.checkpoint), "temperature": a.temperature, "index": a.index,
+           "n_train": len(train_src) if i_tr is None else len(i_tr),
+           "n_test": len(test_src) if i_te is None else len(i_te), "world": world}
+    for name in ["trained"] + (["random-init"] if a.random_init else []):
+        _, model = load_run(a.checkpoint, random_init=name == "random-init")
+        enc = model.backbone.to(device)
+        show = rank == 0 and not a.no_progress
+        tr = extract_sharded(enc, train_src, res, norm, device, i_tr, a.batch_size, a.workers, show, "train features")
+        te = extract_sharded(enc, test_src, res, norm, device, i_te, a.batch_size, a.workers, show, "test features")
+        acc = knn_scores(tr, te, train_src.num_classes, ks, a.temperature, a.index)
+        out[name] = {f"k{k}": v for k, v in acc.items()}
+        if rank == 0:
+            print(f"kNN {name} (T={a.temperature}): " + ", ".join(f"k={k} {v:.2f}%" for k, v in acc.items()),
+                  flush=True)
+    if rank == 0:
+        path = a.json or os.path.join(os.path.dirname(os.path.abspath(a.checkpoint)), "eval_knn.json")
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
+    dist.cleanup()
+    return out
 
 
 if __name__ == "__main__":

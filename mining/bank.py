@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine import dist
-from eval.knn import extract
-from loaders import plain_loader
+from eval.features import extract_sharded
 
 
 @torch.no_grad()
 def embed_all(encoder, source, res, normalize, device, rank=0, world=1, batch=256, workers=2, progress=False):
     """-> fp16 [N, D] on `device`, row i = normalised embedding of sample i (all ranks get all rows)."""
-    n = len(source)
-    per = -(-n // world)
-    mine = np.arange(rank * per, min(n, (rank + 1) * per))
-    was = encoder.training
-    encoder.eval()
-    feats, _ = extract(encoder, plain_loader(source, res, batch, workers, indices=mine), normalize, device,
-                       progress, desc="SePP bank")
-    encoder.train(was)
-    feats = F.normalize(feats.float(), dim=1).half()
-    if world > 1:  # equal shapes for all_gather: pad the last share
-        pad = torch.zeros(per - len(mine), feats.shape[1], dtype=feats.dtype, device=feats.device)
-        feats = dist.all_gather(torch.cat([feats, pad]))[:n]
-    return feats
+    assert (rank, world) == (dist.rank(), dist.world()), "embed_all shards by the process group's rank"
+    feats, _ = extract_sharded(encoder, source, res, normalize, device, batch=batch, workers=workers,
+                               progress=progress, desc="SePP bank")
+    return feats.half()
 
 
 def label_agreement(labels: np.ndarray, partner: np.ndarray) -> tuple[float, float]:
