@@ -1,0 +1,163 @@
+"""Linear probe: a linear classifier on the frozen backbone's pooled features, top-1 / top-5 on the test set.
+
+    python -m eval.linear --checkpoint RUN/last.pt                    # the run's dataset; results in RUN/
+    torchrun --nproc_per_node=8 -m eval.linear --checkpoint RUN/last.pt --data /data/imagenet --mode images
+
+Two modes, same classifier (fixed-statistics normalization + linear, SGD momentum 0.9, cosine schedule):
+- features (default up to 200k training images): the features of the whole images are extracted once
+  (sharded over ranks) and the classifier trains on them: seconds for Fashion-MNIST or CIFAR.
+- images (the ImageNet protocol): every step forwards augmented crops (random-resized crop + flip) through
+  the frozen backbone (eval mode), the classifier normalizes with BatchNorm without affine (as MAE).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+
+from engine import dist
+from engine.config import parser_error_one_line
+from engine.errors import UsageError, cli_main
+from eval.classify import Classifier, Standardize, TensorBatches, evaluate, fit
+from eval.features import eval_sources, extract_sharded, feature_dim, labelled_loader, load_run
+
+FEATURES_UP_TO = 200_000
+
+
+def probe_features(train, test, num_classes, epochs=100, batch=256, lr=0.1, wd=0.0, seed=0, device=None,
+                   progress=False):
+    """Linear probe on precomputed (features [N, D], labels [N]) pairs; every rank holds all rows and
+    trains on its share. -> dict(top1, top5, n, losses)."""
+    x, y = train
+    device = device or x.device
+    torch.manual_seed(seed)
+    clf = Classifier(None, x.shape[1], num_classes, frozen=True,
+                     norm=Standardize(x.mean(0), x.std(0))).to(device)
+    lr = lr * batch / 256
+    losses = fit(clf, TensorBatches(x, y, batch // dist.world(), seed), epochs, lr, wd, device,
+                 progress=progress, desc="linear")
+    res = evaluate(clf, TensorBatches(test[0], test[1], 1024, shuffle=False), device, sharded=False)
+    return res | {"losses": losses}
+
+
+def probe_images(backbone, train_src, test_src, res, normalize, num_classes, epochs=100, batch=256, lr=0.1,
+                 wd=0.0, aug="rrc", seed=0, workers=4, device=None, amp=None, indices=None, test_indices=None,
+                 progress=False):
+    """Linear probe on augmented images through the frozen backbone. -> dict(top1, top5, n, losses)."""
+    torch.manual_seed(seed)
+    dim = feature_dim(backbone, res)
+    clf = Classifier(backbone, dim, num_classes, frozen=True).to(device)
+    per_rank = batch // dist.world()
+    train = labelled_loader(train_src, res, per_rank, indices, aug, workers, seed)
+    losses = fit(clf, train, epochs, lr * batch / 256, wd, device, normalize, amp, progress=progress,
+                 desc="linear")
+    res_ = evaluate(clf, labelled_loader(test_src, res, per_rank, test_indices, workers=workers, train=False),
+                    device, normalize, amp)
+    return res_ | {"losses": losses}
+
+
+def build_parser(description=__doc__):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser_error_one_line(p)
+    p.add_argument("--checkpoint", required=True, help="a train.py checkpoint (RUN/last.pt)")
+    p.add_argument("--data", default=None, help="dataset root (default: the one the run trained on)")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--res", type=int, default=None, help="image size (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch, split over ranks")
+    p.add_argument("--aug", default="auto", help="training crops: rrc (random-resized) | crop (pad + crop, "
+                   "small images) | none (default: rrc from 96 px, crop below)")
+    p.add_argument("--random-init", action="store_true", help="also evaluate the same arch at random init")
+    p.add_argument("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPU)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 2))
+    p.add_argument("--n-test", type=int, default=0, help="score a fixed random subset of test images (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def setup(a):
+    """Shared set-up of the evaluation CLIs: device, process group, the run's config and data."""
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device here; use --device cpu")
+    rank, world, local = dist.init(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+    if a.batch_size % world:
+        raise UsageError(f"--batch-size {a.batch_size} is not divisible by the {world} processes")
+    if a.aug not in ("auto", "rrc", "crop", "none"):
+        raise UsageError(f"--aug {a.aug}: choose from auto, rrc, crop, none")
+    cfg, _ = load_run(a.checkpoint)
+    train_src, test_src, norm = eval_sources(cfg, a.dataset, a.data)
+    a.res = a.res or cfg["res"]
+    a.aug = a.aug if a.aug != "auto" else ("rrc" if a.res >= 96 else "crop")
+    a.amp = a.amp or ("bf16" if device.type == "cuda" else "off")
+    if a.amp in ("bf16", "fp16") and device.type != "cuda":
+        raise UsageError(f"--amp {a.amp} needs a GPU; use --amp off on CPU")
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
+    a.test_idx = seeded_pick(a.n_test, len(test_src), a.seed)
+    return device, rank, world, cfg, train_src, test_src, norm, amp
+
+
+def seeded_pick(n: int, total: int, seed: int):
+    """Sorted indices of a fixed random subset of n of total items, or None for all."""
+    return np.sort(np.random.default_rng([seed, n]).permutation(total)[:n]) if 0 < n < total else None
+
+
+def save(a, name, out):
+    if dist.rank() == 0:
+        path = a.json or os.path.join(os.path.dirname(os.path.abspath(a.checkpoint)), name)
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"results: {path}", flush=True)
+
+
+@cli_main
+def main(argv=None):
+    p = build_parser()
+    p.add_argument("--mode", default="auto", help=f"features | images (default: features up to "
+                   f"{FEATURES_UP_TO} training images)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate per 256 images")
+    p.add_argument("--wd", type=float, default=0.0)
+    p.add_argument("--n-train", type=int, default=0, help="train on a fixed random subset (0: all)")
+    a = p.parse_args(argv)
+    device, rank, world, cfg, train_src, test_src, norm, amp = setup(a)
+    train_idx = seeded_pick(a.n_train, len(train_src), a.seed)
+    mode = a.mode if a.mode != "auto" else ("features" if len(train_src) <= FEATURES_UP_TO else "images")
+    if mode not in ("features", "images"):
+        raise UsageError(f"--mode {a.mode}: choose from auto, features, images")
+    show = rank == 0 and not a.no_progress
+    out = {"checkpoint": os.path.abspath(a.checkpoint), "mode": mode, "epochs": a.epochs, "lr": a.lr,
+           "batch_size": a.batch_size, "aug": a.aug if mode == "images" else "none", "world": world,
+           "method": cfg["method"], "arch": cfg["arch"]}
+    for name in ["trained"] + (["random-init"] if a.random_init else []):
+        _, model = load_run(a.checkpoint, random_init=name == "random-init")
+        backbone = model.backbone.to(device)
+        if mode == "features":
+            tr = extract_sharded(backbone, train_src, a.res, norm, device, train_idx, a.batch_size, a.workers, show,
+                                 "train features", l2=False)
+            te = extract_sharded(backbone, test_src, a.res, norm, device, a.test_idx, a.batch_size, a.workers, show,
+                                 "test features", l2=False)
+            r = probe_features(tr, te, train_src.num_classes, a.epochs, a.batch_size, a.lr, a.wd, a.seed, device,
+                               show)
+        else:
+            r = probe_images(backbone, train_src, test_src, a.res, norm, train_src.num_classes, a.epochs,
+                             a.batch_size, a.lr, a.wd, a.aug, a.seed, a.workers, device, amp, train_idx, a.test_idx,
+                             progress=show)
+        out[name] = r
+        if rank == 0:
+            print(f"linear probe {name} ({mode}, {a.epochs} epochs): top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}% "
+                  f"on {r['n']} test images", flush=True)
+    save(a, "eval_linear.json", out)
+    dist.cleanup()
+    return out
+
+
+if __name__ == "__main__":
+    main()
