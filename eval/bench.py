@@ -1,10 +1,15 @@
-"""Throughput benchmark: each loader alone, the step alone (synthetic loader: the compute ceiling), and
-end to end, measured in one run so that the ratios are comparable.
+"""Throughput benchmark suite: every loader x arch x resolution x variant (plain, --bsim, --sepp, both):
+each loader alone, the step alone (synthetic loader: the compute ceiling), and end to end, with the
+data-wait fraction and peak GPU / host memory, measured in one run so that the ratios are comparable.
 
     python -m eval.bench --loader torch,synthetic,tvpil --arch resnet18 --res 28 --json bench.json
+    python -m eval.bench --loader torch,ffcv,dali --beton F.beton --arch resnet18,resnet50 --res 128,224 \
+        --variants plain,bsim,sepp,bsim+sepp --json suite.json --png suite.png
 
-`tvpil` is the baseline users run today: torchvision DataLoader + PIL SimCLR augmentation in the workers.
-Images/s counts source images; each one is V (=2) augmented views.
+`tvpil` is the baseline users run today: torchvision DataLoader + PIL SimCLR augmentation in the workers
+(measured in the plain variant only). Images/s counts source images; each one is V (=2) augmented views.
+Variant sepp: the loader follows a SePP pair plan (random pairs: the cost does not depend on who is paired)
+and the step computes the semantic-positive term; bsim: the loader mixes, the step adds the mixture term.
 """
 from __future__ import annotations
 
@@ -12,8 +17,10 @@ import argparse
 import json
 import os
 import platform
+import threading
 import time
 
+import numpy as np
 import torch
 
 from engine.config import DEFAULT_RES, METHOD_DEFAULTS, model_kwargs, parser_error_one_line
@@ -105,31 +112,208 @@ class Replay:
             yield self.pool[i % len(self.pool)]
 
 
-def build(a, name, source, device, model_recipe):
+VARIANTS = ("plain", "bsim", "sepp", "bsim+sepp")
+
+
+class PeakHost:
+    """Peak resident memory (MB) of this process and its children (loader workers), sampled every 20 ms
+    while the block runs; shared pages of forked workers count once per process (an upper bound)."""
+
+    def __enter__(self):
+        import psutil
+        self.peak, self.done = 0.0, threading.Event()
+        me = psutil.Process()
+
+        def sample():
+            while not self.done.is_set():
+                try:
+                    rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+                    self.peak = max(self.peak, rss / 2**20)
+                except psutil.Error:
+                    pass
+                self.done.wait(0.02)
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+
+class SeppTagged:
+    """Batches with semantic positives (Batch.pos): the plan's partners for the real loaders, or each row's
+    neighbour row (i xor 1) for the synthetic ones, so every anchor's positive is in its batch."""
+
+    def __init__(self, inner, partner=None):
+        self.inner, self.partner = inner, partner
+
+    def __len__(self):
+        return len(self.inner)
+
+    def set_epoch(self, epoch):
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        for b in self.inner:
+            if self.partner is not None:
+                b.pos = self.partner[b.index]
+            else:
+                b.pos = b.index[torch.arange(b.size, device=b.index.device) ^ 1]
+            yield b
+
+
+def build(a, name, source, device, recipe, res, variant):
+    mix, sepp = "bsim" in variant, "sepp" in variant
     if name == "synthetic-noaug":
-        return Replay(build(a, "synthetic", source, device, model_recipe))
-    if name == "synthetic+bsim":
-        from loaders.mix import MixSpec
-        return build_loader("synthetic", source, RECIPES[model_recipe], a.res, a.batch_size, device,
-                            channels_last=a.channels_last, mix=MixSpec("mixup"), compile_augment=a.compile_augment)
-    if name == "dali-roi":
-        return build_loader("dali", source, RECIPES[model_recipe], a.res, a.batch_size, device, seed=0,
-                            workers=a.workers, channels_last=a.channels_last, dali_roi=True)
+        return Replay(build(a, "synthetic", source, device, recipe, res, variant))
     if name == "tvpil":
-        return TVPIL(source, a.res, a.batch_size, a.workers, device, source.mean, source.std)
-    return build_loader(name, source, RECIPES[model_recipe], a.res, a.batch_size, device, seed=0,
-                        workers=a.workers, channels_last=a.channels_last, beton=a.beton,
-                        compile_augment=a.compile_augment)
+        return TVPIL(source, res, a.batch_size, a.workers, device, source.mean, source.std)
+    from loaders.mix import MixSpec
+    roi = name == "dali-roi"
+    ld = build_loader("dali" if roi else name, source, RECIPES[recipe], res, a.batch_size, device, seed=0,
+                      workers=a.workers, channels_last=a.channels_last, mix=MixSpec("mixup") if mix else None,
+                      beton=a.beton, ffcv_order="ours" if sepp and name == "ffcv" else "auto",
+                      compile_augment=a.compile_augment, dali_roi=roi)
+    if not sepp:
+        return ld
+    if name == "synthetic":
+        return SeppTagged(ld)
+    from mining.sampler import PairPlan
+    from mining.sepp import attach
+    n = getattr(ld, "n", len(source))
+    plan = PairPlan(np.random.default_rng(0).integers(0, n, (n, 5)), seed=0)
+    attach(ld, plan)
+    return SeppTagged(ld, torch.as_tensor(plan.plan(0)[1], device=device))
+
+
+def measure(a, ld, name, device, step):
+    """Loader alone and end to end (images/s), data wait, peak GPU and host memory of one loader."""
+    if hasattr(ld, "set_epoch"):
+        ld.set_epoch(0)
+    steps, warmup = (max(2, a.steps // 8), 1) if name == "tvpil" else (a.steps, a.warmup)  # tvpil is slow
+    if name in ("torch", "tvpil"):  # DataLoader workers deliver their first batches together: skip that round
+        warmup = max(warmup, a.workers + 1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with PeakHost() as host:
+        alone, _ = timed(ld, steps, warmup, device)
+        e2e, wait = timed(ld, steps, warmup, device, work=step)
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"loader_img_s": alone, "end_to_end_img_s": e2e, "data_wait": wait, "peak_gpu_mb": gpu,
+            "peak_host_mb": host.peak}
+
+
+def make_step(a, model, device):
+    opt = build_optimizer("sgd", model, 0.01, 0.0)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
+
+    def step(batch):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = model(batch)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if model.momentum_encoder:
+            model.momentum_update(0.99)
+    return step
+
+
+def bench_config(a, source, device, arch, res, variant, names):
+    """One arch x resolution x variant: every loader, the ceilings, ratios. -> result dict."""
+    small_stem = res <= 96 if a.small_stem is None else a.small_stem
+    cfg = vars(a) | METHOD_DEFAULTS[a.method] | {"arch": arch, "small_stem": small_stem}
+    model = build_method(a.method, **model_kwargs(cfg)).to(device)
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if a.compile:
+        for m in model.children():
+            m.compile()
+    step = make_step(a, model, device)
+    out = {"arch": arch, "res": res, "variant": variant, "loaders": {}}
+    for name in names + ["synthetic-noaug"]:
+        if name == "tvpil" and variant != "plain":
+            continue
+        r = out["loaders"][name] = measure(a, build(a, name, source, device, model.recipe, res, variant), name,
+                                           device, step)
+        if name == "synthetic-noaug":   # replays ready batches: there is no loader to time
+            r["loader_img_s"] = None
+        print(f"  {arch} {res}px {variant} {name}: loader {r['loader_img_s'] or 0:.0f} img/s, end to end "
+              f"{r['end_to_end_img_s']:.0f} img/s", flush=True)
+    ceiling = out["step_alone_img_s"] = out["loaders"]["synthetic"]["end_to_end_img_s"]
+    bare = out["step_no_augmentation_img_s"] = out["loaders"]["synthetic-noaug"]["end_to_end_img_s"]
+    for name, r in out["loaders"].items():
+        r["ratio_to_ceiling"] = r["end_to_end_img_s"] / ceiling
+        r["ratio_to_step"] = r["end_to_end_img_s"] / bare
+    for name in ("torch", "ffcv", "dali"):
+        if "tvpil" in out["loaders"] and name in out["loaders"]:
+            out[f"{name}_vs_tvpil_loader"] = (out["loaders"][name]["loader_img_s"]
+                                              / out["loaders"]["tvpil"]["loader_img_s"])
+    del model, step
+    return out
+
+
+def print_table(r, a, device_name, cpus):
+    print(f"\n{a.method} {r['arch']} {r['res']}px {r['variant']} batch {a.batch_size} amp={a.amp} on {device_name} "
+          f"({cpus} CPUs); images/s, each as 2 views")
+    print(f"{'loader':<16} {'loader alone':>13} {'end to end':>11} {'/ceiling':>9} {'/step':>6} {'data wait':>10} "
+          f"{'GPU MB':>8} {'host MB':>8}")
+    for name, x in r["loaders"].items():
+        gpu = f"{x['peak_gpu_mb']:.0f}" if x["peak_gpu_mb"] is not None else "-"
+        alone = f"{x['loader_img_s']:.0f}" if x["loader_img_s"] is not None else "-"
+        print(f"{name:<16} {alone:>13} {x['end_to_end_img_s']:>11.0f} {x['ratio_to_ceiling']:>9.2f} "
+              f"{x['ratio_to_step']:>6.2f} {x['data_wait']:>10.0%} {gpu:>8} {x['peak_host_mb']:>8.0f}")
+    for name in ("torch", "ffcv", "dali"):
+        if f"{name}_vs_tvpil_loader" in r:
+            print(f"{name} loader vs torchvision+PIL baseline (loader alone): {r[f'{name}_vs_tvpil_loader']:.2f}x")
+
+
+def plot(results: list, path: str, title: str):
+    """One panel per arch x res x variant: loader-alone and end-to-end bars per loader (log scale), the
+    step-alone ceiling as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(results), 1, figsize=(9, 2.8 * len(results)), squeeze=False)
+    for ax, r in zip(axes[:, 0], results):
+        names = list(r["loaders"])
+        x = np.arange(len(names))
+        alone = [r["loaders"][n]["loader_img_s"] or np.nan for n in names]
+        e2e = [r["loaders"][n]["end_to_end_img_s"] for n in names]
+        ax.bar(x - 0.2, alone, 0.4, label="loader alone")
+        ax.bar(x + 0.2, e2e, 0.4, label="end to end")
+        ax.axhline(r["step_no_augmentation_img_s"], color="k", ls="--", lw=1, label="step alone")
+        ax.set_yscale("log")
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set_ylabel("images/s")
+        ax.set_title(f"{r['arch']} {r['res']}px {r['variant']}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def int_list(s: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} {s}: expected comma-separated integers")
 
 
 @cli_main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
-    p.add_argument("--loader", default="torch,synthetic", help="comma-separated: torch,synthetic,tvpil,...")
+    p.add_argument("--loader", default="torch,synthetic", help="comma-separated: torch,ffcv,dali,dali-roi,synthetic,"
+                   "tvpil")
     p.add_argument("--method", default="simclr")
-    p.add_argument("--arch", default="resnet18")
-    p.add_argument("--res", type=int, default=None)
+    p.add_argument("--arch", default="resnet18", help="comma-separated, e.g. resnet18,resnet50")
+    p.add_argument("--res", default=None, help="comma-separated crop sizes (default: the dataset's)")
+    p.add_argument("--variants", default="plain", help=f"comma-separated: {', '.join(VARIANTS)}")
+    p.add_argument("--bsim", action="store_true", help="add the bsim variant")
+    p.add_argument("--sepp", action="store_true", help="add the sepp variant")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--stem-stride", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
@@ -143,79 +327,49 @@ def main(argv=None):
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile-augment", action="store_true", help="torch.compile the device augmentation")
-    p.add_argument("--bsim", action="store_true", help="also measure the step with BSIM mixtures (synthetic)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--png", default=None, help="bar chart (default: the --json path with .png)")
     a = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    a.res = a.res or DEFAULT_RES.get(a.dataset, 224)
-    a.small_stem = a.res <= 96 if a.small_stem is None else a.small_stem
+    archs = [x.strip() for x in a.arch.split(",") if x.strip()]
+    resolutions = int_list(a.res, "--res") if a.res else [DEFAULT_RES.get(a.dataset, 224)]
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    variants += [v for v, on in (("bsim", a.bsim), ("sepp", a.sepp)) if on and v not in variants]
+    for v in variants:
+        if v not in VARIANTS:
+            raise UsageError(f"--variants {v}: unknown (choose from {', '.join(VARIANTS)})")
     a.amp = a.amp or ("bf16" if device.type == "cuda" else "off")
     a.channels_last = device.type == "cuda" if a.channels_last is None else a.channels_last
     if a.method not in METHOD_DEFAULTS:
         raise UsageError(f"--method {a.method}: unknown (choose from {', '.join(METHOD_DEFAULTS)})")
+    if any("sepp" in v for v in variants) and a.batch_size % 2:
+        raise UsageError(f"--variants sepp pairs samples in a batch: --batch-size {a.batch_size} must be even")
     source = open_source(a.dataset, a.data, True)
-    model = build_method(a.method, **model_kwargs(vars(a) | METHOD_DEFAULTS[a.method])).to(device)
-    if a.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if a.compile:
-        for m in model.children():
-            m.compile()
-    opt = build_optimizer("sgd", model, 0.01, 0.0)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
-
-    def step(batch):
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = model(batch)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if model.momentum_encoder:
-            model.momentum_update(0.99)
-
     names = [n.strip() for n in a.loader.split(",") if n.strip()]
     if "synthetic" not in names:
         names.append("synthetic")  # the ceiling is always measured in the same run
-    names.append("synthetic-noaug")  # the step alone, without the device augmentation
-    if a.bsim:
-        names.append("synthetic+bsim")
-    res = {"config": vars(a), "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-           or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "loaders": {}}
-    for name in names:
-        ld = build(a, name, source, device, model.recipe)
-        if hasattr(ld, "set_epoch"):
-            ld.set_epoch(0)
-        steps, warmup = (max(2, a.steps // 8), 1) if name == "tvpil" else (a.steps, a.warmup)  # tvpil is slow
-        if name in ("torch", "tvpil"):  # DataLoader workers deliver their first batches together: skip that round
-            warmup = max(warmup, a.workers + 1)
-        alone, _ = timed(ld, steps, warmup, device)
-        e2e, wait = timed(ld, steps, warmup, device, work=step)
-        res["loaders"][name] = {"loader_img_s": alone, "end_to_end_img_s": e2e, "data_wait": wait}
-        print(f"  {name}: loader {alone:.0f} img/s, end to end {e2e:.0f} img/s", flush=True)
-    ceiling = res["loaders"]["synthetic"]["end_to_end_img_s"]
-    res["step_alone_img_s"] = ceiling
-    print(f"\n{a.method} {a.arch} {a.res}px batch {a.batch_size} amp={a.amp} on {res['device']} "
-          f"({res['cpus']} CPUs); images/s, each as 2 views")
-    bare = res["loaders"]["synthetic-noaug"]["end_to_end_img_s"]
-    res["step_no_augmentation_img_s"] = bare
-    print("/ceiling: end to end over the synthetic loader's (step + our device augmentation); /step: over the "
-          "step alone (no loader, no augmentation)")
-    print(f"{'loader':<16} {'loader alone':>13} {'end to end':>11} {'/ceiling':>9} {'/step':>6} {'data wait':>10}")
-    for name, r in res["loaders"].items():
-        r["ratio_to_ceiling"] = r["end_to_end_img_s"] / ceiling
-        r["ratio_to_step"] = r["end_to_end_img_s"] / bare
-        print(f"{name:<16} {r['loader_img_s']:>13.0f} {r['end_to_end_img_s']:>11.0f} {r['ratio_to_ceiling']:>9.2f} "
-              f"{r['ratio_to_step']:>6.2f} {r['data_wait']:>10.0%}")
-    for name in ("torch", "ffcv", "dali"):
-        if "tvpil" in res["loaders"] and name in res["loaders"]:
-            x = res[f"{name}_vs_tvpil_loader"] = res["loaders"][name]["loader_img_s"] / res["loaders"]["tvpil"]["loader_img_s"]
-            print(f"{name} loader vs torchvision+PIL baseline (loader alone): {x:.2f}x")
-    if a.bsim:
-        r = res["loaders"]["synthetic+bsim"]
-        res["bsim_step_overhead"] = ceiling / r["end_to_end_img_s"] - 1
-        print(f"BSIM mixture forward: step time +{res['bsim_step_overhead']:.0%} (one extra pass of B images)")
+    dev_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    res = {"config": vars(a), "device": dev_name, "cpus": os.cpu_count(), "torch": torch.__version__, "results": []}
+    for arch in archs:
+        for r in resolutions:
+            for v in variants:
+                out = bench_config(a, source, device, arch, r, v, names)
+                res["results"].append(out)
+                print_table(out, a, dev_name, res["cpus"])
+    plain = {(x["arch"], x["res"]): x for x in res["results"] if x["variant"] == "plain"}
+    for x in res["results"]:   # what each variant costs over plain, step alone (same arch and res, same run)
+        base = plain.get((x["arch"], x["res"]))
+        if base and x["variant"] != "plain":
+            x["step_overhead_vs_plain"] = base["step_alone_img_s"] / x["step_alone_img_s"] - 1
+            print(f"{x['arch']} {x['res']}px {x['variant']}: step (with augmentation) "
+                  f"+{x['step_overhead_vs_plain']:.0%} time over plain")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)
+    png = a.png or (os.path.splitext(a.json)[0] + ".png" if a.json else None)
+    if png:
+        plot(res["results"], png, f"{a.method}, batch {a.batch_size}, amp={a.amp}, {dev_name}")
+        print(f"chart: {png}")
     return res
 
 
