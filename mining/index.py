@@ -7,9 +7,11 @@ Back ends, all giving the same answer on the same data (tests/test_mining.py che
   is present (faiss-gpu), else on the CPU (faiss-cpu).
 - "faiss-ivf": IndexIVFFlat (inverted lists, nprobe of them searched): approximate, for large sets; its
   recall against exact search is what `recall()` measures.
-- "torch": exact, chunked matmul + topk on any device (no faiss needed); never stores more than
-  chunk x N scores.
-"auto": faiss when importable, else torch.
+- "torch": exact, on any device (no faiss needed): on CUDA a fused Triton product + top-k that never
+  stores the scores (mining/fused.py), elsewhere chunked matmul + block top-k (never more than chunk x N
+  scores).
+"auto": torch where the fused kernel runs (CUDA + triton: exact and faster than FAISS-GPU's flat index),
+else faiss when importable, else torch.
 
 Neighbours below `threshold` (or missing) come back as id -1 and similarity -inf. With exclude_self, query i
 is the key i (the whole set against itself) and is not its own neighbour.
@@ -32,11 +34,11 @@ def _faiss():
         return None
 
 
-def _finish(sims: torch.Tensor, ids: torch.Tensor, k: int, threshold: float, exclude_self: bool):
-    """Drop self-matches, keep k, mask below threshold."""
+def _finish(sims: torch.Tensor, ids: torch.Tensor, k: int, threshold: float, exclude_self: bool, rows=None):
+    """Drop self-matches (query j is key rows[j], default j), keep k, mask below threshold."""
     if exclude_self:
-        rows = torch.arange(ids.shape[0], device=ids.device)[:, None]
-        self_hit = ids == rows
+        rows = torch.arange(ids.shape[0], device=ids.device) if rows is None else rows.to(ids.device)
+        self_hit = ids == rows[:, None]
         sims = sims.masked_fill(self_hit, float("-inf"))
         order = sims.argsort(dim=1, descending=True, stable=True)
         sims, ids = sims.gather(1, order), ids.gather(1, order)
@@ -64,14 +66,22 @@ def block_topk(scores: torch.Tensor, k: int, block: int = 1024):
     return v, cols.gather(1, j)
 
 
-def search_torch(q: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096, block: int = 1024):
-    """Exact search: chunks of rows, scores in the keys' dtype (bf16/fp16 on GPU halves the traffic),
+def search_torch(q: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096, block: int = 1024,
+                 fused: bool | None = None):
+    """Exact search. On CUDA (with triton) the fused kernel of mining/fused.py, which never stores the
+    scores; elsewhere chunks of rows, scores in the keys' dtype (bf16/fp16 on GPU halves the traffic) and
     block_topk selection. Returns float32 similarities recomputed in fp32 for the chosen ids."""
-    out_s, out_i = [], []
+    from mining import fused as fz
     k = min(k, keys.shape[0])
-    for s in range(0, q.shape[0], chunk):
-        qs = q[s:s + chunk]
-        _, i = block_topk(qs.to(keys.dtype) @ keys.T, k, block)
+    use_fused = fz.available(keys) if fused is None else fused
+    out_s, out_i = [], []
+    step = 65536 if use_fused else chunk
+    for s in range(0, q.shape[0], step):
+        qs = q[s:s + step]
+        if use_fused:
+            _, i = fz.topk_ip(qs, keys, k)
+        else:
+            _, i = block_topk(qs.to(keys.dtype) @ keys.T, k, block)
         v = (qs.float()[:, None, :] * keys[i].float()).sum(-1)       # exact fp32 similarities of the winners
         v, o = v.sort(dim=1, descending=True, stable=True)
         out_s.append(v)
@@ -98,24 +108,51 @@ def search_faiss(q: np.ndarray, keys: np.ndarray, k: int, ivf: bool = False, nli
 
 
 def search(queries: torch.Tensor, keys: torch.Tensor | None = None, k: int = 1, threshold: float = -1.0,
-           backend: str = "auto", exclude_self: bool = False, chunk: int = 4096, nprobe: int = 16):
-    """(sims [Q, k] float32, ids [Q, k] int64) on the queries' device; ids -1 where no neighbour passes."""
+           backend: str = "auto", exclude_self: bool = False, chunk: int = 4096, nprobe: int = 16,
+           rows: torch.Tensor | None = None):
+    """(sims [Q, k] float32, ids [Q, k] int64) on the queries' device; ids -1 where no neighbour passes.
+    rows (with keys None): search only queries[rows] against the whole set (a rank's share of a
+    whole-set search); exclude_self then drops each row's own id."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend}: choose from {', '.join(BACKENDS)}")
+    if rows is not None and keys is not None:
+        raise ValueError("rows selects queries of a whole-set search: give no keys")
     keys = queries if keys is None else keys
+    q = queries if rows is None else queries[rows.to(queries.device)]
     kk = k + 1 if exclude_self else k
     if backend == "auto":
-        backend = "faiss" if _faiss() is not None else "torch"
+        backend = "faiss" if _faiss() is not None and not fused_ok(keys) else "torch"
     if backend == "torch":
-        s, i = search_torch(queries, keys, kk, chunk)
+        s, i = search_torch(q, keys, kk, chunk)
     else:
         if _faiss() is None:
             raise ValueError(f"backend {backend}: faiss is not installed (pip install faiss-cpu)")
-        qn = np.ascontiguousarray(queries.detach().float().cpu().numpy())
-        kn = qn if keys is queries else np.ascontiguousarray(keys.detach().float().cpu().numpy())
+        kn = np.ascontiguousarray(keys.detach().float().cpu().numpy())
+        qn = kn if q is keys else np.ascontiguousarray(q.detach().float().cpu().numpy())
         s, i = search_faiss(qn, kn, kk, ivf=backend == "faiss-ivf", nprobe=nprobe)
         s, i = s.to(queries.device), i.to(queries.device).long()
-    return _finish(s.float(), i.long(), k, threshold, exclude_self)
+    return _finish(s.float(), i.long(), k, threshold, exclude_self, rows)
+
+
+def search_whole_set(x: torch.Tensor, k: int, threshold: float = -1.0, backend: str = "auto"):
+    """Every row's neighbours among the other rows (exclude_self). Under torchrun each rank searches a
+    contiguous 1/world of the queries against the whole set and the answers are all-gathered: every rank
+    gets the same [N, k] answer, in 1/world of the time."""
+    from engine import dist
+    n, rank, world = x.shape[0], dist.rank(), dist.world()
+    per = -(-n // world)
+    mine = torch.arange(rank * per, min(n, (rank + 1) * per), device=x.device)
+    sims, ids = search(x, k=k, threshold=threshold, backend=backend, exclude_self=True, rows=mine)
+    if world > 1:   # shares are ceil(n / world) rows; only the last ones can be short: pad, gather, cut
+        pad = per - len(mine)
+        sims = dist.all_gather(torch.cat([sims, sims.new_full((pad, sims.shape[1]), float("-inf"))]))[:n]
+        ids = dist.all_gather(torch.cat([ids, ids.new_full((pad, ids.shape[1]), -1)]))[:n]
+    return sims, ids
+
+
+def fused_ok(keys: torch.Tensor) -> bool:
+    from mining import fused as fz
+    return fz.available(keys)
 
 
 def recall(approx_ids: torch.Tensor, exact_ids: torch.Tensor) -> float:

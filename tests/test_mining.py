@@ -107,3 +107,89 @@ def test_block_topk_is_exact():
         v, i = block_topk(s, 7, block=256)
         rv, ri = s.topk(7, dim=1)
         assert torch.equal(v, rv) and torch.equal(i, ri)
+
+
+def test_search_of_some_rows_equals_those_rows_of_the_whole_search():
+    x = data()
+    rows = torch.tensor([5, 0, 599, 300, 17])
+    for backend in ("torch", "faiss"):
+        s, i = search(x, k=4, threshold=0.1, backend=backend, exclude_self=True)
+        rs, ri = search(x, k=4, threshold=0.1, backend=backend, exclude_self=True, rows=rows)
+        assert torch.equal(ri, i[rows]) and torch.allclose(rs, s[rows], atol=1e-6), backend
+    with pytest.raises(ValueError, match="no keys"):
+        search(x, x, k=1, rows=rows)
+
+
+@pytest.mark.slow
+def test_sepp_mines_in_the_projector_space(tmp_path):
+    """--sepp-space projector: the bank is the (momentum) projector's output, proj-dim wide; refreshes log
+    their cost against the epoch before them."""
+    r = run(["train.py", *TINY, "--method", "byol", "--subset", "512", "--epochs", "2", "--batch-size", "128",
+             "--lr", "0.1", "--sepp", "--sepp-warmup", "1", "--sepp-space", "projector", "--out", str(tmp_path)])
+    assert r.returncode == 0 and "of an epoch" in r.stdout, r.stderr[-2000:]
+    info = read_csv(tmp_path / "sepp.csv")[0]
+    assert info["dim"] == "32" and 0 < float(info["search_s"]) <= float(info["refresh_s"]), info
+    assert 0 < float(info["of_epoch"]) and float(info["paired"]) > 0.5, info
+    r = run(["train.py", *TINY, "--sepp", "--sepp-space", "pixels", "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "--sepp-space pixels: unknown" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_whole_set_search_sharded_over_two_ranks_equals_one_process(tmp_path):
+    """SePP's refresh: each rank searches 1/world of the queries; the gathered answer is the whole one
+    (n = 1001: the last rank's share is short)."""
+    for backend in ("torch", "faiss"):
+        one, two = tmp_path / f"one_{backend}.npy", tmp_path / f"two_{backend}.npy"
+        r1 = run(["tests/dist_search.py", "--backend", backend, "--out", str(one)])
+        r2 = run(["tests/dist_search.py", "--backend", backend, "--out", str(two)], torchrun=2, timeout=300)
+        assert r1.returncode == 0 and r2.returncode == 0, (r1.stderr[-1500:], r2.stderr[-1500:])
+        a, b = np.load(one), np.load(two)
+        x = torch.nn.functional.normalize(torch.randn(1001, 24, generator=torch.Generator().manual_seed(0)), dim=1)
+        assert (a == brute(x, 4, 0.2, True)).mean() > 0.999
+        assert np.array_equal(a, b), backend
+
+
+FUSED_CHECK = """
+import sys, torch
+sys.path.insert(0, ".")
+from mining import fused
+from mining.index import search_torch
+assert fused.available(torch.zeros(1, 8)), "interpreter mode expected"
+g = torch.Generator().manual_seed(0)
+for n, d, k, bn in [(300, 16, 10, 128), (200, 40, 3, 16), (37, 8, 5, 16), (150, 300, 4, 32)]:   # ragged, D swept
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    x[n // 2:] = torch.nn.functional.normalize(x[:n - n // 2] + 0.2 * torch.randn(n - n // 2, d, generator=g), dim=1)
+    s, i = fused.topk_ip(x, x, k, chunk=128, bn=bn)
+    rs, ri = (x.double() @ x.double().T).topk(k, dim=1)
+    assert (i == ri).float().mean() > 0.999, (n, d, k)
+    assert (s.double() - rs).abs().max() < 1e-5
+    fs, fi = search_torch(x, x, k)                  # the index's torch back end: fused here, as on a GPU
+    us, ui = search_torch(x, x, k, fused=False)
+    assert (fi == ui).float().mean() > 0.999 and torch.allclose(fs, us, atol=1e-6)
+print("ok")
+"""
+
+
+def test_fused_search_matches_brute_force_in_the_triton_interpreter():
+    """The Triton kernels of mining/fused.py (the GPU's whole-set search) run on the CPU through Triton's
+    interpreter: same neighbours and similarities as a float64 brute force."""
+    pytest.importorskip("triton")
+    r = run(["-c", FUSED_CHECK], env={"TRITON_INTERPRET": "1"}, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_search_on_the_gpu_matches_brute_force(dtype):
+    from mining import fused
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(50_000, 128, generator=g), dim=1).cuda()
+    keys = x.to(dtype)
+    assert fused.available(keys)
+    s, i = fused.topk_ip(keys[:4096], keys, 6)
+    ref = keys[:4096].float() @ keys.float().T           # the same (rounded) inputs, fp32 products
+    rs, ri = ref.topk(6, dim=1)
+    assert (i == ri).float().mean() > 0.999
+    assert (s - rs).abs().max() < 1e-4
+    ws, wi = search(x[:4096].to(dtype), x.to(dtype), k=6, backend="torch")     # the index's torch back end
+    assert (wi == ri).float().mean() > 0.999 and (ws - rs).abs().max() < 1e-4
