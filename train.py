@@ -137,14 +137,21 @@ def main(argv=None):
     # ---- train
     meter = Throughput()
     run_images, run_time, run_wait = 0, 0.0, 0.0
+    last_epoch_s = 0.0
     for epoch in range(start_epoch, args.epochs):
         seed_everything(args.seed, epoch, rank)
         if sepp is not None and sepp.due(epoch):
             info = sepp.refresh(epoch, model, progress=main_rank and not args.no_progress)
+            # what the refresh costs against the training it serves (a fixed CSV header: empty before epoch 1)
+            info["of_epoch"] = info["refresh_s"] / last_epoch_s if last_epoch_s else ""
+            info["of_epoch_amortized"] = info["of_epoch"] / args.sepp_every if last_epoch_s else ""
             if main_rank:
                 log.write("sepp", info, epoch)
+                cost = (f" = {info['of_epoch']:.1%} of an epoch ({info['of_epoch_amortized']:.1%} per epoch at "
+                        f"--sepp-every {args.sepp_every})") if last_epoch_s else ""
                 print(f"SePP refresh: {info['paired']:.0%} of samples paired, {info['label_agreement']:.1%} of "
-                      f"pairs share a label, {info['refresh_s']:.1f} s", flush=True)
+                      f"pairs share a label, {info['refresh_s']:.1f} s (search {info['search_s']:.1f} s){cost}",
+                      flush=True)
         if sepp is not None:
             sepp.start_epoch(epoch)
         loader.set_epoch(epoch)
@@ -186,7 +193,8 @@ def main(argv=None):
             bar.update(1)
             t_wait = time.perf_counter()
         bar.close()
-        run_time += time.perf_counter() - t_epoch
+        last_epoch_s = time.perf_counter() - t_epoch
+        run_time += last_epoch_s
         mean_loss = dist.all_reduce_mean(epoch_loss / max(1, it + 1)).item()
 
         # ---- checkpoint (atomic), then the kNN monitor

@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sepp-weight", type=float, default=1.0, help="BYOL/SimSiam: total += w * L_sepp")
     a("--sepp-encoder", default=None, help="mine with this checkpoint's backbone instead of the training one")
     a("--sepp-index", default="auto", help="auto | faiss | faiss-ivf | torch")
+    a("--sepp-space", default="backbone", help="mine in the backbone's features or the projector's output "
+      "(projector: e.g. 128-d instead of ResNet-50's 2048, a 16x smaller bank and search)")
     a("--recipe", default=None, help="augmentation recipe: simclr | byol (default: the method's)")
     a("--out", default="runs/default")
     a("--resume", default=None, help="checkpoint to resume from ('auto': OUT/last.pt if it exists)")
@@ -134,7 +136,8 @@ def resolve(args):
                                ("--optimizer", args.optimizer, (None, "sgd", "lars")),
                                ("--recipe", args.recipe, (None, "simclr", "byol")),
                                ("--bsim-mode", args.bsim_mode, ("mixup", "cutmix", "both")),
-                               ("--sepp-index", args.sepp_index, ("auto", "faiss", "faiss-ivf", "torch"))):
+                               ("--sepp-index", args.sepp_index, ("auto", "faiss", "faiss-ivf", "torch")),
+                               ("--sepp-space", args.sepp_space, ("backbone", "projector"))):
         if val not in choices:
             raise UsageError(f"{flag} {val}: unknown (choose from {', '.join(c for c in choices if c)})")
     for k, v in METHOD_DEFAULTS[args.method].items():

@@ -11,7 +11,7 @@ import torch
 from engine import ckpt, dist
 from engine.errors import UsageError
 from mining.bank import embed_all, label_agreement
-from mining.index import search
+from mining.index import search_whole_set
 from mining.sampler import PairPlan
 
 
@@ -46,7 +46,11 @@ class SePP:
             state = ckpt.load(args.sepp_encoder)
             m = build_model_from_config(state["config"])
             m.load_state_dict(state["model"])
-            self.encoder = m.backbone.to(device)
+            self.encoder = self.space(m.backbone, m.projector).to(device)
+
+    def space(self, backbone, projector):
+        """The network whose L2-normalised output is the bank: the backbone, or backbone + projector."""
+        return backbone if self.args.sepp_space == "backbone" else torch.nn.Sequential(backbone, projector)
 
     def due(self, epoch: int) -> bool:
         a = self.args
@@ -55,18 +59,21 @@ class SePP:
     def refresh(self, epoch: int, model, progress=False) -> dict:
         """New bank (momentum/target encoder if the method has one), neighbours, and pair plan."""
         a, t0 = self.args, time.perf_counter()
-        enc = self.encoder or (model.target[0] if model.momentum_encoder else model.backbone)
+        enc = self.encoder or (self.space(*model.target[:2]) if model.momentum_encoder
+                               else self.space(model.backbone, model.projector))
         bank = embed_all(enc, self.source, a.res, self.normalize, self.device, self.rank, self.world,
                          workers=min(2, a.workers), progress=progress)
-        sims, ids = search(bank.float(), k=a.sepp_k, threshold=a.sepp_threshold, backend=a.sepp_index,
-                           exclude_self=True)
-        if dist.active():  # one plan for all ranks: rank 0's neighbours (ties could differ between ranks)
-            torch.distributed.broadcast(ids, src=0)
+        t1 = time.perf_counter()
+        # fp16 on CUDA (fp32 accumulation, fp32 similarities of the winners), fp32 elsewhere
+        sims, ids = search_whole_set(bank if bank.is_cuda else bank.float(), k=a.sepp_k,
+                                     threshold=a.sepp_threshold, backend=a.sepp_index)
+        search_s = time.perf_counter() - t1
         self.plan = PairPlan(ids.cpu().numpy(), a.seed)
         attach(self.loader, self.plan)
         got, agree = label_agreement(np.asarray(self.source.labels), self.plan.plan(epoch)[1])
         valid = (ids >= 0).float().mean().item()
-        return {"epoch": epoch, "refresh_s": time.perf_counter() - t0, "paired": got, "label_agreement": agree,
+        return {"epoch": epoch, "refresh_s": time.perf_counter() - t0, "search_s": search_s, "paired": got,
+                "label_agreement": agree, "dim": bank.shape[1],
                 "candidates_above_threshold": valid, "mean_sim": sims[ids >= 0].mean().item() if valid else 0.0}
 
     def start_epoch(self, epoch: int):
