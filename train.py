@@ -132,7 +132,7 @@ def main(argv=None):
             print(f"kNN random init: {acc0:.2f}%", flush=True)
         log.write("knn", {"epoch": 0, "knn_top1": acc0, "what": "random-init"}, 0)
 
-    sepp = SePP(args, loader, train_src, norm, device, rank, world) if args.sepp else None
+    sepp = SePP(args, loader, train_src, norm, device, rank, world, model) if args.sepp else None
 
     # ---- train
     meter = Throughput()
@@ -169,8 +169,12 @@ def main(argv=None):
             step = epoch * steps_per_epoch + it
             for g in opt.param_groups:
                 g["lr"] = lr_s[step]
+            if sepp is not None:
+                sepp.arm()
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = net(batch)
+            if sepp is not None:
+                sepp.collect(batch)
             loss = out["loss"]
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

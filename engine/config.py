@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sepp-weight", type=float, default=1.0, help="BYOL/SimSiam: total += w * L_sepp")
     a("--sepp-encoder", default=None, help="mine with this checkpoint's backbone instead of the training one")
     a("--sepp-index", default="auto", help="auto | faiss | faiss-ivf | torch")
+    a("--sepp-bank", default="pass", help="pass: embed the training set without augmentation at each refresh; "
+      "train: keep the embeddings of the training forward passes (no extra pass; the first refresh still "
+      "makes one)")
     a("--sepp-space", default="backbone", help="mine in the backbone's features or the projector's output "
       "(projector: e.g. 128-d instead of ResNet-50's 2048, a 16x smaller bank and search)")
     a("--recipe", default=None, help="augmentation recipe: simclr | byol (default: the method's)")
@@ -137,7 +140,8 @@ def resolve(args):
                                ("--recipe", args.recipe, (None, "simclr", "byol")),
                                ("--bsim-mode", args.bsim_mode, ("mixup", "cutmix", "both")),
                                ("--sepp-index", args.sepp_index, ("auto", "faiss", "faiss-ivf", "torch")),
-                               ("--sepp-space", args.sepp_space, ("backbone", "projector"))):
+                               ("--sepp-space", args.sepp_space, ("backbone", "projector")),
+                               ("--sepp-bank", args.sepp_bank, ("pass", "train"))):
         if val not in choices:
             raise UsageError(f"{flag} {val}: unknown (choose from {', '.join(c for c in choices if c)})")
     for k, v in METHOD_DEFAULTS[args.method].items():

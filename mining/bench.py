@@ -13,7 +13,8 @@ includes Triton's compilation); `seconds` is the last run's.
 --refresh-arch: in the same run, the training step (two views, bf16, channels_last; synthetic data: the
 compute ceiling) and the bank's embedding pass (forward only, one unaugmented view) of that arch, so that a
 refresh (embedding pass + search) is set against an epoch of N images: its share of an epoch, and per epoch
-at --sepp-every 1, 2, 5, 10. Decoding is left out on both sides.
+at --sepp-every 1, 2, 5, 10; and with --sepp-bank train (no pass: the step keeps its embeddings), the
+step's overhead plus the search. Decoding is left out on both sides.
 """
 from __future__ import annotations
 
@@ -72,20 +73,34 @@ def refresh_cost(a, dev, search_s):
         with torch.autocast(**amp):
             torch.nn.functional.normalize(model.backbone(views[0]).float(), dim=1).half()
 
-    steps = 20 if dev.type == "cuda" else 2
+    from mining.sepp import TrainBank
+    tb = TrainBank(a.n, model.backbone, dev)     # --sepp-bank train: the step keeps its embeddings
+
+    def step_tb():
+        tb.arm()
+        step()
+        tb.collect(batch.index)
+
+    steps = 40 if dev.type == "cuda" else 2
     model.train()
     pairs_s = rate(step, steps)
+    tb_pairs_s = rate(step_tb, steps)
+    tb.handle.remove()
     model.eval()
     embed_s = rate(embed, steps * 2)
     epoch_s, pass_s = a.n / pairs_s, a.n / embed_s
     out = {"arch": a.refresh_arch, "res": R, "batch": B, "compile": a.compile, "step_pairs_s": pairs_s,
            "embed_img_s": embed_s, "epoch_s": epoch_s, "embed_pass_s": pass_s, "search_s": search_s,
            "of_epoch": {str(e): (pass_s + search_s) / epoch_s / e for e in (1, 2, 5, 10)},
-           "search_of_epoch": search_s / epoch_s}
+           "search_of_epoch": search_s / epoch_s, "step_train_bank_pairs_s": tb_pairs_s,
+           "train_bank_step_overhead": pairs_s / tb_pairs_s - 1}
+    out["train_bank_of_epoch"] = search_s / epoch_s + max(0.0, out["train_bank_step_overhead"])
     print(f"refresh vs epoch ({a.refresh_arch} {R}px, N={a.n}): step {pairs_s:.0f} pairs/s -> epoch {epoch_s:.0f} s;"
           f" embedding pass {embed_s:.0f} img/s -> {pass_s:.1f} s; search {search_s:.2f} s "
           f"({out['search_of_epoch']:.2%} of an epoch); refresh = "
-          + ", ".join(f"{v:.1%} per epoch at --sepp-every {e}" for e, v in out["of_epoch"].items()), flush=True)
+          + ", ".join(f"{v:.1%} per epoch at --sepp-every {e}" for e, v in out["of_epoch"].items())
+          + f"; --sepp-bank train: step {tb_pairs_s:.0f} pairs/s ({out['train_bank_step_overhead']:+.1%}), refresh "
+          f"{out['train_bank_of_epoch']:.2%} of an epoch at --sepp-every 1", flush=True)
     return out
 
 

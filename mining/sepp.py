@@ -28,8 +28,46 @@ def attach(loader, plan):
         raise UsageError(f"--sepp needs a loader that takes a sample order (torch, ffcv or dali), not {name}")
 
 
+class TrainBank:
+    """--sepp-bank train: the bank filled from the training forward passes, with no pass of its own. A forward
+    hook on the bank's network (the momentum/target one where the method has it) keeps the first output of
+    each step (the first view of each sample in the batch: augmented, as NNCLR's support set), and
+    collect() writes it, L2-normalised in fp16 and all-gathered over ranks, to the samples' rows."""
+
+    def __init__(self, n: int, module: torch.nn.Module, device):
+        self.n, self.device = n, device
+        self.bank, self.filled, self.out, self.armed = None, None, None, False
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        if self.armed:
+            self.out, self.armed = output.detach(), False
+
+    def arm(self):
+        self.out, self.armed = None, True
+
+    @torch.no_grad()
+    def collect(self, index: torch.Tensor):
+        if self.out is None:
+            return
+        B = index.shape[0]   # concatenated views: the first B rows are view 0
+        f = torch.nn.functional.normalize(self.out[:B].float(), dim=1).half()
+        idx = index.to(f.device)
+        self.out = None
+        if dist.active():
+            f, idx = dist.all_gather(f), dist.all_gather(idx)
+        if self.bank is None:
+            self.bank = torch.zeros(self.n, f.shape[1], dtype=torch.float16, device=f.device)
+            self.filled = torch.zeros(self.n, dtype=torch.bool, device=f.device)
+        self.bank[idx] = f
+        self.filled[idx] = True
+
+    def fraction(self) -> float:
+        return 0.0 if self.filled is None else self.filled.float().mean().item()
+
+
 class SePP:
-    def __init__(self, args, loader, source, normalize, device, rank, world):
+    def __init__(self, args, loader, source, normalize, device, rank, world, model=None):
         if getattr(loader, "n", len(source)) != len(source):
             raise UsageError(f"--sepp: the loader holds {loader.n} samples, --dataset/--data/--subset give "
                              f"{len(source)}; mining needs the same samples (write the .beton from the same "
@@ -47,6 +85,23 @@ class SePP:
             m = build_model_from_config(state["config"])
             m.load_state_dict(state["model"])
             self.encoder = self.space(m.backbone, m.projector).to(device)
+        self.train_bank = None
+        if args.sepp_bank == "train":
+            if args.sepp_encoder:
+                raise UsageError("--sepp-bank train fills the bank from the training network: drop --sepp-encoder "
+                                 "or use --sepp-bank pass")
+            i = 0 if args.sepp_space == "backbone" else 1
+            module = model.target[i] if model.momentum_encoder else (model.backbone, model.projector)[i]
+            self.train_bank = TrainBank(len(source), module, device)
+
+    def arm(self):
+        """Before the step's forward: the bank's network output of this step is kept (--sepp-bank train)."""
+        if self.train_bank is not None:
+            self.train_bank.arm()
+
+    def collect(self, batch):
+        if self.train_bank is not None:
+            self.train_bank.collect(batch.index)
 
     def space(self, backbone, projector):
         """The network whose L2-normalised output is the bank: the backbone, or backbone + projector."""
@@ -59,21 +114,29 @@ class SePP:
     def refresh(self, epoch: int, model, progress=False) -> dict:
         """New bank (momentum/target encoder if the method has one), neighbours, and pair plan."""
         a, t0 = self.args, time.perf_counter()
-        enc = self.encoder or (self.space(*model.target[:2]) if model.momentum_encoder
-                               else self.space(model.backbone, model.projector))
-        bank = embed_all(enc, self.source, a.res, self.normalize, self.device, self.rank, self.world,
-                         workers=min(2, a.workers), progress=progress)
+        tb = self.train_bank
+        if tb is not None and tb.fraction() >= 0.9:   # filled by the epochs since the last refresh: no pass
+            bank, filled, source = tb.bank, tb.filled, "train"
+        else:   # --sepp-bank pass, or a train bank not yet filled (the first refresh, or after --resume)
+            enc = self.encoder or (self.space(*model.target[:2]) if model.momentum_encoder
+                                   else self.space(model.backbone, model.projector))
+            bank = embed_all(enc, self.source, a.res, self.normalize, self.device, self.rank, self.world,
+                             workers=min(2, a.workers), progress=progress)
+            filled, source = None, "pass"
         t1 = time.perf_counter()
         # fp16 on CUDA (fp32 accumulation, fp32 similarities of the winners), fp32 elsewhere
         sims, ids = search_whole_set(bank if bank.is_cuda else bank.float(), k=a.sepp_k,
                                      threshold=a.sepp_threshold, backend=a.sepp_index)
+        if filled is not None:   # samples the train bank has not seen yet: neither anchors nor positives
+            bad = ~filled[ids.clamp(min=0)] | ~filled[:, None]
+            ids, sims = ids.masked_fill(bad, -1), sims.masked_fill(bad, float("-inf"))
         search_s = time.perf_counter() - t1
         self.plan = PairPlan(ids.cpu().numpy(), a.seed)
         attach(self.loader, self.plan)
         got, agree = label_agreement(np.asarray(self.source.labels), self.plan.plan(epoch)[1])
         valid = (ids >= 0).float().mean().item()
         return {"epoch": epoch, "refresh_s": time.perf_counter() - t0, "search_s": search_s, "paired": got,
-                "label_agreement": agree, "dim": bank.shape[1],
+                "label_agreement": agree, "dim": bank.shape[1], "bank": source,
                 "candidates_above_threshold": valid, "mean_sim": sims[ids >= 0].mean().item() if valid else 0.0}
 
     def start_epoch(self, epoch: int):

@@ -135,6 +135,43 @@ def test_sepp_mines_in_the_projector_space(tmp_path):
 
 
 @pytest.mark.slow
+def test_sepp_train_bank_fills_from_the_training_passes_over_two_ranks(tmp_path):
+    """--sepp-bank train under 2 gloo ranks: the first refresh embeds (empty bank), later ones reuse the
+    embeddings all-gathered from the training steps, with no pass, and still mine same-label positives."""
+    r = run(["train.py", *TINY, "--method", "simsiam", "--subset", "512", "--epochs", "3", "--batch-size", "128",
+             "--lr", "0.1", "--sepp", "--sepp-warmup", "0", "--sepp-bank", "train", "--sepp-threshold", "0.3",
+             "--out", str(tmp_path)], torchrun=2, timeout=500)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = read_csv(tmp_path / "sepp.csv")
+    assert [x["bank"] for x in rows] == ["pass", "train", "train"], rows
+    for x in rows[1:]:
+        assert float(x["paired"]) > 0.5 and float(x["label_agreement"]) > 0.2, x
+    r = run(["train.py", *TINY, "--sepp", "--sepp-bank", "train", "--sepp-encoder", str(tmp_path / "last.pt"),
+             "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "drop --sepp-encoder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_bank_keeps_the_first_view_of_each_step():
+    from mining.sepp import TrainBank
+    from models.methods import build_method
+    from loaders.batch import Batch
+    for method in ("byol", "simclr"):    # a target network; concatenated views through the online one
+        m = build_method(method, arch="resnet10", small_stem=True, stem_stride=2, proj_hidden=32, proj_dim=16,
+                         pred_hidden=16)
+        module = m.target[0] if m.momentum_encoder else m.backbone
+        tb = TrainBank(40, module, "cpu")
+        views, index = torch.randn(2, 8, 3, 16, 16), torch.tensor([3, 39, 0, 7, 8, 9, 10, 11])
+        tb.arm()
+        m(Batch(views, index, torch.zeros(8, dtype=torch.long)))
+        tb.collect(index)
+        with torch.no_grad():
+            x = views.flatten(0, 1) if m.concat_views else views[0]
+            ref = torch.nn.functional.normalize(module(x)[:8], dim=1).half()
+        assert torch.allclose(tb.bank[index].float(), ref.float(), atol=2e-3), method
+        assert tb.fraction() == pytest.approx(8 / 40) and not tb.bank[1].any()
+
+
+@pytest.mark.slow
 def test_whole_set_search_sharded_over_two_ranks_equals_one_process(tmp_path):
     """SePP's refresh: each rank searches 1/world of the queries; the gathered answer is the whole one
     (n = 1001: the last rank's share is short)."""
