@@ -90,18 +90,22 @@ def search_torch(q: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096,
 
 
 def search_faiss(q: np.ndarray, keys: np.ndarray, k: int, ivf: bool = False, nlist: int = 0, nprobe: int = 16):
+    """FAISS inner-product search; the index lives on the GPU (trained there too) where faiss-gpu and CUDA
+    are present."""
     faiss = _faiss()
     d = keys.shape[1]
     if ivf:
-        nlist = nlist or max(1, int(4 * math.sqrt(keys.shape[0])))
+        nlist = min(nlist or max(1, int(4 * math.sqrt(keys.shape[0]))), keys.shape[0])
         quant = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quant, d, min(nlist, keys.shape[0]), faiss.METRIC_INNER_PRODUCT)
-        index.train(keys)
-        index.nprobe = nprobe
+        index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
     else:
         index = faiss.IndexFlatIP(d)
     if torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources"):
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), torch.cuda.current_device(), index)
+        res = faiss.StandardGpuResources()     # alive until the search below is done
+        index = faiss.index_cpu_to_gpu(res, torch.cuda.current_device(), index)
+    if ivf:
+        index.train(keys)
+        index.nprobe = min(nprobe, nlist, 2048)    # FAISS-GPU searches at most 2048 lists
     index.add(keys)
     s, i = index.search(q, min(k, keys.shape[0]))
     return torch.from_numpy(s), torch.from_numpy(i)

