@@ -5,12 +5,10 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 
-from engine.config import parser_error_one_line
 from engine.errors import UsageError, cli_main
-from eval.runs import num, read_run
+from eval.runs import num, parse_runs
 
 PANELS = (("loss", "train loss"), ("lr", "learning rate"), ("img_s", "images/s"), ("knn", "kNN top-1 (%)"))
 
@@ -53,12 +51,7 @@ def plot_runs(runs: list, path: str):
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser_error_one_line(p)
-    p.add_argument("runs", nargs="+", help="train.py --out folders")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN/curves.png for one run, compare.png)")
-    a = p.parse_args(argv)
-    runs = [read_run(r) for r in a.runs]
+    a, runs = parse_runs(argv, __doc__, "PNG path (default: RUN/curves.png for one run, compare.png)")
     if not any(r["train"] for r in runs):
         raise UsageError("no train.csv rows in " + ", ".join(a.runs) + ": nothing to plot")
     out = a.out or (os.path.join(runs[0]["dir"], "curves.png") if len(runs) == 1 else "compare.png")

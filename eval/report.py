@@ -5,13 +5,11 @@ and training images/s, from each run folder's config, logs and eval_*.json files
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 
-from engine.config import parser_error_one_line
 from engine.errors import cli_main
-from eval.runs import num, read_run
+from eval.runs import num, parse_runs
 
 COLUMNS = ("run", "method", "flags", "epochs", "kNN k=20", "kNN k=200", "linear top-1", "semi-sup", "img/s")
 
@@ -63,12 +61,7 @@ def table(runs: list) -> str:
 
 @cli_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser_error_one_line(p)
-    p.add_argument("runs", nargs="+", help="train.py --out folders")
-    p.add_argument("--out", default=None, help="write the table here (default: print it)")
-    a = p.parse_args(argv)
-    runs = [read_run(r) for r in a.runs]
+    a, runs = parse_runs(argv, __doc__, "write the table here (default: print it)")
     md = table(runs)
     if a.out:
         head = (f"<!-- python -m eval.report {' '.join(a.runs)} ({datetime.date.today()}) -->\n"

@@ -46,3 +46,15 @@ def read_run(path: str) -> dict:
             "epoch": _csv(os.path.join(d, "epoch.csv")), "knn": _csv(os.path.join(d, "knn.csv")),
             "summary": _json(os.path.join(d, "summary.json")) or {},
             "evals": {k: v for k, v in evals.items() if v is not None}}
+
+
+def parse_runs(argv, doc: str, out_help: str):
+    """The command line of eval.plot / eval.report: run folders and --out -> (args, [read_run(...)])."""
+    import argparse
+    from engine.config import parser_error_one_line
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser_error_one_line(p)
+    p.add_argument("runs", nargs="+", help="train.py --out folders")
+    p.add_argument("--out", default=None, help=out_help)
+    a = p.parse_args(argv)
+    return a, [read_run(r) for r in a.runs]
