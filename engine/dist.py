@@ -56,6 +56,24 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def share(n: int, rank: int, world: int):
+    """Rank's contiguous share of range(n): ceil(n / world) rows each, so only the last shares can be short."""
+    import numpy as np
+    per = -(-n // world)
+    return np.arange(rank * per, min(n, (rank + 1) * per))
+
+
+@torch.no_grad()
+def gather_shares(x: torch.Tensor, n: int, fill) -> torch.Tensor:
+    """Every rank's rows of share(n, rank, world), in order: each share padded to ceil(n / world) rows with
+    `fill` for all_gather, the padding (all at the end, as only trailing shares are short) cut off."""
+    if not active():
+        return x
+    per = -(-n // world())
+    pad = x.new_full((per - x.shape[0], *x.shape[1:]), fill)
+    return all_gather(torch.cat([x, pad]))[:n]
+
+
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):

@@ -116,8 +116,9 @@ VARIANTS = ("plain", "bsim", "sepp", "bsim+sepp")
 
 
 class PeakHost:
-    """Peak resident memory (MB) of this process and its children (loader workers), sampled every 20 ms
-    while the block runs; shared pages of forked workers count once per process (an upper bound)."""
+    """Peak resident memory (MB) of this process and its children (loader workers), sampled every 100 ms
+    while the block runs (not more often: the sampler takes the GIL from the loop it measures); shared
+    pages of forked workers count once per process (an upper bound)."""
 
     def __enter__(self):
         import psutil
@@ -131,7 +132,7 @@ class PeakHost:
                     self.peak = max(self.peak, rss / 2**20)
                 except psutil.Error:
                     pass
-                self.done.wait(0.02)
+                self.done.wait(0.1)
         self.thread = threading.Thread(target=sample, daemon=True)
         self.thread.start()
         return self

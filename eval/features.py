@@ -48,22 +48,6 @@ def feature_dim(backbone, res: int) -> int:
 
 
 @torch.no_grad()
-def extract(encoder, loader, normalize, device, progress=False, desc="features"):
-    """-> (L2-normalized float32 features [N, D], labels [N]) of a plain (no augmentation) loader."""
-    feats, labels = [], []
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        f = encoder(normalize(x.to(device, non_blocking=True)))
-        feats.append(F.normalize(f.float(), dim=1))
-        labels.append(y.to(device))
-    return torch.cat(feats), torch.cat(labels)
-
-
-def shard(n: int, rank: int, world: int) -> np.ndarray:
-    """Rank's contiguous share of range(n) (shares of ceil(n / world); the last may be short)."""
-    per = -(-n // world)
-    return np.arange(rank * per, min(n, (rank + 1) * per))
-
-
 @torch.no_grad()
 def extract_sharded(encoder, source, res, normalize, device, indices=None, batch=256, workers=2,
                     progress=False, desc="features", l2=True):
@@ -73,7 +57,7 @@ def extract_sharded(encoder, source, res, normalize, device, indices=None, batch
     from loaders import plain_loader
     idx = np.arange(len(source)) if indices is None else np.asarray(indices)
     n, rank, world = len(idx), dist.rank(), dist.world()
-    mine = idx[shard(n, rank, world)]
+    mine = idx[dist.share(n, rank, world)]
     was = encoder.training
     encoder.eval()
     feats, labels = [], []
@@ -86,13 +70,7 @@ def extract_sharded(encoder, source, res, normalize, device, indices=None, batch
     d = feature_dim(encoder, res) if not feats else feats[0].shape[1]
     f = torch.cat(feats) if feats else torch.zeros(0, d, device=device)
     y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
-    if world > 1:  # equal shapes for all_gather: pad every share to ceil(n / world)
-        per = -(-n // world)
-        f = dist.all_gather(torch.cat([f, f.new_zeros(per - len(f), f.shape[1])]))
-        y = dist.all_gather(torch.cat([y, y.new_full((per - len(y),), -1)]))
-        keep = torch.cat([torch.arange(r * per, r * per + len(shard(n, r, world))) for r in range(world)])
-        f, y = f[keep.to(f.device)], y[keep.to(y.device)]
-    return f, y
+    return dist.gather_shares(f, n, 0.0), dist.gather_shares(y, n, -1)
 
 
 class Labelled(Dataset):
@@ -127,5 +105,5 @@ def labelled_loader(source, res, batch, indices=None, aug="rrc", workers=2, seed
         return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
                           pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
     idx = np.arange(len(source)) if indices is None else np.asarray(indices)
-    ds = Labelled(source, res, idx[shard(len(idx), rank, world)], "none")
+    ds = Labelled(source, res, idx[dist.share(len(idx), rank, world)], "none")
     return DataLoader(ds, batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available())

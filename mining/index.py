@@ -23,6 +23,9 @@ import math
 import numpy as np
 import torch
 
+from engine import dist
+from mining import fused as fused_search
+
 BACKENDS = ("auto", "faiss", "faiss-ivf", "torch")
 
 
@@ -66,23 +69,31 @@ def block_topk(scores: torch.Tensor, k: int, block: int = 1024):
     return v, cols.gather(1, j)
 
 
+def _rescore(q: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """fp32 <q_r, keys[ids[r, j]]>, in row blocks of at most ~256 MB of gathered keys."""
+    rows = max(1, 2**26 // (ids.shape[1] * keys.shape[1]))
+    return torch.cat([(q[s:s + rows].float()[:, None, :] * keys[ids[s:s + rows]].float()).sum(-1)
+                      for s in range(0, q.shape[0], rows)])
+
+
 def search_torch(q: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096, block: int = 1024,
                  fused: bool | None = None):
     """Exact search. On CUDA (with triton) the fused kernel of mining/fused.py, which never stores the
     scores; elsewhere chunks of rows, scores in the keys' dtype (bf16/fp16 on GPU halves the traffic) and
-    block_topk selection. Returns float32 similarities recomputed in fp32 for the chosen ids."""
-    from mining import fused as fz
+    block_topk selection. Returns the chosen ids' similarities in fp32 over the unrounded queries."""
     k = min(k, keys.shape[0])
-    use_fused = fz.available(keys) if fused is None else fused
+    use_fused = fused_search.available(keys) if fused is None else fused
     out_s, out_i = [], []
     step = 65536 if use_fused else chunk
     for s in range(0, q.shape[0], step):
         qs = q[s:s + step]
         if use_fused:
-            _, i = fz.topk_ip(qs, keys, k)
+            v, i = fused_search.topk_ip(qs, keys, k)
+            if qs.dtype != keys.dtype:     # the kernel scored queries rounded to the keys' dtype
+                v = _rescore(qs, keys, i)
         else:
             _, i = block_topk(qs.to(keys.dtype) @ keys.T, k, block)
-        v = (qs.float()[:, None, :] * keys[i].float()).sum(-1)       # exact fp32 similarities of the winners
+            v = _rescore(qs, keys, i)
         v, o = v.sort(dim=1, descending=True, stable=True)
         out_s.append(v)
         out_i.append(i.gather(1, o))
@@ -125,7 +136,7 @@ def search(queries: torch.Tensor, keys: torch.Tensor | None = None, k: int = 1, 
     q = queries if rows is None else queries[rows.to(queries.device)]
     kk = k + 1 if exclude_self else k
     if backend == "auto":
-        backend = "faiss" if _faiss() is not None and not fused_ok(keys) else "torch"
+        backend = "faiss" if _faiss() is not None and not fused_search.available(keys) else "torch"
     if backend == "torch":
         s, i = search_torch(q, keys, kk, chunk)
     else:
@@ -142,21 +153,13 @@ def search_whole_set(x: torch.Tensor, k: int, threshold: float = -1.0, backend: 
     """Every row's neighbours among the other rows (exclude_self). Under torchrun each rank searches a
     contiguous 1/world of the queries against the whole set and the answers are all-gathered: every rank
     gets the same [N, k] answer, in 1/world of the time."""
-    from engine import dist
     n, rank, world = x.shape[0], dist.rank(), dist.world()
-    per = -(-n // world)
-    mine = torch.arange(rank * per, min(n, (rank + 1) * per), device=x.device)
+    mine = torch.as_tensor(dist.share(n, rank, world), device=x.device)
     sims, ids = search(x, k=k, threshold=threshold, backend=backend, exclude_self=True, rows=mine)
-    if world > 1:   # shares are ceil(n / world) rows; only the last ones can be short: pad, gather, cut
-        pad = per - len(mine)
-        sims = dist.all_gather(torch.cat([sims, sims.new_full((pad, sims.shape[1]), float("-inf"))]))[:n]
-        ids = dist.all_gather(torch.cat([ids, ids.new_full((pad, ids.shape[1]), -1)]))[:n]
+    if world > 1:
+        sims, ids = dist.gather_shares(sims, n, float("-inf")), dist.gather_shares(ids, n, -1)
     return sims, ids
 
-
-def fused_ok(keys: torch.Tensor) -> bool:
-    from mining import fused as fz
-    return fz.available(keys)
 
 
 def recall(approx_ids: torch.Tensor, exact_ids: torch.Tensor) -> float:

@@ -130,6 +130,8 @@ class SePP:
         if filled is not None:   # samples the train bank has not seen yet: neither anchors nor positives
             bad = ~filled[ids.clamp(min=0)] | ~filled[:, None]
             ids, sims = ids.masked_fill(bad, -1), sims.masked_fill(bad, float("-inf"))
+        if ids.is_cuda:   # the kernels run asynchronously: wait for them before reading the clock
+            torch.cuda.synchronize(ids.device)
         search_s = time.perf_counter() - t1
         self.plan = PairPlan(ids.cpu().numpy(), a.seed)
         attach(self.loader, self.plan)
