@@ -74,7 +74,8 @@ def main(argv=None):
     loader = build_loader(args.loader, train_src, recipe, args.res, per_rank, device, rank, world, args.seed,
                           args.workers, args.channels_last, mix=mix, beton=args.beton, ffcv_order=args.ffcv_order,
                           os_cache=args.os_cache, batches_ahead=args.batches_ahead, res_at=res_at,
-                          skip_files=args.skip_files, dali_roi=args.dali_roi,
+                          skip_files=args.skip_files, dali_roi=args.dali_roi, dali_hw_load=args.dali_hw_load,
+                          dali_branchless=args.dali_branchless, dali_pipes=args.dali_pipes,
                           compile_augment=args.compile_augment)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:

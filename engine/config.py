@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="ffcv: use the OS page cache (off: a private cache per process, RAM grows with the number of GPUs)")
     a("--batches-ahead", type=int, default=3, help="ffcv: batches prepared ahead")
     a("--dali-roi", action="store_true", help="dali: decode only each view's crop window (two partial decodes)")
+    a("--dali-hw-load", type=float, default=None, help="dali: fraction of the JPEGs sent to the GPU's hardware "
+      "decoder (A100/H100; DALI's default 0.65), the rest to nvJPEG's hybrid CPU+GPU decoder")
+    a("--dali-branchless", action="store_true", help="dali: jitter/grayscale/solarize as per-sample identity "
+      "factors instead of DALI conditionals (fewer operators; every sample pays the jitter)")
+    a("--dali-pipes", type=int, default=1, help="dali: pipelines per GPU, each batch/N with its own executor")
     a("--skip-files", default=None, help="dali: skip the images listed in this report (loaders.prepare --check)")
     a("--min-res", type=int, default=0, help="progressive resolution (ffcv): start at this crop size ...")
     a("--start-ramp", type=int, default=0, help="... until this epoch, then grow linearly ...")

@@ -176,7 +176,8 @@ def build(a, name, source, device, recipe, res, variant):
     ld = build_loader("dali" if roi else name, source, RECIPES[recipe], res, a.batch_size, device, seed=0,
                       workers=a.workers, channels_last=a.channels_last, mix=MixSpec("mixup") if mix else None,
                       beton=a.beton, ffcv_order="ours" if sepp and name == "ffcv" else "auto",
-                      compile_augment=a.compile_augment, dali_roi=roi)
+                      compile_augment=a.compile_augment, dali_roi=roi, dali_hw_load=a.dali_hw_load,
+                      dali_branchless=a.dali_branchless, dali_pipes=a.dali_pipes)
     if not sepp:
         return ld
     if name == "synthetic":
@@ -328,6 +329,9 @@ def main(argv=None):
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile-augment", action="store_true", help="torch.compile the device augmentation")
+    p.add_argument("--dali-hw-load", type=float, default=None, help="dali: fraction for the hardware JPEG decoder")
+    p.add_argument("--dali-branchless", action="store_true", help="dali: colour ops without conditionals")
+    p.add_argument("--dali-pipes", type=int, default=1, help="dali: pipelines per GPU (batch/N each)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="bar chart (default: the --json path with .png)")
     a = p.parse_args(argv)

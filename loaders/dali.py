@@ -21,6 +21,10 @@ Sources:
   (fn.decoders.image_random_crop): two partial decodes instead of one whole decode + two crops.
 - images held in memory (Fashion-MNIST, CIFAR): fn.external_source per sample, in the shared epoch order
   (loaders/order.py) split by rank like the torch back end.
+
+GPU tuning (scripts/sweep_dali.py times each): hw_load (the hardware JPEG decoder's share), branchless (jitter,
+grayscale and solarize as identity factors for the samples that skip them, no conditionals), pipes (N
+pipelines of batch/N on one GPU, each a shard of the reader with its own executor; batches concatenated).
 """
 from __future__ import annotations
 
@@ -58,29 +62,64 @@ def _coin(fn, types, p):
     return fn.cast(fn.random.coin_flip(probability=p), dtype=types.BOOL)
 
 
-def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs=None):
+def _colour_branchless(fn, types, v, a, cpu):
+    """Jitter (p), then grayscale (p), with no conditionals: a sample that skips an op gets its identity
+    factors (brightness 1, contrast 1, hue 0, saturation 1), and grayscale is hsv's saturation 0, folded into
+    jitter's hsv. Fewer GPU operators than the branches (no split/merge, one hsv, no casts: hsv takes the
+    float blend and writes uint8); every sample pays the jitter's arithmetic."""
+    from nvidia.dali import math as dmath
+    def pick(coin, value, identity):   # per-sample scalars on the CPU
+        return identity + coin * (value - identity)
+    sat = 1.0
+    if a.jitter > 0:
+        j = fn.cast(fn.random.coin_flip(probability=a.jitter), dtype=types.FLOAT)
+        b = pick(j, fn.random.uniform(range=[1 - a.brightness, 1 + a.brightness]), 1.0)
+        c = pick(j, fn.random.uniform(range=[1 - a.contrast, 1 + a.contrast]), 1.0)
+        sat = pick(j, fn.random.uniform(range=[1 - a.saturation, 1 + a.saturation]), 1.0)
+        hue = j * fn.random.uniform(range=[-a.hue * 360, a.hue * 360])
+        v = fn.brightness_contrast(v, brightness=b)
+        mean = fn.reductions.mean(fn.color_space_conversion(v, image_type=types.RGB, output_type=types.GRAY),
+                                  dtype=types.FLOAT)
+        k = 1.0 - c
+        v = dmath.clamp(v * (c if cpu else c.gpu()) + mean * (k if cpu else k.gpu()), 0.0, 255.0)  # float
+    else:
+        hue = 0.0
+    if a.gray > 0:
+        sat = sat * (1.0 - fn.cast(fn.random.coin_flip(probability=a.gray), dtype=types.FLOAT))
+    if a.jitter > 0 or a.gray > 0:
+        v = fn.hsv(v, hue=hue, saturation=sat, dtype=types.UINT8)
+    return v
+
+
+def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs=None, branchless=False, dec=None):
     """One view of the recipe `a` (loaders.augment.ViewAug) from decoded uint8 HWC images, or, given `jpegs`,
     with ROI decoding (each view decodes only its random crop window)."""
     dev = "cpu" if cpu else "gpu"
     if jpegs is not None:
         v = fn.decoders.image_random_crop(jpegs, device="cpu" if cpu else "mixed", output_type=types.RGB,
                                           random_area=list(a.crop_scale), random_aspect_ratio=RATIO,
-                                          num_attempts=10)
+                                          num_attempts=10, **(dec or {}))
         v = fn.resize(v, resize_x=res, resize_y=res, antialias=True)
     else:
         v = fn.random_resized_crop(images, device=dev, size=[res, res], random_area=list(a.crop_scale),
                                    random_aspect_ratio=RATIO, antialias=True)
-    if a.jitter > 0:
-        if _coin(fn, types, a.jitter):
-            v = _jitter(fn, types, v, a, cpu)
-    if a.gray > 0:
-        if _coin(fn, types, a.gray):
-            v = fn.hsv(v, saturation=0.0)
+    if branchless:
+        v = _colour_branchless(fn, types, v, a, cpu)
+    else:
+        if a.jitter > 0:
+            if _coin(fn, types, a.jitter):
+                v = _jitter(fn, types, v, a, cpu)
+        if a.gray > 0:
+            if _coin(fn, types, a.gray):
+                v = fn.hsv(v, saturation=0.0)
     if a.blur > 0:
         if _coin(fn, types, a.blur):
             v = fn.gaussian_blur(v, sigma=fn.random.uniform(range=list(a.sigma)), window_size=blur_size(res))
     if a.solarize > 0:
-        if _coin(fn, types, a.solarize):
+        if branchless:   # threshold 256 (never reached by uint8) for a sample that skips it
+            t = 128 + 128 * (1 - fn.random.coin_flip(probability=a.solarize))
+            v = fn.cast(v ^ ((v >= (t if cpu else t.gpu())) * 255), dtype=types.UINT8)
+        elif _coin(fn, types, a.solarize):
             v = fn.cast(v ^ (fn.cast(v >= 128, dtype=types.UINT8) * 255), dtype=types.UINT8)
     mirror = fn.random.coin_flip(probability=a.flip) if a.flip > 0 else 0
     return fn.crop_mirror_normalize(v, mirror=mirror, dtype=out_dtype, output_layout=layout,
@@ -89,7 +128,8 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
 
 class DALILoader:
     def __init__(self, source, res, recipe, batch_size, device, rank=0, world=1, seed=0, workers=4,
-                 channels_last=False, mix=None, drop_last=True, skip_files=None, prefetch=2, roi=False):
+                 channels_last=False, mix=None, drop_last=True, skip_files=None, prefetch=2, roi=False,
+                 hw_load=None, branchless=False, pipes=1):
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
@@ -97,7 +137,12 @@ class DALILoader:
         self.source, self.res, self.recipe, self.batch = source, res, tuple(recipe), batch_size
         self.device, self.rank, self.world, self.seed = torch.device(device), rank, world, seed
         self.workers, self.channels_last, self.mix, self.prefetch = max(1, workers), channels_last, mix, prefetch
-        self.drop_last, self.roi = drop_last, roi
+        self.drop_last, self.roi, self.hw_load, self.branchless = drop_last, roi, hw_load, branchless
+        if hw_load is not None and not 0.0 <= hw_load <= 1.0:
+            raise UsageError(f"--dali-hw-load {hw_load}: a fraction in [0, 1]")
+        if pipes < 1 or batch_size % pipes:
+            raise UsageError(f"--dali-pipes {pipes}: must divide the batch size {batch_size}")
+        self.pipes = pipes
         self.cpu = self.device.type != "cuda"
         self.mean, self.std = source.mean, source.std
         base = source.src if isinstance(source, Subset) else source
@@ -111,12 +156,16 @@ class DALILoader:
                 files, labels = [files[k] for k in kept], labels[kept]
             self.files = files
             self.labels = torch.as_tensor(labels, dtype=torch.long)
-            # the reader: the same number of samples on every rank, cut to a multiple of the world size
+            # the reader: the same number of samples on every shard (pipes shards per rank), cut to a multiple
+            # of their number
             self.n = len(files)
-            self.n_reader = self.n - self.n % world
-            per_rank = self.n_reader // world
-            self.steps = per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+            shards = world * pipes
+            self.n_reader = self.n - self.n % shards
+            per_shard, sub = self.n_reader // shards, batch_size // pipes
+            self.steps = per_shard // sub if drop_last else math.ceil(per_shard / sub)
         else:
+            if pipes > 1:
+                raise UsageError("--dali-pipes > 1 needs a folder or file list of images (DALI's file reader)")
             self.labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
             self.n = len(source)
             self.steps = num_steps(self.n, batch_size, world, drop_last)
@@ -134,6 +183,8 @@ class DALILoader:
         self._plan, self.it = fn, None
         if self.files is not None and fn is not None and not self.drop_last:
             raise UsageError("a sample plan with DALI needs drop_last")
+        if fn is not None and self.pipes > 1:
+            raise UsageError("a sample plan (SePP) with DALI runs one pipeline: drop --dali-pipes")
 
     # ---- pipeline
     def _build(self, epoch):
@@ -144,22 +195,24 @@ class DALILoader:
         layout = "HWC" if self.channels_last else "CHW"
         names = [f"view{v}" for v in range(len(self.recipe))] + ["index"]
 
+        dec = {} if cpu or self.hw_load is None else {"hw_decoder_load": self.hw_load}
+
         @pipeline_def(enable_conditionals=True)
-        def pipe():
+        def pipe(q):
             if self.files is not None and self._plan is None:
                 # the sample's position in self.files rides as its "label"; class labels are looked up after
                 order = np.random.default_rng([self.seed, epoch, 11]).permutation(self.n)[:self.n_reader]
                 jpegs, index = fn.readers.file(
                     files=[self.files[i] for i in order], labels=[int(i) for i in order], name="Reader",
-                    shard_id=self.rank, num_shards=self.world, shuffle_after_epoch=True, seed=self.seed + 1,
-                    pad_last_batch=True, random_shuffle=False)
+                    shard_id=self.rank * self.pipes + q, num_shards=self.world * self.pipes,
+                    shuffle_after_epoch=True, seed=self.seed + 1, pad_last_batch=True, random_shuffle=False)
                 images = None if self.roi else fn.decoders.image(jpegs, device="cpu" if cpu else "mixed",
-                                                                 output_type=types.RGB)
+                                                                 output_type=types.RGB, **dec)
             elif self.files is not None:  # files in our order (a plan): encoded bytes, decoded by DALI
                 jpegs, index = fn.external_source(source=self._sample_fn(), num_outputs=2, batch=False,
                                                   dtype=[types.UINT8, types.INT64])
                 images = None if self.roi else fn.decoders.image(jpegs, device="cpu" if cpu else "mixed",
-                                                                 output_type=types.RGB)
+                                                                 output_type=types.RGB, **dec)
             else:
                 jpegs = None
                 images, index = fn.external_source(source=self._sample_fn(), num_outputs=2, batch=False,
@@ -167,24 +220,29 @@ class DALILoader:
                 if not cpu:
                     images = images.gpu()
             views = [view_ops(fn, types, images, a, self.res, self.mean, self.std, out_dtype, layout, cpu,
-                              jpegs if self.roi else None) for a in self.recipe]
+                              jpegs if self.roi else None, self.branchless, dec) for a in self.recipe]
             return (*views, index)
 
         self.built_for = epoch
-        # per-rank, per-epoch augmentation seed; the reader's own seed is shared by all ranks
-        p = pipe(batch_size=self.batch, num_threads=self.workers, device_id=None if cpu else (self.device.index or 0),
-                 seed=(self.seed * 1000003 + self.rank * 7919 + epoch) % (2 ** 31),
-                 prefetch_queue_depth=self.prefetch)
+        # per-rank, per-pipe, per-epoch augmentation seed; the reader's own seed is shared by all shards.
+        # pipes > 1: several pipelines of batch/pipes on the same device, each its own shard of the reader and
+        # its own executor (their batches are concatenated)
+        threads = max(1, self.workers // self.pipes)
+        ps = [pipe(q, batch_size=self.batch // self.pipes, num_threads=threads,
+                   device_id=None if cpu else (self.device.index or 0), prefetch_queue_depth=self.prefetch,
+                   seed=(self.seed * 1000003 + (self.rank * self.pipes + q) * 7919 + epoch) % (2 ** 31))
+              for q in range(self.pipes)]
         try:
-            p.build()
+            for p in ps:
+                p.build()
         except RuntimeError as e:
             raise DataError(f"DALI pipeline failed to build: {_first_line(e)}")
         if self.files is not None and self._plan is None:
             policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-            self.it = DALIGenericIterator([p], names, reader_name="Reader", last_batch_policy=policy,
+            self.it = DALIGenericIterator(ps, names, reader_name="Reader", last_batch_policy=policy,
                                           auto_reset=True)
         else:
-            self.it = DALIGenericIterator([p], names, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+            self.it = DALIGenericIterator(ps, names, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
 
     def _sample_fn(self):
         src, loader, files = self.source, self, self.files
@@ -230,7 +288,8 @@ class DALILoader:
             self._pos = 0
         while True:
             try:
-                out = next(self.it)[0]
+                outs = next(self.it)
+                out = outs[0] if len(outs) == 1 else {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
             except StopIteration:
                 steps, self._pos = self._pos, 0
                 if steps != self.steps:

@@ -2,6 +2,8 @@
 # On the GPU machine (../shared/DEVICE.md), from the repository root, after the bundle's parts were appended
 # to /tmp/bundle.tar: install FFCV + DALI, run the tests marked gpu, make ImageNet-sized JPEGs, write a
 # .beton, and benchmark every loader against the synthetic ceiling in one run per model. Results in $OUT.
+# SWEEP=1: first time the DALI pipeline's stages and settings (scripts/sweep_dali.py); BENCH_ARGS: more flags
+# for eval.bench (e.g. "--dali-branchless --dali-hw-load 0.9"); CFGS="" skips the benchmarks.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 N=${N:-10000}
@@ -19,10 +21,14 @@ fi
 [ -d /tmp/inet ] || python3 scripts/make_jpegs.py /tmp/inet --n "$N" --classes 100 | tee "$OUT/jpegs.txt"
 [ -f /tmp/inet.beton ] || python3 -m loaders.prepare --dataset imagefolder --data /tmp/inet --out /tmp/inet.beton \
   --max-resolution 256 --write-mode jpg --jpeg-quality 90 --workers 16 --no-progress 2>&1 | tail -2 | tee "$OUT/prepare.txt"
-for cfg in ${CFGS:-resnet50:224 resnet18:128}; do
+if [ "${SWEEP:-0}" = 1 ]; then
+  timeout ${SWEEP_TIMEOUT:-360} python3 scripts/sweep_dali.py --data /tmp/inet --res 224 --batch-size 256 --threads 16 \
+    --json "$OUT/sweep_dali.json" 2>&1 | grep -v -i warn | tee "$OUT/sweep_dali.txt"
+fi
+for cfg in ${CFGS-resnet50:224 resnet18:128}; do
   set -- ${cfg/:/ }
   timeout 280 python3 -m eval.bench --loader "${LOADERS:-dali,ffcv,torch,tvpil}" --dataset imagefolder --data /tmp/inet \
     --beton /tmp/inet.beton --arch "$1" --res "$2" --batch-size 256 --workers 16 --steps "${STEPS:-30}" --warmup 5 \
-    --json "$OUT/bench_$1_$2.json" > "$OUT/bench_$1_$2.txt" 2>&1
+    ${BENCH_ARGS:-} --json "$OUT/bench_$1_$2.json" > "$OUT/bench_$1_$2.txt" 2>&1
   tail -9 "$OUT/bench_$1_$2.txt"
 done

@@ -82,17 +82,20 @@ def glob_dirs(root):
     return [os.path.join(root, d) for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_augmentation_statistics_match_the_torch_path(device):
+@pytest.mark.parametrize("device,branchless", [("cpu", False), ("cpu", True),
+                                               pytest.param("cuda", False, marks=pytest.mark.gpu),
+                                               pytest.param("cuda", True, marks=pytest.mark.gpu)])
+def test_augmentation_statistics_match_the_torch_path(device, branchless):
     """Constant-colour images: the fraction turned grey and the brightness/colour changes of DALI's views
-    follow the same distributions as the torch path's device augmentation (2048 samples each)."""
+    follow the same distributions as the torch path's device augmentation (2048 samples each), with DALI's
+    conditionals and with the branchless form (--dali-branchless)."""
     rng = np.random.default_rng(0)
     n, res = 2048, 8
     colours = rng.integers(40, 216, (n, 3)).astype(np.uint8)
     images = np.broadcast_to(colours[:, None, None, :], (n, res, res, 3)).copy()
     src = ArraySource(images, np.zeros(n, np.int64), 1, IMAGENET_MEAN, IMAGENET_STD, "flat")
     recipe = (ViewAug(crop_scale=(1.0, 1.0), blur=0),) * 2
-    loader = build_loader("dali", src, recipe, res, 256, device, workers=2, seed=0)
+    loader = build_loader("dali", src, recipe, res, 256, device, workers=2, seed=0, dali_branchless=branchless)
     dali_views, idx = [], []
     for b in loader:
         dali_views.append(unnormalize(b.views[0]).mean((1, 2)))
@@ -111,6 +114,53 @@ def test_augmentation_statistics_match_the_torch_path(device):
     assert abs(d[0] - t[0]) < 0.04 and 0.15 < d[0] < 0.3, (d, t)    # grayscale p=0.2
     assert abs(d[1] - t[1]) < 0.04 and abs(d[2] - t[2]) < 0.05, (d, t)  # brightness change
     assert abs(d[3] - t[3]) / t[3] < 0.2, (d, t)                      # overall colour change
+
+
+@pytest.mark.parametrize("device,branchless", [("cpu", False), ("cpu", True),
+                                               pytest.param("cuda", True, marks=pytest.mark.gpu)])
+def test_solarize_inverts_the_bright_channels_of_a_fraction(device, branchless):
+    """Solarize alone at p=0.5: each sample is either unchanged or has every channel >= 128 inverted."""
+    rng = np.random.default_rng(1)
+    n, res = 512, 4
+    colours = rng.integers(0, 256, (n, 3)).astype(np.uint8)
+    images = np.broadcast_to(colours[:, None, None, :], (n, res, res, 3)).copy()
+    src = ArraySource(images, np.zeros(n, np.int64), 1, IMAGENET_MEAN, IMAGENET_STD, "flat")
+    recipe = (ViewAug(crop_scale=(1.0, 1.0), flip=0, jitter=0, gray=0, blur=0, solarize=0.5),) * 2
+    loader = build_loader("dali", src, recipe, res, 128, device, workers=2, seed=0, dali_branchless=branchless)
+    hits = []
+    for b in loader:
+        out = unnormalize(b.views[1]).reshape(len(b.index), -1, 3)
+        assert np.ptp(out, axis=1).max() < 1.0        # still constant
+        got, c = out[:, 0], colours[b.index.cpu().numpy()].astype(float)
+        sol = np.where(c >= 128, 255 - c, c)
+        same, inverted = np.abs(got - c).max(1) < 1.0, np.abs(got - sol).max(1) < 1.0
+        assert (same | inverted).all()
+        hits.append(inverted[(c >= 128).any(1)])
+    frac = np.concatenate(hits).mean()
+    assert 0.4 < frac < 0.6, frac
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_several_pipelines_cover_every_file_once(device, tmp_path):
+    """--dali-pipes 2: two pipelines of half a batch, each a shard of the reader; one epoch holds every file
+    once and the next epoch is another order."""
+    make_image_folder(str(tmp_path / "img"), per_class=20, bad=False)
+    src = open_source("imagefolder", str(tmp_path / "img"), True)
+    loader = build_loader("dali", src, RECIPES["simclr"], 16, 8, device, workers=2, dali_pipes=2)
+    assert len(loader) == 5
+    orders = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        seen = []
+        for b in loader:
+            assert b.views.shape == (2, 8, 3, 16, 16) and torch.isfinite(b.views.float()).all()
+            assert b.label.tolist() == [int(src.labels[i]) for i in b.index.tolist()]
+            seen += b.index.tolist()
+        assert sorted(seen) == list(range(40))
+        orders.append(seen)
+    assert orders[0] != orders[1]
+    with pytest.raises(UsageError, match="must divide"):
+        build_loader("dali", src, RECIPES["simclr"], 16, 8, device, dali_pipes=3)
 
 
 @pytest.mark.slow
@@ -148,7 +198,8 @@ def test_train_with_dali_two_ranks_and_resume(tmp_path):
     make_image_folder(str(tmp_path / "img"), per_class=32, bad=False)
     out = str(tmp_path / "run")
     args = ["train.py", *TINY, "--loader", "dali", "--dataset", "imagefolder", "--data", str(tmp_path / "img"),
-            "--res", "32", "--batch-size", "16", "--lr", "0.1", "--bsim", "--out", out]
+            "--res", "32", "--batch-size", "16", "--lr", "0.1", "--bsim", "--out", out,
+            "--dali-pipes", "2", "--dali-branchless"]   # 2 ranks x 2 pipelines: 4 shards of the reader
     r = run(args + ["--epochs", "1"], torchrun=2, timeout=400)
     assert r.returncode == 0 and "done:" in r.stdout, r.stderr[-2000:]
     r = run(args + ["--epochs", "2", "--resume", "auto"], torchrun=2, timeout=400)
@@ -175,3 +226,15 @@ def test_sample_plan_over_files_keeps_pairs_in_one_batch(tmp_path):
             assert b.label.tolist() == [int(src.labels[i]) for i in ids]
             seen += ids
         assert sorted(seen) == list(range(32)) and len(loader) == 4
+
+
+def test_sweep_script_times_every_row(tmp_path):
+    """scripts/sweep_dali.py (the GPU tuning sweep) runs every stage and setting, here in CPU mode."""
+    import json
+    from scripts.sweep_dali import main
+    make_image_folder(str(tmp_path / "img"), per_class=32, bad=False)
+    main(["--data", str(tmp_path / "img"), "--res", "32", "--batch-size", "8", "--threads", "1", "--steps", "2",
+          "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "s.json")])
+    rows = json.load(open(tmp_path / "s.json"))["results"]
+    assert [r["name"] for r in rows][:4] == ["read", "decode", "crops", "simclr"] and len(rows) == 10
+    assert all(r.get("pairs_per_s", 0) > 0 for r in rows), rows
