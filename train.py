@@ -76,6 +76,7 @@ def main(argv=None):
                           os_cache=args.os_cache, batches_ahead=args.batches_ahead, res_at=res_at,
                           skip_files=args.skip_files, dali_roi=args.dali_roi, dali_hw_load=args.dali_hw_load,
                           dali_branchless=args.dali_branchless, dali_pipes=args.dali_pipes,
+                          dali_concurrent=args.dali_concurrent,
                           compile_augment=args.compile_augment)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dali-branchless", action="store_true", help="dali: jitter/grayscale/solarize as per-sample identity "
       "factors instead of DALI conditionals (fewer operators; every sample pays the jitter)")
     a("--dali-pipes", type=int, default=1, help="dali: pipelines per GPU, each batch/N with its own executor")
+    a("--dali-concurrent", action="store_true", help="dali: independent operators (the views) run at once, "
+      "each on its own CUDA stream (DALI's default: one GPU operator at a time)")
     a("--skip-files", default=None, help="dali: skip the images listed in this report (loaders.prepare --check)")
     a("--min-res", type=int, default=0, help="progressive resolution (ffcv): start at this crop size ...")
     a("--start-ramp", type=int, default=0, help="... until this epoch, then grow linearly ...")

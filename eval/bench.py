@@ -177,7 +177,8 @@ def build(a, name, source, device, recipe, res, variant):
                       workers=a.workers, channels_last=a.channels_last, mix=MixSpec("mixup") if mix else None,
                       beton=a.beton, ffcv_order="ours" if sepp and name == "ffcv" else "auto",
                       compile_augment=a.compile_augment, dali_roi=roi, dali_hw_load=a.dali_hw_load,
-                      dali_branchless=a.dali_branchless, dali_pipes=a.dali_pipes)
+                      dali_branchless=a.dali_branchless, dali_pipes=a.dali_pipes,
+                      dali_concurrent=a.dali_concurrent)
     if not sepp:
         return ld
     if name == "synthetic":
@@ -332,6 +333,7 @@ def main(argv=None):
     p.add_argument("--dali-hw-load", type=float, default=None, help="dali: fraction for the hardware JPEG decoder")
     p.add_argument("--dali-branchless", action="store_true", help="dali: colour ops without conditionals")
     p.add_argument("--dali-pipes", type=int, default=1, help="dali: pipelines per GPU (batch/N each)")
+    p.add_argument("--dali-concurrent", action="store_true", help="dali: independent operators run at once")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="bar chart (default: the --json path with .png)")
     a = p.parse_args(argv)

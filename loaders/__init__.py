@@ -49,7 +49,7 @@ def build_loader(name, source, recipe, res, batch_size, device, rank=0, world=1,
         return DALILoader(source, res, recipe, batch_size, device, rank, world, seed, workers, channels_last, mix,
                           skip_files=kw.get("skip_files"), roi=kw.get("dali_roi", False),
                           hw_load=kw.get("dali_hw_load"), branchless=kw.get("dali_branchless", False),
-                          pipes=kw.get("dali_pipes", 1))
+                          pipes=kw.get("dali_pipes", 1), concurrent=kw.get("dali_concurrent", False))
     raise UsageError(f"--loader {name}: unknown (choose from {', '.join(LOADERS)})")
 
 

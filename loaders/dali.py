@@ -24,7 +24,8 @@ Sources:
 
 GPU tuning (scripts/sweep_dali.py times each): hw_load (the hardware JPEG decoder's share), branchless (jitter,
 grayscale and solarize as identity factors for the samples that skip them, no conditionals), pipes (N
-pipelines of batch/N on one GPU, each a shard of the reader with its own executor; batches concatenated).
+pipelines of batch/N on one GPU, each a shard of the reader with its own executor; batches concatenated),
+concurrent (the views' operator chains run at once on separate CUDA streams; DALI's default: one at a time).
 """
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
 class DALILoader:
     def __init__(self, source, res, recipe, batch_size, device, rank=0, world=1, seed=0, workers=4,
                  channels_last=False, mix=None, drop_last=True, skip_files=None, prefetch=2, roi=False,
-                 hw_load=None, branchless=False, pipes=1):
+                 hw_load=None, branchless=False, pipes=1, concurrent=False):
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
@@ -142,7 +143,7 @@ class DALILoader:
             raise UsageError(f"--dali-hw-load {hw_load}: a fraction in [0, 1]")
         if pipes < 1 or batch_size % pipes:
             raise UsageError(f"--dali-pipes {pipes}: must divide the batch size {batch_size}")
-        self.pipes = pipes
+        self.pipes, self.concurrent = pipes, concurrent
         self.cpu = self.device.type != "cuda"
         self.mean, self.std = source.mean, source.std
         base = source.src if isinstance(source, Subset) else source
@@ -228,7 +229,12 @@ class DALILoader:
         # pipes > 1: several pipelines of batch/pipes on the same device, each its own shard of the reader and
         # its own executor (their batches are concatenated)
         threads = max(1, self.workers // self.pipes)
-        ps = [pipe(q, batch_size=self.batch // self.pipes, num_threads=threads,
+        # concurrent: independent operators (the views' chains) run at once, each on its own CUDA stream;
+        # DALI's default runs one GPU operator at a time
+        from nvidia.dali import OperatorConcurrency, StreamPolicy
+        conc = (dict(concurrency=OperatorConcurrency.FULL, stream_policy=StreamPolicy.PER_OPERATOR)
+                if self.concurrent else {})
+        ps = [pipe(q, **conc, batch_size=self.batch // self.pipes, num_threads=threads,
                    device_id=None if cpu else (self.device.index or 0), prefetch_queue_depth=self.prefetch,
                    seed=(self.seed * 1000003 + (self.rank * self.pipes + q) * 7919 + epoch) % (2 ** 31))
               for q in range(self.pipes)]
@@ -322,7 +328,8 @@ def _first_line(e) -> str:
     """The useful line of a DALI error (it nests the pipeline traceback): the file it failed on, if named."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     hits = [ln for ln in lines if ln.startswith("Failed to") or "rror" in ln and "/" in ln and "File " not in ln]
-    return (hits or [ln for ln in lines if not ln.startswith(("Critical", "File ", "Error in"))] or ["unknown"])[0][:400]
+    rest = [ln for ln in lines if not ln.startswith(("Critical", "File ", "Error in"))]
+    return (hits or rest or ["unknown"])[0][:400]
 
 
 def _read_skip_list(path):

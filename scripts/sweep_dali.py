@@ -6,7 +6,8 @@ Stages, each adding work to the previous one:
   decode   + the decoder ('mixed' on a GPU: nvJPEG + the hardware decoder): the decode ceiling
   crops    + two random-resized crops, flip, normalize (loaders.dali with no colour ops)
   simclr   + SimCLR's colour jitter, grayscale, blur per view (the loader as trained)
-Settings on simclr: --dali-branchless, --dali-hw-load, --dali-pipes, threads, prefetch depth, batch size.
+Settings on simclr: --dali-branchless, --dali-hw-load, --dali-concurrent, --dali-pipes, threads, prefetch depth,
+batch size, and all together.
 
     python scripts/sweep_dali.py --data /tmp/inet --res 224 --batch-size 256 --threads 16 --json sweep.json
 """
@@ -53,18 +54,22 @@ def raw_rate(files, batch, threads, device, decode, hw_load, steps, warmup):
 
 def grid(a):
     """(name, stage, loader keyword arguments); simclr's baseline first, one setting changed per row."""
-    base = dict(hw_load=None, branchless=False, pipes=1, workers=a.threads, prefetch=2, batch_size=a.batch_size)
+    base = dict(hw_load=None, branchless=False, pipes=1, concurrent=False, workers=a.threads, prefetch=2,
+                batch_size=a.batch_size)
     rows = [("read", "read", base), ("decode", "decode", base), ("crops", "crops", base), ("simclr", "simclr", base)]
     for load in a.hw_loads:
         rows += [(f"decode hw-load {load}", "decode", {**base, "hw_load": load}),
                  (f"simclr hw-load {load}", "simclr", {**base, "hw_load": load})]
     rows += [("simclr branchless", "simclr", {**base, "branchless": True}),
+             ("simclr concurrent", "simclr", {**base, "concurrent": True}),
              ("simclr pipes 2", "simclr", {**base, "pipes": 2, "workers": a.threads * 2}),
              ("simclr threads /2", "simclr", {**base, "workers": max(1, a.threads // 2)}),
              ("simclr prefetch 4", "simclr", {**base, "prefetch": 4}),
              (f"simclr batch {2 * a.batch_size}", "simclr", {**base, "batch_size": 2 * a.batch_size}),
-             ("simclr all", "simclr", {**base, "branchless": True, "pipes": 2, "workers": a.threads * 2,
-                                      "hw_load": max(a.hw_loads, default=None)})]
+             ("simclr all", "simclr", {**base, "branchless": True, "concurrent": True,
+                                      "hw_load": max(a.hw_loads, default=None)}),
+             ("simclr all + pipes 2", "simclr", {**base, "branchless": True, "concurrent": True, "pipes": 2,
+                                                "workers": a.threads * 2, "hw_load": max(a.hw_loads, default=None)})]
     return rows
 
 
@@ -106,6 +111,7 @@ def main(argv=None):
         print(f"{name:28s} {rate:9.0f} pairs/s   ({time.perf_counter() - t0:.0f} s)", flush=True)
         results.append({"name": name, "stage": stage, "pairs_per_s": rate, "batch_size": batch,
                         "hw_load": kw["hw_load"], "branchless": kw["branchless"], "pipes": kw["pipes"],
+                        "concurrent": kw["concurrent"],
                         "prefetch": kw["prefetch"], "threads": kw["workers"]})
     if a.json:
         with open(a.json, "w") as f:

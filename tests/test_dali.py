@@ -142,11 +142,12 @@ def test_solarize_inverts_the_bright_channels_of_a_fraction(device, branchless):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_several_pipelines_cover_every_file_once(device, tmp_path):
-    """--dali-pipes 2: two pipelines of half a batch, each a shard of the reader; one epoch holds every file
-    once and the next epoch is another order."""
+    """--dali-pipes 2 (with --dali-concurrent): two pipelines of half a batch, each a shard of the reader; one
+    epoch holds every file once and the next epoch is another order."""
     make_image_folder(str(tmp_path / "img"), per_class=20, bad=False)
     src = open_source("imagefolder", str(tmp_path / "img"), True)
-    loader = build_loader("dali", src, RECIPES["simclr"], 16, 8, device, workers=2, dali_pipes=2)
+    loader = build_loader("dali", src, RECIPES["simclr"], 16, 8, device, workers=2, dali_pipes=2,
+                          dali_concurrent=True)
     assert len(loader) == 5
     orders = []
     for epoch in range(2):
@@ -199,7 +200,7 @@ def test_train_with_dali_two_ranks_and_resume(tmp_path):
     out = str(tmp_path / "run")
     args = ["train.py", *TINY, "--loader", "dali", "--dataset", "imagefolder", "--data", str(tmp_path / "img"),
             "--res", "32", "--batch-size", "16", "--lr", "0.1", "--bsim", "--out", out,
-            "--dali-pipes", "2", "--dali-branchless"]   # 2 ranks x 2 pipelines: 4 shards of the reader
+            "--dali-pipes", "2", "--dali-branchless", "--dali-concurrent"]   # 2 ranks x 2 pipelines: 4 shards
     r = run(args + ["--epochs", "1"], torchrun=2, timeout=400)
     assert r.returncode == 0 and "done:" in r.stdout, r.stderr[-2000:]
     r = run(args + ["--epochs", "2", "--resume", "auto"], torchrun=2, timeout=400)
@@ -236,5 +237,5 @@ def test_sweep_script_times_every_row(tmp_path):
     main(["--data", str(tmp_path / "img"), "--res", "32", "--batch-size", "8", "--threads", "1", "--steps", "2",
           "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "s.json")])
     rows = json.load(open(tmp_path / "s.json"))["results"]
-    assert [r["name"] for r in rows][:4] == ["read", "decode", "crops", "simclr"] and len(rows) == 10
+    assert [r["name"] for r in rows][:4] == ["read", "decode", "crops", "simclr"] and len(rows) == 12
     assert all(r.get("pairs_per_s", 0) > 0 for r in rows), rows
