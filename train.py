@@ -76,7 +76,7 @@ def main(argv=None):
                           os_cache=args.os_cache, batches_ahead=args.batches_ahead, res_at=res_at,
                           skip_files=args.skip_files, dali_roi=args.dali_roi, dali_hw_load=args.dali_hw_load,
                           dali_branchless=args.dali_branchless, dali_pipes=args.dali_pipes,
-                          dali_concurrent=args.dali_concurrent,
+                          dali_concurrent=args.dali_concurrent, dali_augment=args.dali_augment,
                           compile_augment=args.compile_augment)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -122,7 +122,7 @@ def main(argv=None):
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     log = RunLog(args.out, main_rank)
     test_src = open_source(args.dataset, args.data, False) if args.knn_every >= 0 else None
-    norm = (loader.augment if hasattr(loader, "augment") else  # DALI normalizes in its pipeline
+    norm = (getattr(loader, "augment", None) or  # None: DALI normalizes in its pipeline
             DeviceAugment(recipe, train_src.mean, train_src.std, args.channels_last)).plain
     acc0 = None   # the kNN monitor runs on every rank: feature extraction is sharded
     if random_init_state is not None and start_epoch == 0 and test_src is not None:

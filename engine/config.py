@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
       "decoder (A100/H100; DALI's default 0.65), the rest to nvJPEG's hybrid CPU+GPU decoder")
     a("--dali-branchless", action="store_true", help="dali: jitter/grayscale/solarize as per-sample identity "
       "factors instead of DALI conditionals (fewer operators; every sample pays the jitter)")
+    a("--dali-augment", default="pipeline", help="dali: pipeline (every augmentation in DALI) | device (DALI "
+      "decodes and crops; the shared device augmentation, --compile-augment, does the rest)")
     a("--dali-pipes", type=int, default=1, help="dali: pipelines per GPU, each batch/N with its own executor")
     a("--dali-concurrent", action="store_true", help="dali: independent operators (the views) run at once, "
       "each on its own CUDA stream (DALI's default: one GPU operator at a time)")

@@ -173,12 +173,14 @@ def build(a, name, source, device, recipe, res, variant):
         return TVPIL(source, res, a.batch_size, a.workers, device, source.mean, source.std)
     from loaders.mix import MixSpec
     roi = name == "dali-roi"
-    ld = build_loader("dali" if roi else name, source, RECIPES[recipe], res, a.batch_size, device, seed=0,
+    dali_augment = "device" if name == "dali-device" else a.dali_augment   # dali-device: DALI crops only
+    ld = build_loader("dali" if name in ("dali-roi", "dali-device") else name, source, RECIPES[recipe], res,
+                      a.batch_size, device, seed=0,
                       workers=a.workers, channels_last=a.channels_last, mix=MixSpec("mixup") if mix else None,
                       beton=a.beton, ffcv_order="ours" if sepp and name == "ffcv" else "auto",
                       compile_augment=a.compile_augment, dali_roi=roi, dali_hw_load=a.dali_hw_load,
                       dali_branchless=a.dali_branchless, dali_pipes=a.dali_pipes,
-                      dali_concurrent=a.dali_concurrent)
+                      dali_concurrent=a.dali_concurrent, dali_augment=dali_augment)
     if not sepp:
         return ld
     if name == "synthetic":
@@ -309,8 +311,8 @@ def int_list(s: str, flag: str) -> list[int]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
-    p.add_argument("--loader", default="torch,synthetic", help="comma-separated: torch,ffcv,dali,dali-roi,synthetic,"
-                   "tvpil")
+    p.add_argument("--loader", default="torch,synthetic", help="comma-separated: torch,ffcv,dali,dali-roi,dali-device,"
+                   "synthetic,tvpil")
     p.add_argument("--method", default="simclr")
     p.add_argument("--arch", default="resnet18", help="comma-separated, e.g. resnet18,resnet50")
     p.add_argument("--res", default=None, help="comma-separated crop sizes (default: the dataset's)")
@@ -334,6 +336,7 @@ def main(argv=None):
     p.add_argument("--dali-branchless", action="store_true", help="dali: colour ops without conditionals")
     p.add_argument("--dali-pipes", type=int, default=1, help="dali: pipelines per GPU (batch/N each)")
     p.add_argument("--dali-concurrent", action="store_true", help="dali: independent operators run at once")
+    p.add_argument("--dali-augment", default="pipeline", help="dali: pipeline | device (DALI crops only)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="bar chart (default: the --json path with .png)")
     a = p.parse_args(argv)

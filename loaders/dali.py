@@ -25,7 +25,8 @@ Sources:
 GPU tuning (scripts/sweep_dali.py times each): hw_load (the hardware JPEG decoder's share), branchless (jitter,
 grayscale and solarize as identity factors for the samples that skip them, no conditionals), pipes (N
 pipelines of batch/N on one GPU, each a shard of the reader with its own executor; batches concatenated),
-concurrent (the views' operator chains run at once on separate CUDA streams; DALI's default: one at a time).
+concurrent (the views' operator chains run at once on separate CUDA streams; DALI's default: one at a time),
+augment (DALI decodes and crops only; the shared device augmentation, optionally compiled, does the rest).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import torch
 
 from engine.errors import UsageError
 from loaders.augment import blur_size
-from loaders.batch import Batch
+from loaders.batch import Batch, RawBatch
 from loaders.datasets import DataError, FolderSource, Subset
 from loaders.order import epoch_permutation, num_steps, rank_batches
 
@@ -92,9 +93,11 @@ def _colour_branchless(fn, types, v, a, cpu):
     return v
 
 
-def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs=None, branchless=False, dec=None):
+def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs=None, branchless=False, dec=None,
+             crop_only=False):
     """One view of the recipe `a` (loaders.augment.ViewAug) from decoded uint8 HWC images, or, given `jpegs`,
-    with ROI decoding (each view decodes only its random crop window)."""
+    with ROI decoding (each view decodes only its random crop window). crop_only: the random-resized crop
+    alone, as uint8 CHW (the rest is the shared device augmentation's)."""
     dev = "cpu" if cpu else "gpu"
     if jpegs is not None:
         v = fn.decoders.image_random_crop(jpegs, device="cpu" if cpu else "mixed", output_type=types.RGB,
@@ -104,6 +107,8 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
     else:
         v = fn.random_resized_crop(images, device=dev, size=[res, res], random_area=list(a.crop_scale),
                                    random_aspect_ratio=RATIO, antialias=True)
+    if crop_only:
+        return fn.transpose(v, perm=[2, 0, 1])
     if branchless:
         v = _colour_branchless(fn, types, v, a, cpu)
     else:
@@ -130,7 +135,7 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
 class DALILoader:
     def __init__(self, source, res, recipe, batch_size, device, rank=0, world=1, seed=0, workers=4,
                  channels_last=False, mix=None, drop_last=True, skip_files=None, prefetch=2, roi=False,
-                 hw_load=None, branchless=False, pipes=1, concurrent=False):
+                 hw_load=None, branchless=False, pipes=1, concurrent=False, augment=None):
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
@@ -144,6 +149,9 @@ class DALILoader:
         if pipes < 1 or batch_size % pipes:
             raise UsageError(f"--dali-pipes {pipes}: must divide the batch size {batch_size}")
         self.pipes, self.concurrent = pipes, concurrent
+        # augment (a loaders.augment.DeviceAugment): DALI decodes and crops, the shared device stage does the
+        # rest (flip, colour, blur, solarize, normalize, BSIM mixtures) as for the torch and ffcv back ends
+        self.augment = augment
         self.cpu = self.device.type != "cuda"
         self.mean, self.std = source.mean, source.std
         base = source.src if isinstance(source, Subset) else source
@@ -221,7 +229,8 @@ class DALILoader:
                 if not cpu:
                     images = images.gpu()
             views = [view_ops(fn, types, images, a, self.res, self.mean, self.std, out_dtype, layout, cpu,
-                              jpegs if self.roi else None, self.branchless, dec) for a in self.recipe]
+                              jpegs if self.roi else None, self.branchless, dec, self.augment is not None)
+                     for a in self.recipe]
             return (*views, index)
 
         self.built_for = epoch
@@ -309,6 +318,10 @@ class DALILoader:
 
     def _batch(self, out):
         views = [out[f"view{v}"] for v in range(len(self.recipe))]
+        if self.augment is not None:   # uint8 CHW crops -> the shared device stage
+            index = out["index"].view(-1).to(self.device, non_blocking=True).long()
+            raw = RawBatch(torch.stack(views).to(self.device), index, self.labels[index])
+            return self.augment(raw)
         if self.channels_last:   # HWC from DALI: a channels_last NCHW view, no copy
             views = [v.permute(0, 3, 1, 2) for v in views]
         views = torch.stack(views)

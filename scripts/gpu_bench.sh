@@ -22,7 +22,7 @@ fi
 [ -f /tmp/inet.beton ] || python3 -m loaders.prepare --dataset imagefolder --data /tmp/inet --out /tmp/inet.beton \
   --max-resolution 256 --write-mode jpg --jpeg-quality 90 --workers 16 --no-progress 2>&1 | tail -2 | tee "$OUT/prepare.txt"
 if [ "${SWEEP:-0}" = 1 ]; then
-  timeout ${SWEEP_TIMEOUT:-360} python3 scripts/sweep_dali.py --data /tmp/inet --res 224 --batch-size 256 --threads 16 \
+  timeout ${SWEEP_TIMEOUT:-420} python3 scripts/sweep_dali.py --data /tmp/inet --res 224 --batch-size 256 --threads 16 \
     --json "$OUT/sweep_dali.json" 2>&1 | grep -v -i warn | tee "$OUT/sweep_dali.txt"
 fi
 for cfg in ${CFGS-resnet50:224 resnet18:128}; do

@@ -6,6 +6,7 @@ Stages, each adding work to the previous one:
   decode   + the decoder ('mixed' on a GPU: nvJPEG + the hardware decoder): the decode ceiling
   crops    + two random-resized crops, flip, normalize (loaders.dali with no colour ops)
   simclr   + SimCLR's colour jitter, grayscale, blur per view (the loader as trained)
+  device   crops, then the shared device augmentation (--dali-augment device; compiled on a GPU)
 Settings on simclr: --dali-branchless, --dali-hw-load, --dali-concurrent, --dali-pipes, threads, prefetch depth,
 batch size, and all together.
 
@@ -21,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from eval.bench import timed  # noqa: E402
-from loaders.augment import RECIPES, ViewAug  # noqa: E402
+from loaders.augment import RECIPES, DeviceAugment, ViewAug  # noqa: E402
 from loaders.dali import DALILoader  # noqa: E402
 from loaders.datasets import open_source  # noqa: E402
 
@@ -60,7 +61,8 @@ def grid(a):
     for load in a.hw_loads:
         rows += [(f"decode hw-load {load}", "decode", {**base, "hw_load": load}),
                  (f"simclr hw-load {load}", "simclr", {**base, "hw_load": load})]
-    rows += [("simclr branchless", "simclr", {**base, "branchless": True}),
+    rows += [("device augment", "device", base),
+             ("simclr branchless", "simclr", {**base, "branchless": True}),
              ("simclr concurrent", "simclr", {**base, "concurrent": True}),
              ("simclr pipes 2", "simclr", {**base, "pipes": 2, "workers": a.threads * 2}),
              ("simclr threads /2", "simclr", {**base, "workers": max(1, a.threads // 2)}),
@@ -69,8 +71,17 @@ def grid(a):
              ("simclr all", "simclr", {**base, "branchless": True, "concurrent": True,
                                       "hw_load": max(a.hw_loads, default=None)}),
              ("simclr all + pipes 2", "simclr", {**base, "branchless": True, "concurrent": True, "pipes": 2,
-                                                "workers": a.threads * 2, "hw_load": max(a.hw_loads, default=None)})]
+                                                "workers": a.threads * 2, "hw_load": max(a.hw_loads, default=None)}),
+             ("device augment all", "device", {**base, "concurrent": True, "pipes": 2, "workers": a.threads * 2,
+                                               "hw_load": max(a.hw_loads, default=None)})]
     return rows
+
+
+def save(a, device, results):
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                       "res": a.res, "batch_size": a.batch_size, "steps": a.steps, "results": results}, f, indent=1)
 
 
 def main(argv=None):
@@ -100,23 +111,22 @@ def main(argv=None):
                 rate = raw_rate(src.files, batch, kw["workers"], device, stage == "decode",
                                 kw["hw_load"], a.steps, a.warmup)
             else:
+                aug = (DeviceAugment(RECIPES["simclr"], src.mean, src.std, compile=device.type == "cuda")
+                       if stage == "device" else None)
                 ld = DALILoader(src, a.res, CROPS if stage == "crops" else RECIPES["simclr"], batch, device,
-                                seed=0, **kw)
+                                seed=0, augment=aug, **kw)
                 rate = timed(ld, a.steps, a.warmup, device)[0]
                 del ld
         except Exception as e:  # one setting the GPU or DALI refuses does not stop the sweep
             print(f"{name:28s} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
             results.append({"name": name, "error": str(e)[:400]})
+            save(a, device, results)
             continue
         print(f"{name:28s} {rate:9.0f} pairs/s   ({time.perf_counter() - t0:.0f} s)", flush=True)
         results.append({"name": name, "stage": stage, "pairs_per_s": rate, "batch_size": batch,
                         "hw_load": kw["hw_load"], "branchless": kw["branchless"], "pipes": kw["pipes"],
-                        "concurrent": kw["concurrent"],
-                        "prefetch": kw["prefetch"], "threads": kw["workers"]})
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                       "res": a.res, "batch_size": a.batch_size, "steps": a.steps, "results": results}, f, indent=1)
+                        "concurrent": kw["concurrent"], "prefetch": kw["prefetch"], "threads": kw["workers"]})
+        save(a, device, results)   # after every row: a sweep cut short by a time limit keeps what it measured
 
 
 if __name__ == "__main__":

@@ -42,11 +42,14 @@ def coded_folder(tmp_path_factory):
     return str(root)
 
 
-@pytest.mark.parametrize("device,roi,listed", [("cpu", False, False), ("cpu", True, True),
-                                               pytest.param("cuda", False, False, marks=pytest.mark.gpu),
-                                               pytest.param("cuda", True, False, marks=pytest.mark.gpu)])
-def test_views_are_regions_of_the_source(coded_folder, device, roi, listed, tmp_path):
-    """Whole decode + crops, and ROI decoding (--dali-roi); over the folder and over a file list."""
+@pytest.mark.parametrize("device,roi,listed,aug", [("cpu", False, False, "pipeline"),
+                                                   ("cpu", True, True, "pipeline"), ("cpu", False, False, "device"),
+                                                   pytest.param("cuda", False, False, "pipeline", marks=pytest.mark.gpu),
+                                                   pytest.param("cuda", True, False, "pipeline", marks=pytest.mark.gpu),
+                                                   pytest.param("cuda", False, False, "device", marks=pytest.mark.gpu)])
+def test_views_are_regions_of_the_source(coded_folder, device, roi, listed, aug, tmp_path):
+    """Whole decode + crops, and ROI decoding (--dali-roi); over the folder and over a file list; with every
+    augmentation in DALI, and with DALI's crops handed to the shared device augmentation (--dali-augment)."""
     if listed:
         lines = [f"{os.path.join(d, f)} {int(d[-1])}\n" for d in sorted(glob_dirs(coded_folder))
                  for f in sorted(os.listdir(d))]
@@ -55,12 +58,12 @@ def test_views_are_regions_of_the_source(coded_folder, device, roi, listed, tmp_
     else:
         src = open_source("imagefolder", coded_folder, True)
     recipe = (ViewAug(crop_scale=(0.2, 1.0), flip=0, jitter=0, gray=0, blur=0),) * 2
-    loader = build_loader("dali", src, recipe, 32, 4, device, workers=2, seed=1, dali_roi=roi)
+    loader = build_loader("dali", src, recipe, 32, 4, device, workers=2, seed=1, dali_roi=roi, dali_augment=aug)
     loader.set_epoch(0)
     areas, n = [], 0
     for b in loader:
         assert b.views.shape == (2, 4, 3, 32, 32) and b.views.device.type == device
-        assert b.views.dtype == (torch.float32 if device == "cpu" else torch.float16)
+        assert b.views.dtype == (torch.float32 if device == "cpu" or aug == "device" else torch.float16)
         assert b.label.tolist() == [int(src.labels[i]) for i in b.index.tolist()] and b.label.device.type == device
         for v in range(2):
             x = unnormalize(b.views[v])
@@ -237,5 +240,5 @@ def test_sweep_script_times_every_row(tmp_path):
     main(["--data", str(tmp_path / "img"), "--res", "32", "--batch-size", "8", "--threads", "1", "--steps", "2",
           "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "s.json")])
     rows = json.load(open(tmp_path / "s.json"))["results"]
-    assert [r["name"] for r in rows][:4] == ["read", "decode", "crops", "simclr"] and len(rows) == 12
+    assert [r["name"] for r in rows][:4] == ["read", "decode", "crops", "simclr"] and len(rows) == 14
     assert all(r.get("pairs_per_s", 0) > 0 for r in rows), rows
