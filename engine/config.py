@@ -174,6 +174,8 @@ def resolve(args):
             raise UsageError(f"--sepp-encoder {args.sepp_encoder}: no such file")
         if args.loader == "ffcv":
             args.ffcv_order = "ours"  # the pair plan is an index order
+        if args.loader == "dali" and args.dali_pipes > 1:   # checked here, not at the first refresh
+            raise UsageError("--sepp with --loader dali runs one pipeline per GPU: drop --dali-pipes")
     if args.epochs < 1 or args.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
     return args

@@ -242,3 +242,9 @@ def test_sweep_script_times_every_row(tmp_path):
     rows = json.load(open(tmp_path / "s.json"))["results"]
     assert [r["name"] for r in rows][:4] == ["read", "decode", "crops", "simclr"] and len(rows) == 14
     assert all(r.get("pairs_per_s", 0) > 0 for r in rows), rows
+
+
+def test_sepp_with_several_pipelines_is_refused_before_training():
+    from engine.config import parse
+    with pytest.raises(UsageError, match="--dali-pipes"):
+        parse(["--loader", "dali", "--sepp", "--dali-pipes", "2"])
