@@ -44,19 +44,30 @@ from loaders.order import epoch_permutation, num_steps, rank_batches
 RATIO = [3 / 4, 4 / 3]
 
 
-def _jitter(fn, types, v, a, cpu):
-    """torchvision's ColorJitter factors, per sample (fixed op order). Contrast blends with the sample's mean
-    grey level as torchvision does (arithmetic: DALI wants named arguments on the CPU)."""
+def _jitter_factors(fn, a):
+    """torchvision's ColorJitter factors, per sample: brightness, contrast, saturation, hue (degrees)."""
+    return (fn.random.uniform(range=[1 - a.brightness, 1 + a.brightness]),
+            fn.random.uniform(range=[1 - a.contrast, 1 + a.contrast]),
+            fn.random.uniform(range=[1 - a.saturation, 1 + a.saturation]),
+            fn.random.uniform(range=[-a.hue * 360, a.hue * 360]))
+
+
+def _brightness_contrast(fn, types, v, b, c, cpu):
+    """Brightness, then contrast blended with the sample's mean grey level as torchvision does (arithmetic:
+    DALI wants named arguments on the CPU). -> float in [0, 255]."""
     from nvidia.dali import math as dmath
-    b = fn.random.uniform(range=[1 - a.brightness, 1 + a.brightness])
-    c = fn.random.uniform(range=[1 - a.contrast, 1 + a.contrast])
-    s = fn.random.uniform(range=[1 - a.saturation, 1 + a.saturation])
-    h = fn.random.uniform(range=[-a.hue * 360, a.hue * 360])
     v = fn.brightness_contrast(v, brightness=b)
     mean = fn.reductions.mean(fn.cast(fn.color_space_conversion(v, image_type=types.RGB, output_type=types.GRAY),
                                       dtype=types.FLOAT))
-    c = c if cpu else c.gpu()
-    v = fn.cast(dmath.clamp(fn.cast(v, dtype=types.FLOAT) * c + mean * (1.0 - c), 0.0, 255.0), dtype=types.UINT8)
+    k = 1.0 - c
+    return dmath.clamp(fn.cast(v, dtype=types.FLOAT) * (c if cpu else c.gpu()) + mean * (k if cpu else k.gpu()),
+                       0.0, 255.0)
+
+
+def _jitter(fn, types, v, a, cpu):
+    """Colour jitter on every sample it is given (fixed op order)."""
+    b, c, s, h = _jitter_factors(fn, a)
+    v = fn.cast(_brightness_contrast(fn, types, v, b, c, cpu), dtype=types.UINT8)
     return fn.hsv(v, hue=h, saturation=s)
 
 
@@ -67,23 +78,16 @@ def _coin(fn, types, p):
 def _colour_branchless(fn, types, v, a, cpu):
     """Jitter (p), then grayscale (p), with no conditionals: a sample that skips an op gets its identity
     factors (brightness 1, contrast 1, hue 0, saturation 1), and grayscale is hsv's saturation 0, folded into
-    jitter's hsv. Fewer GPU operators than the branches (no split/merge, one hsv, no casts: hsv takes the
-    float blend and writes uint8); every sample pays the jitter's arithmetic."""
-    from nvidia.dali import math as dmath
-    def pick(coin, value, identity):   # per-sample scalars on the CPU
-        return identity + coin * (value - identity)
+    jitter's hsv. Fewer GPU operators than the branches (no split/merge, one hsv that takes the float blend
+    and writes uint8); every sample pays the jitter's arithmetic."""
+    def pick(coin, value):   # per-sample scalars on the CPU: value where coin is 1, 1 (identity) where 0
+        return 1.0 + coin * (value - 1.0)
     sat = 1.0
     if a.jitter > 0:
         j = fn.cast(fn.random.coin_flip(probability=a.jitter), dtype=types.FLOAT)
-        b = pick(j, fn.random.uniform(range=[1 - a.brightness, 1 + a.brightness]), 1.0)
-        c = pick(j, fn.random.uniform(range=[1 - a.contrast, 1 + a.contrast]), 1.0)
-        sat = pick(j, fn.random.uniform(range=[1 - a.saturation, 1 + a.saturation]), 1.0)
-        hue = j * fn.random.uniform(range=[-a.hue * 360, a.hue * 360])
-        v = fn.brightness_contrast(v, brightness=b)
-        mean = fn.reductions.mean(fn.color_space_conversion(v, image_type=types.RGB, output_type=types.GRAY),
-                                  dtype=types.FLOAT)
-        k = 1.0 - c
-        v = dmath.clamp(v * (c if cpu else c.gpu()) + mean * (k if cpu else k.gpu()), 0.0, 255.0)  # float
+        b, c, s, h = _jitter_factors(fn, a)
+        b, c, sat, hue = pick(j, b), pick(j, c), pick(j, s), j * h
+        v = _brightness_contrast(fn, types, v, b, c, cpu)   # float: hsv below writes uint8
     else:
         hue = 0.0
     if a.gray > 0:
@@ -303,8 +307,7 @@ class DALILoader:
             self._pos = 0
         while True:
             try:
-                outs = next(self.it)
-                out = outs[0] if len(outs) == 1 else {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+                outs = next(self.it)   # one dict of outputs per pipeline
             except StopIteration:
                 steps, self._pos = self._pos, 0
                 if steps != self.steps:
@@ -314,27 +317,34 @@ class DALILoader:
                 raise DataError(f"DALI: {_first_line(e)} (remove the file, or list bad files "
                                 "with python -m loaders.prepare --check and pass the report with --skip-files)")
             self._pos += 1
-            yield self._batch(out)
+            yield self._batch(outs)
 
-    def _batch(self, out):
-        views = [out[f"view{v}"] for v in range(len(self.recipe))]
+    def _batch(self, outs):
+        views = _stack([[o[f"view{v}"] for o in outs] for v in range(len(self.recipe))]).to(self.device)
+        index = torch.cat([o["index"].view(-1) for o in outs]).to(self.device, non_blocking=True).long()
         if self.augment is not None:   # uint8 CHW crops -> the shared device stage
-            index = out["index"].view(-1).to(self.device, non_blocking=True).long()
-            raw = RawBatch(torch.stack(views).to(self.device), index, self.labels[index])
-            return self.augment(raw)
+            return self.augment(RawBatch(views, index, self.labels[index]))
         if self.channels_last:   # HWC from DALI: a channels_last NCHW view, no copy
-            views = [v.permute(0, 3, 1, 2) for v in views]
-        views = torch.stack(views)
+            views = views.permute(0, 1, 4, 2, 3)
         if self.cpu:
             views = views.float()
-        else:
-            views = views.to(self.device)
-        index = out["index"].view(-1).to(self.device, non_blocking=True).long()
         batch = Batch(views=views, index=index, label=self.labels[index])
         if self.mix is not None:
             from loaders.mix import make_mix
             batch.mix = make_mix(views[0], self.mix)
         return batch
+
+
+def _stack(pieces):
+    """pieces[v][q]: view v's outputs of pipeline q, [b_q, ...] each -> one [V, sum b_q, ...] tensor, in one copy."""
+    if len(pieces[0]) == 1:
+        return torch.stack([p[0] for p in pieces])
+    first = pieces[0][0]
+    out = torch.empty((len(pieces), sum(len(t) for t in pieces[0]), *first.shape[1:]), dtype=first.dtype,
+                      device=first.device)
+    for v, parts in enumerate(pieces):
+        torch.cat(parts, out=out[v])
+    return out
 
 
 def _first_line(e) -> str:
