@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from engine.errors import UsageError
-from loaders.augment import blur_size
+from loaders.augment import GRAY, blur_size
 from loaders.batch import Batch, RawBatch
 from loaders.datasets import DataError, FolderSource, Subset
 from loaders.order import epoch_permutation, num_steps, rank_batches
@@ -53,22 +53,21 @@ def _jitter_factors(fn, a):
 
 
 def _brightness_contrast(fn, types, v, b, c, cpu):
-    """Brightness, then contrast blended with the sample's mean grey level as torchvision does (arithmetic:
-    DALI wants named arguments on the CPU). -> float in [0, 255]."""
+    """Brightness (clamped to 255), then contrast blended with the sample's mean grey level as torchvision does.
+    -> float in [0, 255]. Four operators: brightness_contrast, the grey level as one float channel
+    (coord_transform: 1x3 matrix), its mean, and one fused arithmetic op (the uint8 image is promoted to float
+    there: no cast of the whole image)."""
     from nvidia.dali import math as dmath
     v = fn.brightness_contrast(v, brightness=b)
-    mean = fn.reductions.mean(fn.cast(fn.color_space_conversion(v, image_type=types.RGB, output_type=types.GRAY),
-                                      dtype=types.FLOAT))
-    k = 1.0 - c
-    return dmath.clamp(fn.cast(v, dtype=types.FLOAT) * (c if cpu else c.gpu()) + mean * (k if cpu else k.gpu()),
-                       0.0, 255.0)
+    mean = fn.reductions.mean(fn.coord_transform(v, M=list(GRAY), dtype=types.FLOAT))
+    c = c if cpu else c.gpu()
+    return dmath.clamp(v * c + mean * (1.0 - c), 0.0, 255.0)
 
 
 def _jitter(fn, types, v, a, cpu):
-    """Colour jitter on every sample it is given (fixed op order)."""
+    """Colour jitter on every sample it is given (fixed op order); hsv takes the float blend and writes uint8."""
     b, c, s, h = _jitter_factors(fn, a)
-    v = fn.cast(_brightness_contrast(fn, types, v, b, c, cpu), dtype=types.UINT8)
-    return fn.hsv(v, hue=h, saturation=s)
+    return fn.hsv(_brightness_contrast(fn, types, v, b, c, cpu), hue=h, saturation=s, dtype=types.UINT8)
 
 
 def _coin(fn, types, p):
@@ -128,9 +127,9 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
     if a.solarize > 0:
         if branchless:   # threshold 256 (never reached by uint8) for a sample that skips it
             t = 128 + 128 * (1 - fn.random.coin_flip(probability=a.solarize))
-            v = fn.cast(v ^ ((v >= (t if cpu else t.gpu())) * 255), dtype=types.UINT8)
-        elif _coin(fn, types, a.solarize):
-            v = fn.cast(v ^ (fn.cast(v >= 128, dtype=types.UINT8) * 255), dtype=types.UINT8)
+            v = v ^ ((v >= (t if cpu else t.gpu())) * types.Constant(255, dtype=types.UINT8))
+        elif _coin(fn, types, a.solarize):   # one fused arithmetic op; bool * uint8 ^ uint8 stays uint8
+            v = v ^ ((v >= 128) * types.Constant(255, dtype=types.UINT8))
     mirror = fn.random.coin_flip(probability=a.flip) if a.flip > 0 else 0
     return fn.crop_mirror_normalize(v, mirror=mirror, dtype=out_dtype, output_layout=layout,
                                     mean=[m * 255 for m in mean], std=[s * 255 for s in std])

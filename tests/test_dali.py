@@ -119,6 +119,36 @@ def test_augmentation_statistics_match_the_torch_path(device, branchless):
     assert abs(d[3] - t[3]) / t[3] < 0.2, (d, t)                      # overall colour change
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_brightness_contrast_match_a_float64_reference(device):
+    """The jitter's brightness then contrast (blended with the sample's mean grey level, torchvision's
+    definition), with fixed factors per sample, against float64 arithmetic on random images."""
+    from nvidia.dali import fn, pipeline_def, types
+    from loaders.augment import GRAY
+    from loaders.dali import _brightness_contrast
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (9 + i, 7, 3), dtype=np.uint8) for i in range(6)]
+    b = np.array([0.6, 1.4, 1.0, 1.0, 0.8, 1.3], np.float32)
+    c = np.array([1.0, 1.0, 0.6, 1.4, 1.2, 0.7], np.float32)
+    cpu = device == "cpu"
+
+    @pipeline_def(batch_size=6, num_threads=1, device_id=None if cpu else 0)
+    def pipe():
+        v = fn.external_source(source=lambda: imgs, batch=True, layout="HWC", device="cpu" if cpu else "gpu")
+        bb = fn.external_source(source=lambda: list(b), batch=True)
+        cc = fn.external_source(source=lambda: list(c), batch=True)
+        return _brightness_contrast(fn, types, v, bb, cc, cpu)
+
+    p = pipe()
+    p.build()
+    out = p.run()[0]
+    out = out if cpu else out.as_cpu()
+    for i, x in enumerate(imgs):
+        xb = np.clip(x * float(b[i]), 0, 255)
+        ref = np.clip(xb * float(c[i]) + (xb @ GRAY).mean() * (1 - float(c[i])), 0, 255)
+        assert np.abs(np.array(out.at(i)) - ref).max() < 0.5 * max(1.0, float(c[i])) + 0.01, i
+
+
 @pytest.mark.parametrize("device,branchless", [("cpu", False), ("cpu", True),
                                                pytest.param("cuda", True, marks=pytest.mark.gpu)])
 def test_solarize_inverts_the_bright_channels_of_a_fraction(device, branchless):
