@@ -336,7 +336,8 @@ def main(argv=None):
     p.add_argument("--dali-branchless", action="store_true", help="dali: colour ops without conditionals")
     p.add_argument("--dali-pipes", type=int, default=1, help="dali: pipelines per GPU (batch/N each)")
     p.add_argument("--dali-concurrent", action="store_true", help="dali: independent operators run at once")
-    p.add_argument("--dali-augment", default="pipeline", help="dali: pipeline | device (DALI crops only)")
+    p.add_argument("--dali-augment", default="pipeline", choices=("pipeline", "device"),
+                   help="dali: pipeline | device (DALI crops only)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="bar chart (default: the --json path with .png)")
     a = p.parse_args(argv)

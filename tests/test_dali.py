@@ -274,7 +274,11 @@ def test_sweep_script_times_every_row(tmp_path):
     assert all(r.get("pairs_per_s", 0) > 0 for r in rows), rows
 
 
-def test_sepp_with_several_pipelines_is_refused_before_training():
+@pytest.mark.parametrize("flags,match", [(["--sepp", "--dali-pipes", "2"], "--dali-pipes"),
+                                         (["--dali-augment", "gpu"], "--dali-augment gpu"),
+                                         (["--dali-pipes", "0"], "--dali-pipes 0"),
+                                         (["--dali-hw-load", "1.5"], "hw-load 1.5")])
+def test_bad_dali_flags_are_refused_before_training(flags, match):
     from engine.config import parse
-    with pytest.raises(UsageError, match="--dali-pipes"):
-        parse(["--loader", "dali", "--sepp", "--dali-pipes", "2"])
+    with pytest.raises(UsageError, match=match):
+        parse(["--loader", "dali", *flags])
