@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dali-roi", action="store_true", help="dali: decode only each view's crop window (two partial decodes)")
     a("--dali-hw-load", type=float, default=None, help="dali: fraction of the JPEGs sent to the GPU's hardware "
       "decoder (A100/H100; DALI's default 0.65), the rest to nvJPEG's hybrid CPU+GPU decoder")
-    a("--dali-branchless", action="store_true", help="dali: jitter/grayscale/solarize as per-sample identity "
-      "factors instead of DALI conditionals (fewer operators; every sample pays the jitter)")
+    a("--dali-branchless", action="store_true", help="dali: jitter/grayscale/blur/solarize as per-sample "
+      "identity factors instead of DALI conditionals (fewer operators; every sample pays the jitter and blur)")
     a("--dali-augment", default="pipeline", help="dali: pipeline (every augmentation in DALI) | device (DALI "
       "decodes and crops; the shared device augmentation, --compile-augment, does the rest)")
     a("--dali-pipes", type=int, default=1, help="dali: pipelines per GPU, each batch/N with its own executor")

@@ -333,7 +333,7 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile-augment", action="store_true", help="torch.compile the device augmentation")
     p.add_argument("--dali-hw-load", type=float, default=None, help="dali: fraction for the hardware JPEG decoder")
-    p.add_argument("--dali-branchless", action="store_true", help="dali: colour ops without conditionals")
+    p.add_argument("--dali-branchless", action="store_true", help="dali: colour ops and blur without conditionals")
     p.add_argument("--dali-pipes", type=int, default=1, help="dali: pipelines per GPU (batch/N each)")
     p.add_argument("--dali-concurrent", action="store_true", help="dali: independent operators run at once")
     p.add_argument("--dali-augment", default="pipeline", choices=("pipeline", "device"),

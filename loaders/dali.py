@@ -6,7 +6,8 @@ Per view: random-resized crop (area and aspect as torchvision), colour jitter wi
 (brightness and contrast around the sample's mean grey level as torchvision does; saturation and hue with
 DALI's linear hsv), grayscale with probability p (hsv saturation 0: the luma), Gaussian blur with
 probability p, solarize with probability p, then flip + normalize in crop_mirror_normalize to fp16 (GPU) or
-fp32 (CPU), CHW. Ops with a probability use DALI conditionals, so a sample that skips an op costs nothing.
+fp32 (CPU), CHW. Ops with a probability use DALI conditionals, so a sample that skips an op costs nothing
+(no conditional where p = 1, e.g. BYOL's first-view blur).
 One difference from the torch path: jitter's four ops run in a fixed order (torchvision: random order).
 
 Sources:
@@ -23,7 +24,7 @@ Sources:
   (loaders/order.py) split by rank like the torch back end.
 
 GPU tuning (scripts/sweep_dali.py times each): hw_load (the hardware JPEG decoder's share), branchless (jitter,
-grayscale and solarize as identity factors for the samples that skip them, no conditionals), pipes (N
+grayscale, blur and solarize as identity factors for the samples that skip them, no conditionals), pipes (N
 pipelines of batch/N on one GPU, each a shard of the reader with its own executor; batches concatenated),
 concurrent (the views' operator chains run at once on separate CUDA streams; DALI's default: one at a time),
 augment (DALI decodes and crops only; the shared device augmentation, optionally compiled, does the rest).
@@ -42,6 +43,7 @@ from loaders.datasets import DataError, FolderSource, Subset
 from loaders.order import epoch_permutation, num_steps, rank_batches
 
 RATIO = [3 / 4, 4 / 3]
+SIGMA_OFF = 1e-3   # a Gaussian this narrow is a one-tap kernel: the identity (--dali-branchless's skipped blur)
 
 
 def _jitter_factors(fn, a):
@@ -72,6 +74,17 @@ def _jitter(fn, types, v, a, cpu):
 
 def _coin(fn, types, p):
     return fn.cast(fn.random.coin_flip(probability=p), dtype=types.BOOL)
+
+
+def _maybe(fn, types, p, op, v):
+    """op(v) on a fraction p of the samples: a DALI conditional (split/merge), none where p >= 1 (every sample,
+    e.g. BYOL's first-view blur) or p <= 0."""
+    if p >= 1:
+        return op(v)
+    if p > 0:
+        if _coin(fn, types, p):
+            v = op(v)
+    return v
 
 
 def _colour_branchless(fn, types, v, a, cpu):
@@ -115,21 +128,20 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
     if branchless:
         v = _colour_branchless(fn, types, v, a, cpu)
     else:
-        if a.jitter > 0:
-            if _coin(fn, types, a.jitter):
-                v = _jitter(fn, types, v, a, cpu)
-        if a.gray > 0:
-            if _coin(fn, types, a.gray):
-                v = fn.hsv(v, saturation=0.0)
+        v = _maybe(fn, types, a.jitter, lambda x: _jitter(fn, types, x, a, cpu), v)
+        v = _maybe(fn, types, a.gray, lambda x: fn.hsv(x, saturation=0.0), v)
     if a.blur > 0:
-        if _coin(fn, types, a.blur):
-            v = fn.gaussian_blur(v, sigma=fn.random.uniform(range=list(a.sigma)), window_size=blur_size(res))
+        sigma = fn.random.uniform(range=list(a.sigma))
+        if branchless and a.blur < 1:   # a sample that skips the blur gets sigma 1e-3: a one-tap kernel, identity
+            sigma = SIGMA_OFF + fn.random.coin_flip(probability=a.blur) * (sigma - SIGMA_OFF)
+        v = _maybe(fn, types, 1.0 if branchless else a.blur,
+                   lambda x: fn.gaussian_blur(x, sigma=sigma, window_size=blur_size(res)), v)
     if a.solarize > 0:
         if branchless:   # threshold 256 (never reached by uint8) for a sample that skips it
             t = 128 + 128 * (1 - fn.random.coin_flip(probability=a.solarize))
             v = v ^ ((v >= (t if cpu else t.gpu())) * types.Constant(255, dtype=types.UINT8))
-        elif _coin(fn, types, a.solarize):   # one fused arithmetic op; bool * uint8 ^ uint8 stays uint8
-            v = v ^ ((v >= 128) * types.Constant(255, dtype=types.UINT8))
+        else:            # one fused arithmetic op; bool * uint8 ^ uint8 stays uint8
+            v = _maybe(fn, types, a.solarize, lambda x: x ^ ((x >= 128) * types.Constant(255, dtype=types.UINT8)), v)
     mirror = fn.random.coin_flip(probability=a.flip) if a.flip > 0 else 0
     return fn.crop_mirror_normalize(v, mirror=mirror, dtype=out_dtype, output_layout=layout,
                                     mean=[m * 255 for m in mean], std=[s * 255 for s in std])

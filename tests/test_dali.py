@@ -1,6 +1,7 @@
 """DALI back end in CPU mode (device_id=None): views are regions of the source, augmentation statistics match
 the torch path's, shards cover every file once over 2 ranks, corrupt files are named, training runs."""
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -42,11 +43,14 @@ def coded_folder(tmp_path_factory):
     return str(root)
 
 
+GPU = pytest.mark.gpu
+
+
 @pytest.mark.parametrize("device,roi,listed,aug", [("cpu", False, False, "pipeline"),
                                                    ("cpu", True, True, "pipeline"), ("cpu", False, False, "device"),
-                                                   pytest.param("cuda", False, False, "pipeline", marks=pytest.mark.gpu),
-                                                   pytest.param("cuda", True, False, "pipeline", marks=pytest.mark.gpu),
-                                                   pytest.param("cuda", False, False, "device", marks=pytest.mark.gpu)])
+                                                   pytest.param("cuda", False, False, "pipeline", marks=GPU),
+                                                   pytest.param("cuda", True, False, "pipeline", marks=GPU),
+                                                   pytest.param("cuda", False, False, "device", marks=GPU)])
 def test_views_are_regions_of_the_source(coded_folder, device, roi, listed, aug, tmp_path):
     """Whole decode + crops, and ROI decoding (--dali-roi); over the folder and over a file list; with every
     augmentation in DALI, and with DALI's crops handed to the shared device augmentation (--dali-augment)."""
@@ -75,7 +79,8 @@ def test_views_are_regions_of_the_source(coded_folder, device, roi, listed, aug,
                 assert -1.5 < l < r < 128.5 and -1.5 < t < btm < 96.5
                 box = (l, t, r + 1, btm + 1)
                 areas.append((r + 1 - l) * (btm + 1 - t) / (96 * 128))
-                ref = np.asarray(Image.fromarray(img[..., 2].astype(np.uint8)).resize((32, 32), Image.BILINEAR, box=box))
+                blue = Image.fromarray(img[..., 2].astype(np.uint8))
+                ref = np.asarray(blue.resize((32, 32), Image.BILINEAR, box=box))
                 assert np.corrcoef(ref.ravel(), x[k, :, :, 2].ravel())[0, 1] > 0.9
                 n += 1
     assert n == 32 and 0.2 - 0.05 < min(areas) and max(areas) <= 1.05 and np.std(areas) > 0.1
@@ -171,6 +176,32 @@ def test_solarize_inverts_the_bright_channels_of_a_fraction(device, branchless):
         hits.append(inverted[(c >= 128).any(1)])
     frac = np.concatenate(hits).mean()
     assert 0.4 < frac < 0.6, frac
+
+
+@pytest.mark.parametrize("device,branchless", [("cpu", False), ("cpu", True),
+                                               pytest.param("cuda", False, marks=GPU),
+                                               pytest.param("cuda", True, marks=GPU)])
+def test_blur_leaves_the_skipped_samples_unchanged(device, branchless):
+    """Blur alone, p=0.5 on the first view and p=1 on the second (BYOL's, no conditional): each sample is either
+    exactly its source (with --dali-branchless: sigma 1e-3, a one-tap kernel) or smoothed."""
+    rng = np.random.default_rng(2)
+    n, res = 512, 16
+    images = rng.integers(0, 256, (n, res, res, 3), dtype=np.uint8)
+    src = ArraySource(images, np.zeros(n, np.int64), 1, IMAGENET_MEAN, IMAGENET_STD, "flat")
+    one = ViewAug(crop_scale=(1.0, 1.0), flip=0, jitter=0, gray=0, blur=0.5, sigma=(1.0, 2.0))
+    recipe = (one, replace(one, blur=1.0))
+    loader = build_loader("dali", src, recipe, res, 128, device, workers=2, seed=0, dali_branchless=branchless)
+    same = [[], []]
+    for b in loader:
+        x = images[b.index.cpu().numpy()].astype(float)
+        for v in range(2):
+            out = unnormalize(b.views[v])
+            err = np.abs(out - x).reshape(len(x), -1).max(1)
+            rough = np.abs(np.diff(out, axis=2)).mean((1, 2, 3)) / np.abs(np.diff(x, axis=2)).mean((1, 2, 3))
+            assert ((err < 1.0) | (rough < 0.6)).all(), (err, rough)   # unchanged, or smoothed
+            same[v].append(err < 1.0)
+    frac = [np.concatenate(f).mean() for f in same]
+    assert 0.4 < frac[0] < 0.6 and frac[1] == 0, frac
 
 
 @pytest.mark.parametrize("device", DEVICES)
