@@ -56,12 +56,13 @@ def _jitter_factors(fn, a):
 
 def _brightness_contrast(fn, types, v, b, c, cpu):
     """Brightness (clamped to 255), then contrast blended with the sample's mean grey level as torchvision does.
-    -> float in [0, 255]. Four operators: brightness_contrast, the grey level as one float channel
-    (coord_transform: 1x3 matrix), its mean, and one fused arithmetic op (the uint8 image is promoted to float
-    there: no cast of the whole image)."""
+    -> float in [0, 255]. Two operators on the whole image: brightness_contrast and one fused arithmetic op (the
+    uint8 image is promoted to float there, and the grey level broadcast: no cast, no grey image); the grey
+    level is the per-channel means (one read of the image) weighted by a 1x3 coord_transform."""
     from nvidia.dali import math as dmath
     v = fn.brightness_contrast(v, brightness=b)
-    mean = fn.reductions.mean(fn.coord_transform(v, M=list(GRAY), dtype=types.FLOAT))
+    means = fn.reductions.mean(v, axes=[0, 1], keep_dims=True, dtype=types.FLOAT)   # [1, 1, 3]
+    mean = fn.coord_transform(means, M=list(GRAY))                                 # [1, 1, 1]
     c = c if cpu else c.gpu()
     return dmath.clamp(v * c + mean * (1.0 - c), 0.0, 255.0)
 
