@@ -56,9 +56,10 @@ def _jitter_factors(fn, a):
 
 def _brightness_contrast(fn, types, v, b, c, cpu):
     """Brightness (clamped to 255), then contrast blended with the sample's mean grey level as torchvision does.
-    -> float in [0, 255]. Two operators on the whole image: brightness_contrast and one fused arithmetic op (the
-    uint8 image is promoted to float there, and the grey level broadcast: no cast, no grey image); the grey
-    level is the per-channel means (one read of the image) weighted by a 1x3 coord_transform."""
+    -> float in [0, 255]. Whole-image operators: brightness_contrast, the per-channel means (one read), and the
+    blend's multiply, add and clamp (DALI runs each arithmetic node as its own operator; the uint8 image is
+    promoted to float by the multiply: no cast, no grey image); the grey level is the means weighted by a 1x3
+    coord_transform, broadcast in the add."""
     from nvidia.dali import math as dmath
     v = fn.brightness_contrast(v, brightness=b)
     means = fn.reductions.mean(v, axes=[0, 1], keep_dims=True, dtype=types.FLOAT)   # [1, 1, 3]
@@ -141,7 +142,7 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
         if branchless:   # threshold 256 (never reached by uint8) for a sample that skips it
             t = 128 + 128 * (1 - fn.random.coin_flip(probability=a.solarize))
             v = v ^ ((v >= (t if cpu else t.gpu())) * types.Constant(255, dtype=types.UINT8))
-        else:            # one fused arithmetic op; bool * uint8 ^ uint8 stays uint8
+        else:            # bool * uint8 ^ uint8 stays uint8: three arithmetic ops, no cast
             v = _maybe(fn, types, a.solarize, lambda x: x ^ ((x >= 128) * types.Constant(255, dtype=types.UINT8)), v)
     mirror = fn.random.coin_flip(probability=a.flip) if a.flip > 0 else 0
     return fn.crop_mirror_normalize(v, mirror=mirror, dtype=out_dtype, output_layout=layout,
