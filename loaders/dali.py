@@ -116,6 +116,7 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
     """One view of the recipe `a` (loaders.augment.ViewAug) from decoded uint8 HWC images, or, given `jpegs`,
     with ROI decoding (each view decodes only its random crop window). crop_only: the random-resized crop
     alone, as uint8 CHW (the rest is the shared device augmentation's)."""
+    from nvidia.dali import math as dmath
     dev = "cpu" if cpu else "gpu"
     if jpegs is not None:
         v = fn.decoders.image_random_crop(jpegs, device="cpu" if cpu else "mixed", output_type=types.RGB,
@@ -142,8 +143,8 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
         if branchless:   # threshold 256 (never reached by uint8) for a sample that skips it
             t = 128 + 128 * (1 - fn.random.coin_flip(probability=a.solarize))
             v = v ^ ((v >= (t if cpu else t.gpu())) * types.Constant(255, dtype=types.UINT8))
-        else:            # bool * uint8 ^ uint8 stays uint8: three arithmetic ops, no cast
-            v = _maybe(fn, types, a.solarize, lambda x: x ^ ((x >= 128) * types.Constant(255, dtype=types.UINT8)), v)
+        else:            # min(x, 255 - x) is x below 128 and 255 - x from 128: two uint8 ops
+            v = _maybe(fn, types, a.solarize, lambda x: dmath.min(x, types.Constant(255, dtype=types.UINT8) - x), v)
     mirror = fn.random.coin_flip(probability=a.flip) if a.flip > 0 else 0
     return fn.crop_mirror_normalize(v, mirror=mirror, dtype=out_dtype, output_layout=layout,
                                     mean=[m * 255 for m in mean], std=[s * 255 for s in std])
