@@ -150,8 +150,7 @@ def resolve(args):
                                ("--bsim-mode", args.bsim_mode, ("mixup", "cutmix", "both")),
                                ("--sepp-index", args.sepp_index, ("auto", "faiss", "faiss-ivf", "torch")),
                                ("--sepp-space", args.sepp_space, ("backbone", "projector")),
-                               ("--sepp-bank", args.sepp_bank, ("pass", "train")),
-                               ("--dali-augment", args.dali_augment, ("pipeline", "device"))):
+                               ("--sepp-bank", args.sepp_bank, ("pass", "train"))):
         if val not in choices:
             raise UsageError(f"{flag} {val}: unknown (choose from {', '.join(c for c in choices if c)})")
     for k, v in METHOD_DEFAULTS[args.method].items():
@@ -177,9 +176,8 @@ def resolve(args):
             args.ffcv_order = "ours"  # the pair plan is an index order
         if args.loader == "dali" and args.dali_pipes > 1:   # checked here, not at the first refresh
             raise UsageError("--sepp with --loader dali runs one pipeline per GPU: drop --dali-pipes")
-    if args.dali_pipes < 1 or (args.dali_hw_load is not None and not 0 <= args.dali_hw_load <= 1):
-        raise UsageError(f"--dali-pipes {args.dali_pipes} --dali-hw-load {args.dali_hw_load}: need pipes >= 1 and "
-                         "hw-load in [0, 1]")
+    from loaders.dali import check_options
+    check_options(args.dali_hw_load, args.dali_pipes, args.dali_augment)
     if args.epochs < 1 or args.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
     return args

@@ -28,6 +28,7 @@ from engine.errors import UsageError, cli_main
 from engine.optim import build_optimizer
 from loaders import build_loader
 from loaders.augment import RECIPES
+from loaders.dali import AUGMENT_MODES
 from loaders.datasets import open_source
 from models.methods import build_method
 
@@ -336,7 +337,7 @@ def main(argv=None):
     p.add_argument("--dali-branchless", action="store_true", help="dali: colour ops and blur without conditionals")
     p.add_argument("--dali-pipes", type=int, default=1, help="dali: pipelines per GPU (batch/N each)")
     p.add_argument("--dali-concurrent", action="store_true", help="dali: independent operators run at once")
-    p.add_argument("--dali-augment", default="pipeline", choices=("pipeline", "device"),
+    p.add_argument("--dali-augment", default="pipeline", choices=AUGMENT_MODES,
                    help="dali: pipeline | device (DALI crops only)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="bar chart (default: the --json path with .png)")

@@ -27,8 +27,6 @@ def build_loader(name, source, recipe, res, batch_size, device, rank=0, world=1,
     size gives progressive resolution (ffcv only)."""
     aug = DeviceAugment(recipe, source.mean, source.std, channels_last, mix,
                         compile=kw.get("compile_augment", False))
-    if kw.get("dali_augment", "pipeline") not in ("pipeline", "device"):
-        raise UsageError(f"--dali-augment {kw['dali_augment']}: pipeline or device")
     if res_at is not None and name != "ffcv":
         raise UsageError(f"progressive resolution (--min-res) needs --loader ffcv, not {name}")
     if name == "ffcv":
@@ -47,7 +45,8 @@ def build_loader(name, source, recipe, res, batch_size, device, rank=0, world=1,
         return SyntheticLoader(len(source), res, len(recipe), batch_size, device, aug, rank, world, seed,
                                source.num_classes)
     if name == "dali":
-        from loaders.dali import DALILoader
+        from loaders.dali import DALILoader, check_options
+        check_options(augment=kw.get("dali_augment", "pipeline"))
         return DALILoader(source, res, recipe, batch_size, device, rank, world, seed, workers, channels_last, mix,
                           skip_files=kw.get("skip_files"), roi=kw.get("dali_roi", False),
                           hw_load=kw.get("dali_hw_load"), branchless=kw.get("dali_branchless", False),

@@ -43,6 +43,7 @@ from loaders.datasets import DataError, FolderSource, Subset
 from loaders.order import epoch_permutation, num_steps, rank_batches
 
 RATIO = [3 / 4, 4 / 3]
+AUGMENT_MODES = ("pipeline", "device")   # --dali-augment
 SIGMA_OFF = 1e-3   # a Gaussian this narrow is a one-tap kernel: the identity (--dali-branchless's skipped blur)
 
 
@@ -150,6 +151,18 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
                                     mean=[m * 255 for m in mean], std=[s * 255 for s in std])
 
 
+def check_options(hw_load=None, pipes=1, augment="pipeline", batch_size=None):
+    """The DALI flags' values: when the flags are read (engine/config.py) and again by the loader."""
+    if augment not in AUGMENT_MODES:
+        raise UsageError(f"--dali-augment {augment}: unknown (choose from {', '.join(AUGMENT_MODES)})")
+    if hw_load is not None and not 0.0 <= hw_load <= 1.0:
+        raise UsageError(f"--dali-hw-load {hw_load}: a fraction in [0, 1]")
+    if pipes < 1:
+        raise UsageError(f"--dali-pipes {pipes}: must be >= 1")
+    if batch_size is not None and batch_size % pipes:
+        raise UsageError(f"--dali-pipes {pipes}: must divide the batch size {batch_size}")
+
+
 class DALILoader:
     def __init__(self, source, res, recipe, batch_size, device, rank=0, world=1, seed=0, workers=4,
                  channels_last=False, mix=None, drop_last=True, skip_files=None, prefetch=2, roi=False,
@@ -162,10 +175,7 @@ class DALILoader:
         self.device, self.rank, self.world, self.seed = torch.device(device), rank, world, seed
         self.workers, self.channels_last, self.mix, self.prefetch = max(1, workers), channels_last, mix, prefetch
         self.drop_last, self.roi, self.hw_load, self.branchless = drop_last, roi, hw_load, branchless
-        if hw_load is not None and not 0.0 <= hw_load <= 1.0:
-            raise UsageError(f"--dali-hw-load {hw_load}: a fraction in [0, 1]")
-        if pipes < 1 or batch_size % pipes:
-            raise UsageError(f"--dali-pipes {pipes}: must divide the batch size {batch_size}")
+        check_options(hw_load, pipes, batch_size=batch_size)
         self.pipes, self.concurrent = pipes, concurrent
         # augment (a loaders.augment.DeviceAugment): DALI decodes and crops, the shared device stage does the
         # rest (flip, colour, blur, solarize, normalize, BSIM mixtures) as for the torch and ffcv back ends

@@ -161,7 +161,6 @@ def search_whole_set(x: torch.Tensor, k: int, threshold: float = -1.0, backend: 
     return sims, ids
 
 
-
 def recall(approx_ids: torch.Tensor, exact_ids: torch.Tensor) -> float:
     """Share of the exact neighbours (id >= 0) that the approximate search also found."""
     hit = (approx_ids[:, :, None] == exact_ids[:, None, :]).any(1) & (exact_ids >= 0)
