@@ -308,8 +308,7 @@ def int_list(s: str, flag: str) -> list[int]:
         raise UsageError(f"{flag} {s}: expected comma-separated integers")
 
 
-@cli_main
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
     p.add_argument("--loader", default="torch,synthetic", help="comma-separated: torch,ffcv,dali,dali-roi,dali-device,"
@@ -341,7 +340,12 @@ def main(argv=None):
                    help="dali: pipeline | device (DALI crops only)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="bar chart (default: the --json path with .png)")
-    a = p.parse_args(argv)
+    return p
+
+
+@cli_main
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     archs = [x.strip() for x in a.arch.split(",") if x.strip()]
     resolutions = int_list(a.res, "--res") if a.res else [DEFAULT_RES.get(a.dataset, 224)]

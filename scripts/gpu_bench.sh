@@ -3,7 +3,8 @@
 # to /tmp/bundle.tar: install FFCV + DALI, run the tests marked gpu, make ImageNet-sized JPEGs, write a
 # .beton, and benchmark every loader against the synthetic ceiling in one run per model. Results in $OUT.
 # SWEEP=1: first time the DALI pipeline's stages and settings (scripts/sweep_dali.py); BENCH_ARGS: more flags
-# for eval.bench (e.g. "--dali-branchless --dali-hw-load 0.9"); CFGS="" skips the benchmarks.
+# for eval.bench (e.g. "--dali-branchless --dali-hw-load 0.9"); BEST=1: add the flags of the sweep's fastest
+# row (kept in /tmp while the machine is warm, so a later call can follow the sweep); CFGS="" skips the benchmarks.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 N=${N:-10000}
@@ -24,6 +25,11 @@ fi
 if [ "${SWEEP:-0}" = 1 ]; then
   timeout ${SWEEP_TIMEOUT:-420} python3 scripts/sweep_dali.py --data /tmp/inet --res 224 --batch-size 256 --threads 16 \
     --json "$OUT/sweep_dali.json" 2>&1 | grep -v -i warn | tee "$OUT/sweep_dali.txt"
+  cp "$OUT/sweep_dali.json" /tmp/sweep_dali.json 2>/dev/null
+fi
+if [ "${BEST:-0}" = 1 ] && [ -f /tmp/sweep_dali.json ]; then
+  BENCH_ARGS="${BENCH_ARGS:-} $(python3 scripts/sweep_dali.py --best /tmp/sweep_dali.json)"
+  echo "eval.bench flags: $BENCH_ARGS" | tee "$OUT/best_flags.txt"
 fi
 for cfg in ${CFGS-resnet50:224 resnet18:128}; do
   set -- ${cfg/:/ }

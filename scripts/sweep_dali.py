@@ -11,6 +11,7 @@ Settings on simclr: --dali-branchless, --dali-hw-load, --dali-concurrent, --dali
 batch size, and all together.
 
     python scripts/sweep_dali.py --data /tmp/inet --res 224 --batch-size 256 --threads 16 --json sweep.json
+    python scripts/sweep_dali.py --best sweep.json    # eval.bench's flags for the fastest simclr row
 """
 import argparse
 import json
@@ -84,9 +85,28 @@ def save(a, device, results):
                        "res": a.res, "batch_size": a.batch_size, "steps": a.steps, "results": results}, f, indent=1)
 
 
+def best_flags(results):
+    """eval.bench's flags for the fastest simclr row that those flags can express (prefetch depth and batch
+    size are not loader flags: rows that change them are left out), so the end-to-end benchmark can follow
+    the sweep without anyone reading it."""
+    base = next((r for r in results if r.get("name") == "simclr"), None)
+    rows = [r for r in results if r.get("stage") == "simclr" and base and r["prefetch"] == base["prefetch"]
+            and r["batch_size"] == base["batch_size"]]
+    if not rows:
+        return ""
+    r = max(rows, key=lambda r: r["pairs_per_s"])
+    flags = ([f"--dali-hw-load {r['hw_load']}"] if r["hw_load"] is not None else []) + \
+        (["--dali-branchless"] if r["branchless"] else []) + (["--dali-concurrent"] if r["concurrent"] else []) + \
+        ([f"--dali-pipes {r['pipes']}"] if r["pipes"] != 1 else []) + \
+        ([f"--workers {r['threads']}"] if r["threads"] != base["threads"] else [])
+    return " ".join(flags)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="an ImageFolder directory of JPEGs")
+    p.add_argument("--best", default=None, metavar="JSON",
+                   help="print eval.bench's flags for the fastest simclr row of a sweep's JSON, and stop")
+    p.add_argument("--data", default=None, help="an ImageFolder directory of JPEGs")
     p.add_argument("--res", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=16)
@@ -97,6 +117,12 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
+    if a.best:
+        with open(a.best) as f:
+            print(best_flags(json.load(f)["results"]))
+        return
+    if not a.data:
+        p.error("--data is required")
     a.hw_loads = [float(x) for x in a.hw_loads.split(",") if x] if a.device.startswith("cuda") else []
     device = torch.device(a.device)
     src = open_source("imagefolder", a.data, True)

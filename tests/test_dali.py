@@ -305,6 +305,28 @@ def test_sweep_script_times_every_row(tmp_path):
     assert all(r.get("pairs_per_s", 0) > 0 for r in rows), rows
 
 
+def test_sweep_best_flags_name_the_fastest_expressible_row():
+    """--best turns the fastest simclr row into eval.bench's flags; rows changing what no flag sets (prefetch,
+    batch) and other stages are passed over."""
+    from eval.bench import build_parser
+    from scripts.sweep_dali import best_flags
+    row = dict(stage="simclr", hw_load=None, branchless=False, pipes=1, concurrent=False, prefetch=2, threads=16,
+               batch_size=256)
+    rows = [{**row, "name": "simclr", "pairs_per_s": 100.0},
+            {**row, "name": "device augment", "stage": "device", "pairs_per_s": 900.0},
+            {**row, "name": "simclr prefetch 4", "prefetch": 4, "pairs_per_s": 800.0},
+            {**row, "name": "simclr batch 512", "batch_size": 512, "pairs_per_s": 700.0},
+            {"name": "simclr concurrent", "error": "refused"},
+            {**row, "name": "simclr all + pipes 2", "branchless": True, "concurrent": True, "pipes": 2,
+             "threads": 32, "hw_load": 0.9, "pairs_per_s": 300.0},
+            {**row, "name": "simclr branchless", "branchless": True, "pairs_per_s": 200.0}]
+    assert best_flags(rows) == "--dali-hw-load 0.9 --dali-branchless --dali-concurrent --dali-pipes 2 --workers 32"
+    assert best_flags(rows[:1] + rows[-1:]) == "--dali-branchless"
+    assert best_flags(rows[:1]) == "" and best_flags([rows[4]]) == ""
+    a = build_parser().parse_args(["--workers", "16", *best_flags(rows).split()])   # later flags win
+    assert (a.dali_hw_load, a.dali_branchless, a.dali_concurrent, a.dali_pipes, a.workers) == (0.9, True, True, 2, 32)
+
+
 @pytest.mark.parametrize("flags,match", [(["--sepp", "--dali-pipes", "2"], "--dali-pipes"),
                                          (["--dali-augment", "gpu"], "--dali-augment gpu"),
                                          (["--dali-pipes", "0"], "--dali-pipes 0"),

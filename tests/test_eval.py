@@ -112,7 +112,8 @@ def test_eval_commands_on_a_tiny_run(tiny_run, tmp_path):
                          (["-m", "eval.knn", "--checkpoint", ck, "--k", "x"], "comma-separated integers"),
                          (["-m", "eval.semisup", "--checkpoint", ck, "--fraction", "2"], "must be in (0, 1]"),
                          (["-m", "eval.linear", "--checkpoint", ck, "--mode", "nope"], "--mode nope"),
-                         (["-m", "eval.plot", str(tmp_path / "none")], "no such run folder")]:
+                         (["-m", "eval.plot", str(tmp_path / "none")], "no such run folder"),
+                         (["-m", "eval.bench", "--loader", "nope"], "--loader nope: unknown")]:
         r = run(args)
         assert r.returncode == 2 and "Traceback" not in r.stderr and expect in r.stderr, (args, r.stderr[-1500:])
 
