@@ -89,11 +89,11 @@ def best_flags(results):
     """eval.bench's flags for the fastest simclr row that those flags can express (prefetch depth and batch
     size are not loader flags: rows that change them are left out), so the end-to-end benchmark can follow
     the sweep without anyone reading it."""
-    base = next((r for r in results if r.get("name") == "simclr"), None)
-    rows = [r for r in results if r.get("stage") == "simclr" and base and r["prefetch"] == base["prefetch"]
-            and r["batch_size"] == base["batch_size"]]
-    if not rows:
+    base = next((r for r in results if r.get("name") == "simclr" and "error" not in r), None)
+    if base is None:
         return ""
+    rows = [r for r in results if r.get("stage") == "simclr" and r["prefetch"] == base["prefetch"]
+            and r["batch_size"] == base["batch_size"]]
     r = max(rows, key=lambda r: r["pairs_per_s"])
     flags = ([f"--dali-hw-load {r['hw_load']}"] if r["hw_load"] is not None else []) + \
         (["--dali-branchless"] if r["branchless"] else []) + (["--dali-concurrent"] if r["concurrent"] else []) + \

@@ -18,20 +18,13 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_two_process_gloo_training_lowers_the_loss(method, tmp_path):
     out = tmp_path / method
-    extra = ["--lr", "0.12", "--ema", "0.99"] if method == "moco" else ["--lr", "0.3"]
     r = run(["train.py", "--method", method, "--subset", "512", "--epochs", "2", "--batch-size", "64",
-             "--out", str(out)] + TINY + extra, torchrun=2)
+             "--out", str(out), "--lr", "0.3"] + TINY, torchrun=2)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_csv(out / "epoch.csv")
     losses = [float(x["loss"]) for x in rows]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
-    if method == "moco":
-        # MoCo's loss first rises while its random initial queue (easy negatives) fills with real keys,
-        # and 16 tiny steps do not move it measurably (lr 0 ends at the same loss). What can fail here:
-        # a collapsed or broken encoder sits exactly at chance, log(Q + 1) for queue Q = 128.
-        assert losses[1] < math.log(129) - 0.05, losses
-    else:
-        assert losses[1] < losses[0], losses
+    assert losses[1] < losses[0], losses
     cfg = torch.load(out / "last.pt", weights_only=False)["config"]
     assert cfg["world"] == 2 and cfg["method"] == method
 
