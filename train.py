@@ -8,7 +8,6 @@ forward under autocast, loss, backward, step, momentum update, log; a checkpoint
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -26,10 +25,9 @@ from engine.log import RunLog, Throughput
 from engine.optim import build_optimizer
 from engine.sched import momentum_schedule, warmup_cosine
 from eval.knn import knn_accuracy
-from loaders import build_loader, progressive_res
+from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES, DeviceAugment
 from loaders.datasets import open_source
-from loaders.mix import MixSpec
 from mining.sepp import SePP
 from models.methods import METHODS
 
@@ -68,16 +66,7 @@ def main(argv=None):
     train_src = open_source(args.dataset, args.data, True, args.subset, args.seed)
     recipe = RECIPES[args.recipe or METHODS[args.method].recipe]
     per_rank = args.batch_size // world
-    mix = MixSpec(args.bsim_mode, args.bsim_alpha) if args.bsim else None
-    res_at = (functools.partial(progressive_res, min_res=args.min_res, max_res=args.res, start=args.start_ramp,
-                                end=args.end_ramp) if args.min_res else None)
-    loader = build_loader(args.loader, train_src, recipe, args.res, per_rank, device, rank, world, args.seed,
-                          args.workers, args.channels_last, mix=mix, beton=args.beton, ffcv_order=args.ffcv_order,
-                          os_cache=args.os_cache, batches_ahead=args.batches_ahead, res_at=res_at,
-                          skip_files=args.skip_files, dali_roi=args.dali_roi, dali_hw_load=args.dali_hw_load,
-                          dali_branchless=args.dali_branchless, dali_pipes=args.dali_pipes,
-                          dali_concurrent=args.dali_concurrent, dali_augment=args.dali_augment,
-                          compile_augment=args.compile_augment)
+    loader = build_loader(LoaderOptions.from_args(args, per_rank), train_src, recipe, device, rank, world)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise UsageError(f"{len(train_src)} training images make no batch of {args.batch_size}: lower --batch-size")

@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser_error_one_line(p)
     a = p.add_argument
     a("--config", help="YAML preset: keys are flag names (dashes or underscores); flags given win")
-    a("--loader", default="torch", help="torch | synthetic | ffcv | dali")
+    a("--loader", default="torch", help="torch | device (in-memory sets held on the training device) | "
+      "synthetic | ffcv | dali")
+    a("--device-max-fraction", type=float, default=0.5, help="--loader device: the training set may take at "
+      "most this share of the free device memory")
     a("--method", default="simclr", help="simclr | moco | byol | simsiam")
     a("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | filelist | cifar10 | stl10")
     a("--data", default=None, help="dataset root (fashion-mnist: /usr/share/datasets/fashion-mnist)")

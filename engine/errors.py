@@ -8,11 +8,14 @@ class UsageError(Exception):
     """Bad flags, paths or files: the message says what is wrong and what to do."""
 
 
+class DataError(RuntimeError):
+    """A file that cannot be read (corrupt image, truncated file): the message names it."""
+
+
 def cli_main(fn):
     """Run a CLI entry point: UsageError, DataError and out-of-memory become one line and exit code 2."""
     @functools.wraps(fn)
     def wrapper(*a, **k):
-        from loaders.datasets import DataError
         try:
             return fn(*a, **k)
         except (UsageError, DataError) as e:

@@ -26,7 +26,7 @@ import torch
 from engine.config import DEFAULT_RES, METHOD_DEFAULTS, model_kwargs, parser_error_one_line
 from engine.errors import UsageError, cli_main
 from engine.optim import build_optimizer
-from loaders import build_loader
+from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES
 from loaders.dali import AUGMENT_MODES
 from loaders.datasets import open_source
@@ -173,15 +173,12 @@ def build(a, name, source, device, recipe, res, variant):
     if name == "tvpil":
         return TVPIL(source, res, a.batch_size, a.workers, device, source.mean, source.std)
     from loaders.mix import MixSpec
-    roi = name == "dali-roi"
-    dali_augment = "device" if name == "dali-device" else a.dali_augment   # dali-device: DALI crops only
-    ld = build_loader("dali" if name in ("dali-roi", "dali-device") else name, source, RECIPES[recipe], res,
-                      a.batch_size, device, seed=0,
-                      workers=a.workers, channels_last=a.channels_last, mix=MixSpec("mixup") if mix else None,
-                      beton=a.beton, ffcv_order="ours" if sepp and name == "ffcv" else "auto",
-                      compile_augment=a.compile_augment, dali_roi=roi, dali_hw_load=a.dali_hw_load,
-                      dali_branchless=a.dali_branchless, dali_pipes=a.dali_pipes,
-                      dali_concurrent=a.dali_concurrent, dali_augment=dali_augment)
+    loader = "dali" if name in ("dali-roi", "dali-device") else name
+    opts = LoaderOptions.from_args(a, a.batch_size, name=loader, res=res, seed=0, mix=MixSpec("mixup") if mix else None,
+                                   ffcv_order="ours" if sepp and name == "ffcv" else "auto",
+                                   dali_roi=name == "dali-roi",   # dali-device: DALI crops only
+                                   dali_augment="device" if name == "dali-device" else a.dali_augment)
+    ld = build_loader(opts, source, RECIPES[recipe], device)
     if not sepp:
         return ld
     if name == "synthetic":
@@ -311,8 +308,8 @@ def int_list(s: str, flag: str) -> list[int]:
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
-    p.add_argument("--loader", default="torch,synthetic", help="comma-separated: torch,ffcv,dali,dali-roi,dali-device,"
-                   "synthetic,tvpil")
+    p.add_argument("--loader", default="torch,synthetic", help="comma-separated: torch,device,ffcv,dali,dali-roi,"
+                   "dali-device,synthetic,tvpil")
     p.add_argument("--method", default="simclr")
     p.add_argument("--arch", default="resnet18", help="comma-separated, e.g. resnet18,resnet50")
     p.add_argument("--res", default=None, help="comma-separated crop sizes (default: the dataset's)")
@@ -338,6 +335,8 @@ def build_parser():
     p.add_argument("--dali-concurrent", action="store_true", help="dali: independent operators run at once")
     p.add_argument("--dali-augment", default="pipeline", choices=AUGMENT_MODES,
                    help="dali: pipeline | device (DALI crops only)")
+    p.add_argument("--device-max-fraction", type=float, default=0.5,
+                   help="device: the dataset's share of free device memory at most")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="bar chart (default: the --json path with .png)")
     return p

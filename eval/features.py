@@ -1,14 +1,12 @@
-"""What every evaluation needs: a trained run's backbone, its labelled data, and features extracted in
-shards (each rank embeds 1/world of the images, all ranks get all rows), plus the labelled training views
-(crop + flip) for the linear probe on images and for semi-supervised fine-tuning."""
+"""What every evaluation needs: a trained run's backbone, its labelled data, and the labelled training views
+(crop + flip) for the linear probe on images and for semi-supervised fine-tuning. Features are extracted by
+engine/embed.py (sharded over ranks; shared with the SePP bank)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm import tqdm
 
 from engine import dist
 from engine.errors import UsageError
@@ -36,41 +34,6 @@ def eval_sources(cfg: dict, dataset: str | None = None, data: str | None = None)
     dataset, data = dataset or cfg["dataset"], data or cfg["data"]
     train, test = open_source(dataset, data, True), open_source(dataset, data, False)
     return train, test, DeviceAugment([], train.mean, train.std).plain
-
-
-def feature_dim(backbone, res: int) -> int:
-    was = backbone.training
-    backbone.eval()
-    with torch.no_grad():
-        d = backbone(torch.zeros(1, 3, res, res, device=next(backbone.parameters()).device)).shape[1]
-    backbone.train(was)
-    return int(d)
-
-
-@torch.no_grad()
-@torch.no_grad()
-def extract_sharded(encoder, source, res, normalize, device, indices=None, batch=256, workers=2,
-                    progress=False, desc="features", l2=True):
-    """Features [N, D] float32 and labels [N] of source[indices] (all by default), row i = indices[i]; each
-    rank embeds a contiguous 1/world share, shares are all-gathered so every rank holds every row.
-    l2=False keeps the raw pooled features (the linear probe's input)."""
-    from loaders import plain_loader
-    idx = np.arange(len(source)) if indices is None else np.asarray(indices)
-    n, rank, world = len(idx), dist.rank(), dist.world()
-    mine = idx[dist.share(n, rank, world)]
-    was = encoder.training
-    encoder.eval()
-    feats, labels = [], []
-    for x, y in tqdm(plain_loader(source, res, batch, workers, indices=mine), desc=desc,
-                     disable=not progress, leave=False):
-        f = encoder(normalize(x.to(device, non_blocking=True))).float()
-        feats.append(F.normalize(f, dim=1) if l2 else f)
-        labels.append(y.to(device))
-    encoder.train(was)
-    d = feature_dim(encoder, res) if not feats else feats[0].shape[1]
-    f = torch.cat(feats) if feats else torch.zeros(0, d, device=device)
-    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
-    return dist.gather_shares(f, n, 0.0), dist.gather_shares(y, n, -1)
 
 
 class Labelled(Dataset):

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from engine.errors import UsageError, cli_main
-from eval.features import eval_sources, extract_sharded, load_run
+from engine.embed import extract_sharded
+from eval.features import eval_sources, load_run
 from mining.index import BACKENDS, search
 
 

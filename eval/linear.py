@@ -22,7 +22,8 @@ from engine import dist
 from engine.config import parser_error_one_line
 from engine.errors import UsageError, cli_main
 from eval.classify import Classifier, Standardize, TensorBatches, evaluate, fit
-from eval.features import eval_sources, extract_sharded, feature_dim, labelled_loader, load_run
+from engine.embed import extract_sharded, feature_dim
+from eval.features import eval_sources, labelled_loader, load_run
 
 FEATURES_UP_TO = 200_000
 

@@ -1,5 +1,10 @@
-"""Loader back ends behind one function: build_loader(...) -> iterable of Batch with set_epoch and len."""
+"""Loader back ends behind one function: build_loader(LoaderOptions, source, recipe, device, rank, world) ->
+iterable of Batch with set_epoch and len."""
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, fields
+from typing import Callable
 
 import numpy as np
 import torch
@@ -8,8 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.errors import UsageError
 from loaders.augment import DeviceAugment
+from loaders.mix import MixSpec
 
-LOADERS = ("torch", "synthetic", "ffcv", "dali")
+LOADERS = ("torch", "device", "synthetic", "ffcv", "dali")
 
 
 def progressive_res(epoch: int, min_res: int, max_res: int, start: int, end: int, step: int = 0) -> int:
@@ -20,38 +26,72 @@ def progressive_res(epoch: int, min_res: int, max_res: int, start: int, end: int
     return int(min(max_res, max(step, round(r / step) * step)))
 
 
-def build_loader(name, source, recipe, res, batch_size, device, rank=0, world=1, seed=0, workers=4,
-                 channels_last=False, mix=None, beton=None, ffcv_order="auto", os_cache=True, batches_ahead=3,
-                 res_at=None, **kw):
-    """The loader `name` over `source` (ffcv: over the .beton `beton` made from it). res_at(epoch) -> crop
-    size gives progressive resolution (ffcv only)."""
-    aug = DeviceAugment(recipe, source.mean, source.std, channels_last, mix,
-                        compile=kw.get("compile_augment", False))
-    if res_at is not None and name != "ffcv":
+@dataclass
+class LoaderOptions:
+    """Every loader setting, carried from the flags (train.py and eval.bench build it the same way,
+    from_args) to the back ends. batch_size is per rank."""
+    name: str = "torch"
+    res: int = 224
+    batch_size: int = 256
+    seed: int = 0
+    workers: int = 4
+    channels_last: bool = False
+    mix: MixSpec | None = None              # BSIM mixtures, made on the device after the loader
+    compile_augment: bool = False
+    drop_last: bool = True
+    res_at: Callable[[int], int] | None = None   # progressive resolution (ffcv): epoch -> crop size
+    beton: str | None = None                # ffcv
+    ffcv_order: str = "auto"
+    os_cache: bool = True
+    batches_ahead: int = 3
+    skip_files: str | None = None           # dali
+    dali_roi: bool = False
+    dali_hw_load: float | None = None
+    dali_branchless: bool = False
+    dali_pipes: int = 1
+    dali_concurrent: bool = False
+    dali_augment: str = "pipeline"
+    device_max_fraction: float = 0.5        # device: the dataset's share of free device memory at most
+
+    @classmethod
+    def from_args(cls, args, batch_size: int, **override) -> "LoaderOptions":
+        """The options that the flags in `args` (an argparse namespace) name; `override` wins."""
+        kw = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+        kw.update(name=args.loader, batch_size=batch_size)
+        if "mix" not in override and getattr(args, "bsim", False):
+            kw["mix"] = MixSpec(args.bsim_mode, args.bsim_alpha)
+        if "res_at" not in override and getattr(args, "min_res", 0):
+            kw["res_at"] = functools.partial(progressive_res, min_res=args.min_res, max_res=args.res,
+                                             start=args.start_ramp, end=args.end_ramp)
+        return cls(**(kw | override))
+
+
+def build_loader(opts: LoaderOptions, source, recipe, device, rank=0, world=1):
+    """The loader opts.name over `source` (ffcv: over the .beton opts.beton made from it)."""
+    name = opts.name
+    aug = DeviceAugment(recipe, source.mean, source.std, opts.channels_last, opts.mix, compile=opts.compile_augment)
+    if opts.res_at is not None and name != "ffcv":
         raise UsageError(f"progressive resolution (--min-res) needs --loader ffcv, not {name}")
     if name == "ffcv":
         from loaders.ffcv_loader import FFCVLoader
-        loader = FFCVLoader(beton, res_at(0) if res_at else res, recipe, batch_size, device, aug, rank, world,
-                            seed, workers, ffcv_order, os_cache, batches_ahead, res_at=res_at)
+        loader = FFCVLoader(recipe, opts, device, aug, rank, world)
         if loader.n != len(source) and rank == 0:
-            print(f"note: {beton} holds {loader.n} images, the source {len(source)} (images skipped at prepare "
-                  "time, or another subset)", flush=True)
+            print(f"note: {opts.beton} holds {loader.n} images, the source {len(source)} (images skipped at "
+                  "prepare time, or another subset)", flush=True)
         return loader
     if name == "torch":
         from loaders.torch_loader import TorchLoader
-        return TorchLoader(source, res, recipe, batch_size, device, aug, rank, world, seed, workers)
+        return TorchLoader(source, recipe, opts, device, aug, rank, world)
+    if name == "device":
+        from loaders.device import DeviceLoader
+        return DeviceLoader(source, recipe, opts, device, aug, rank, world)
     if name == "synthetic":
         from loaders.synthetic import SyntheticLoader
-        return SyntheticLoader(len(source), res, len(recipe), batch_size, device, aug, rank, world, seed,
-                               source.num_classes)
+        return SyntheticLoader(len(source), len(recipe), opts, device, aug, rank, world, source.num_classes)
     if name == "dali":
-        from loaders.dali import DALILoader, check_options
-        check_options(augment=kw.get("dali_augment", "pipeline"))
-        return DALILoader(source, res, recipe, batch_size, device, rank, world, seed, workers, channels_last, mix,
-                          skip_files=kw.get("skip_files"), roi=kw.get("dali_roi", False),
-                          hw_load=kw.get("dali_hw_load"), branchless=kw.get("dali_branchless", False),
-                          pipes=kw.get("dali_pipes", 1), concurrent=kw.get("dali_concurrent", False),
-                          augment=aug if kw.get("dali_augment", "pipeline") == "device" else None)
+        from loaders.dali import DALILoader
+        return DALILoader(source, recipe, opts, device, rank, world,
+                          augment=aug if opts.dali_augment == "device" else None)
     raise UsageError(f"--loader {name}: unknown (choose from {', '.join(LOADERS)})")
 
 

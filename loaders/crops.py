@@ -1,34 +1,83 @@
-"""Random-resized-crop parameters, drawn from a per-(seed, epoch, sample) generator so that every
-back end, worker count and resume point gives the same crops for the same sample and epoch."""
+"""Random-resized-crop boxes, one stream for every back end (torch, ffcv, device): a counter-based hash of
+(seed, epoch, sample, view), so every back end, worker count, thread and resume point gives the same crop
+for the same sample and epoch, and a test can recompute it.
+
+crop_box draws with torchvision RandomResizedCrop.get_params' rules (10 tries of area and log-aspect, then
+a centred crop); it is numba-compiled so FFCV's compiled decoder calls it, and crop_boxes fills a whole
+epoch's boxes at once for the device loader.
+"""
 from __future__ import annotations
 
-import math
-
 import numpy as np
+from numba import njit
 
-RATIO = (3 / 4, 4 / 3)
-
-
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, index])
+LOG_RATIO = (float(np.log(3 / 4)), float(np.log(4 / 3)))
 
 
-def rrc_params(rng: np.random.Generator, H: int, W: int, scale, ratio=RATIO):
-    """(top, left, h, w) exactly as torchvision's RandomResizedCrop.get_params draws them."""
-    area = H * W
-    lr = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*lr))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= W and 0 < h <= H:
-            return int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)), h, w
-    in_ratio = W / H
-    if in_ratio < min(ratio):
-        w, h = W, int(round(W / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = H, int(round(H * max(ratio)))
+@njit(cache=True)
+def _mix(x):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True)
+def _u01(key, draw):
+    """Uniform [0, 1) from a 64-bit key and a draw number (splitmix64)."""
+    h = _mix(key + np.uint64(draw) * np.uint64(0x9E3779B97F4A7C15))
+    return np.float64(h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True)
+def crop_key(seed, epoch, index, view):
+    h = _mix(np.uint64(seed) + np.uint64(0x632BE59BD9B4E019))
+    h = _mix(h ^ np.uint64(epoch))
+    h = _mix(h ^ np.uint64(index))
+    return _mix(h ^ np.uint64(view + 1))
+
+
+@njit(cache=True)
+def crop_box(seed, epoch, index, view, height, width, smin, smax, lr0, lr1):
+    """(top, left, h, w) with torchvision RandomResizedCrop's rules (10 tries, then a centred crop)."""
+    key = crop_key(seed, epoch, index, view)
+    area = height * width
+    for t in range(10):
+        target = area * (smin + (smax - smin) * _u01(key, 4 * t))
+        aspect = np.exp(lr0 + (lr1 - lr0) * _u01(key, 4 * t + 1))
+        w = int(np.round(np.sqrt(target * aspect)))
+        h = int(np.round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(_u01(key, 4 * t + 2) * (height - h + 1))
+            j = int(_u01(key, 4 * t + 3) * (width - w + 1))
+            return i, j, h, w
+    in_ratio = width / height
+    if in_ratio < np.exp(lr0):
+        w = width
+        h = int(np.round(w / np.exp(lr0)))
+    elif in_ratio > np.exp(lr1):
+        h = height
+        w = int(np.round(h * np.exp(lr1)))
     else:
-        w, h = W, H
-    return (H - h) // 2, (W - w) // 2, h, w
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@njit(cache=True)
+def _fill(out, seed, epoch, indices, view, height, width, smin, smax, lr0, lr1):
+    for k in range(len(indices)):
+        out[k, 0], out[k, 1], out[k, 2], out[k, 3] = crop_box(seed, epoch, indices[k], view, height, width,
+                                                              smin, smax, lr0, lr1)
+
+
+def crop_boxes(seed: int, epoch: int, indices, view: int, height: int, width: int, scale) -> np.ndarray:
+    """int32 [len(indices), 4] of (top, left, h, w): crop_box for every sample of `indices` (same-sized images)."""
+    idx = np.ascontiguousarray(indices, dtype=np.int64)
+    out = np.empty((len(idx), 4), np.int32)
+    _fill(out, seed, epoch, idx, view, height, width, float(scale[0]), float(scale[1]), *LOG_RATIO)
+    return out
+
+
+def view_box(seed: int, epoch: int, index: int, view: int, height: int, width: int, scale):
+    """One sample's box (Python ints): what the torch loader's workers cut."""
+    t, l, h, w = crop_box(seed, epoch, index, view, height, width, float(scale[0]), float(scale[1]), *LOG_RATIO)
+    return int(t), int(l), int(h), int(w)

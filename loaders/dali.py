@@ -36,10 +36,10 @@ import math
 import numpy as np
 import torch
 
-from engine.errors import UsageError
+from engine.errors import DataError, UsageError
 from loaders.augment import GRAY, blur_size
 from loaders.batch import Batch, RawBatch
-from loaders.datasets import DataError, FolderSource, Subset
+from loaders.datasets import FolderSource, Subset
 from loaders.order import epoch_permutation, num_steps, rank_batches
 
 RATIO = [3 / 4, 4 / 3]
@@ -164,18 +164,20 @@ def check_options(hw_load=None, pipes=1, augment="pipeline", batch_size=None):
 
 
 class DALILoader:
-    def __init__(self, source, res, recipe, batch_size, device, rank=0, world=1, seed=0, workers=4,
-                 channels_last=False, mix=None, drop_last=True, skip_files=None, prefetch=2, roi=False,
-                 hw_load=None, branchless=False, pipes=1, concurrent=False, augment=None):
+    def __init__(self, source, recipe, opts, device, rank=0, world=1, augment=None, prefetch=2):
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
             raise UsageError("--loader dali: nvidia-dali is not installed (pip install nvidia-dali-cuda130)")
+        res, batch_size, seed, workers, mix = opts.res, opts.batch_size, opts.seed, opts.workers, opts.mix
+        channels_last, drop_last, skip_files = opts.channels_last, opts.drop_last, opts.skip_files
+        roi, hw_load, branchless = opts.dali_roi, opts.dali_hw_load, opts.dali_branchless
+        pipes, concurrent = opts.dali_pipes, opts.dali_concurrent
         self.source, self.res, self.recipe, self.batch = source, res, tuple(recipe), batch_size
         self.device, self.rank, self.world, self.seed = torch.device(device), rank, world, seed
         self.workers, self.channels_last, self.mix, self.prefetch = max(1, workers), channels_last, mix, prefetch
         self.drop_last, self.roi, self.hw_load, self.branchless = drop_last, roi, hw_load, branchless
-        check_options(hw_load, pipes, batch_size=batch_size)
+        check_options(hw_load, pipes, opts.dali_augment, batch_size)
         self.pipes, self.concurrent = pipes, concurrent
         # augment (a loaders.augment.DeviceAugment): DALI decodes and crops, the shared device stage does the
         # rest (flip, colour, blur, solarize, normalize, BSIM mixtures) as for the torch and ffcv back ends

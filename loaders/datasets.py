@@ -13,15 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.errors import UsageError
+from engine.errors import DataError, UsageError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
-
-
-class DataError(RuntimeError):
-    """A file that cannot be read (corrupt image, truncated file): the message names it."""
 
 
 @dataclass

@@ -6,8 +6,8 @@ Stock FFCV gives one output per pipeline: two views of one field mean two decode
 ffcv 1.0.2 has no custom_field_mapper. MultiCropDecoder is an FFCV Operation whose output is
 uint8 [V, res, res, 3] per sample: one decode into a scratch buffer, then V crop+resizes (FFCV's resize).
 
-Crops are drawn from a counter-based hash of (seed, epoch, sample, view): the same crops for a sample and
-epoch whatever the worker count or thread, so a resumed run and a test can recompute them (crop_box).
+Crops come from loaders/crops.py's hash of (seed, epoch, sample, view), the stream every back end shares:
+the same crops for a sample and epoch whatever the worker count or thread (crop_box).
 The epoch reaches the compiled code through a one-element array read by address (no recompilation).
 
 Order: one process -> FFCV's RANDOM, or QUASI_RANDOM with --no-os-cache (the case it is made for: it
@@ -33,64 +33,11 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engine.errors import UsageError
+from engine.errors import DataError, UsageError
 from loaders.augment import DeviceAugment
 from loaders.batch import RawBatch
-from loaders.datasets import DataError
+from loaders.crops import LOG_RATIO, crop_box
 from loaders.order import epoch_permutation, num_steps, rank_batches
-
-LOG_RATIO = (float(np.log(3 / 4)), float(np.log(4 / 3)))
-
-
-# ---- deterministic crop parameters (numba; callable from Python too)
-
-@njit(cache=True)
-def _mix(x):
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-@njit(cache=True)
-def _u01(key, draw):
-    """Uniform [0, 1) from a 64-bit key and a draw number (splitmix64)."""
-    h = _mix(key + np.uint64(draw) * np.uint64(0x9E3779B97F4A7C15))
-    return np.float64(h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-
-
-@njit(cache=True)
-def crop_key(seed, epoch, index, view):
-    h = _mix(np.uint64(seed) + np.uint64(0x632BE59BD9B4E019))
-    h = _mix(h ^ np.uint64(epoch))
-    h = _mix(h ^ np.uint64(index))
-    return _mix(h ^ np.uint64(view + 1))
-
-
-@njit(cache=True)
-def crop_box(seed, epoch, index, view, height, width, smin, smax, lr0, lr1):
-    """(top, left, h, w) with torchvision RandomResizedCrop's rules (10 tries, then a centred crop)."""
-    key = crop_key(seed, epoch, index, view)
-    area = height * width
-    for t in range(10):
-        target = area * (smin + (smax - smin) * _u01(key, 4 * t))
-        aspect = np.exp(lr0 + (lr1 - lr0) * _u01(key, 4 * t + 1))
-        w = int(np.round(np.sqrt(target * aspect)))
-        h = int(np.round(np.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            i = int(_u01(key, 4 * t + 2) * (height - h + 1))
-            j = int(_u01(key, 4 * t + 3) * (width - w + 1))
-            return i, j, h, w
-    in_ratio = width / height
-    if in_ratio < np.exp(lr0):
-        w = width
-        h = int(np.round(w / np.exp(lr0)))
-    elif in_ratio > np.exp(lr1):
-        h = height
-        w = int(np.round(h * np.exp(lr1)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
 
 @intrinsic
 def _int64_ptr(typingctx, addr):
@@ -262,11 +209,13 @@ def check_beton(path: str):
 
 
 class FFCVLoader:
-    def __init__(self, path, res, recipe, batch_size, device, augment: DeviceAugment, rank=0, world=1, seed=0,
-                 workers=4, order="auto", os_cache=True, batches_ahead=3, drop_last=True, res_at=None):
+    def __init__(self, recipe, opts, device, augment: DeviceAugment, rank=0, world=1):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import Squeeze, ToDevice, ToTensor
+        path, batch_size, seed, drop_last = opts.beton, opts.batch_size, opts.seed, opts.drop_last
+        order, res_at, os_cache = opts.ffcv_order, opts.res_at, opts.os_cache
+        res = res_at(0) if res_at else opts.res
         reader = check_beton(path)
         self.n = int(reader.num_samples)
         self.device, self.augment, self.res_at = torch.device(device), augment, res_at
@@ -291,10 +240,10 @@ class FFCVLoader:
                      "label": [IntDecoder(), ToTensor(), Squeeze(1), *dev],
                      "index": [IntDecoder(), ToTensor(), Squeeze(1), *dev]}
         import numba
-        workers = min(max(1, workers), numba.config.NUMBA_NUM_THREADS)  # numba refuses more threads than cores
+        workers = min(max(1, opts.workers), numba.config.NUMBA_NUM_THREADS)  # numba refuses more threads than cores
         self.loader = Loader(path, batch_size=batch_size, num_workers=workers, os_cache=os_cache,
                              order=ffcv_order, distributed=False, seed=seed, drop_last=drop_last,
-                             pipelines=pipelines, batches_ahead=batches_ahead)
+                             pipelines=pipelines, batches_ahead=opts.batches_ahead)
         self.steps = num_steps(self.n, batch_size, world, drop_last) if self.rank_order else len(self.loader)
         self.epoch = 0
 

@@ -9,9 +9,9 @@ from loaders.batch import RawBatch
 
 
 class SyntheticLoader:
-    def __init__(self, n, res, views, batch_size, device, augment: DeviceAugment, rank=0, world=1, seed=0,
-                 num_classes=10, pool=4):
-        g = torch.Generator(device="cpu").manual_seed(seed + rank)
+    def __init__(self, n, views, opts, device, augment: DeviceAugment, rank=0, world=1, num_classes=10, pool=4):
+        res, batch_size = opts.res, opts.batch_size
+        g = torch.Generator(device="cpu").manual_seed(opts.seed + rank)
         self.steps = max(1, n // (batch_size * world))
         self.augment = augment
         self.pool = [(torch.randint(0, 256, (views, batch_size, 3, res, res), dtype=torch.uint8, generator=g),

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from loaders.augment import DeviceAugment
 from loaders.batch import RawBatch
-from loaders.crops import rrc_params, sample_rng
+from loaders.crops import view_box
 from loaders.order import epoch_permutation, num_steps, rank_batches
 
 
@@ -25,11 +25,10 @@ class MultiCrop(Dataset):
     def __getitem__(self, item):
         i, epoch = item
         img, label = self.source.load(int(i))
-        rng = sample_rng(self.seed, epoch, int(i))
         H, W = img.shape[-2:]
         crops = []
-        for scale in self.scales:
-            t, l, h, w = rrc_params(rng, H, W, scale)
+        for v, scale in enumerate(self.scales):
+            t, l, h, w = view_box(self.seed, epoch, int(i), v, H, W, scale)
             crops.append(TF.resized_crop(img, t, l, h, w, [self.res, self.res], antialias=True))
         return torch.stack(crops), int(i), label
 
@@ -54,15 +53,15 @@ class EpochBatches:
 
 
 class TorchLoader:
-    def __init__(self, source, res, recipe, batch_size, device, augment: DeviceAugment, rank=0, world=1,
-                 seed=0, workers=4, drop_last=True):
+    def __init__(self, source, recipe, opts, device, augment: DeviceAugment, rank=0, world=1):
         self.source, self.device, self.augment = source, torch.device(device), augment
-        self.sampler = EpochBatches(len(source), batch_size, rank, world, seed, drop_last)
+        seed, workers = opts.seed, opts.workers
+        self.sampler = EpochBatches(len(source), opts.batch_size, rank, world, seed, opts.drop_last)
         pin = self.device.type == "cuda"
         # Its own generator: creating an iterator must not draw from the global RNG, which the device
         # augmentation uses (a resumed run creates its iterator at another point of that stream).
         gen = torch.Generator().manual_seed(seed)
-        self.loader = DataLoader(MultiCrop(source, res, [a.crop_scale for a in recipe], seed),
+        self.loader = DataLoader(MultiCrop(source, opts.res, [a.crop_scale for a in recipe], seed),
                                  batch_sampler=self.sampler, num_workers=workers, pin_memory=pin,
                                  persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                                  generator=gen)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from engine import dist
-from eval.features import extract_sharded
+from engine.embed import extract_sharded
 
 
 @torch.no_grad()

@@ -20,12 +20,10 @@ def attach(loader, plan):
     name = type(loader).__name__
     if name == "TorchLoader":
         loader.sampler.plan = plan
-    elif name == "FFCVLoader":
-        loader.plan = plan
-    elif name == "DALILoader":
+    elif name in ("FFCVLoader", "DALILoader", "DeviceLoader"):
         loader.plan = plan
     else:
-        raise UsageError(f"--sepp needs a loader that takes a sample order (torch, ffcv or dali), not {name}")
+        raise UsageError(f"--sepp needs a loader that takes a sample order (torch, device, ffcv or dali), not {name}")
 
 
 class TrainBank:

@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from eval.bench import timed  # noqa: E402
+from loaders import LoaderOptions  # noqa: E402
 from loaders.augment import RECIPES, DeviceAugment, ViewAug  # noqa: E402
 from loaders.dali import DALILoader  # noqa: E402
 from loaders.datasets import open_source  # noqa: E402
@@ -139,8 +140,11 @@ def main(argv=None):
             else:
                 aug = (DeviceAugment(RECIPES["simclr"], src.mean, src.std, compile=device.type == "cuda")
                        if stage == "device" else None)
-                ld = DALILoader(src, a.res, CROPS if stage == "crops" else RECIPES["simclr"], batch, device,
-                                seed=0, augment=aug, **kw)
+                opts = LoaderOptions("dali", a.res, batch, workers=kw["workers"], dali_hw_load=kw["hw_load"],
+                                     dali_branchless=kw["branchless"], dali_pipes=kw["pipes"],
+                                     dali_concurrent=kw["concurrent"], dali_augment="device" if aug else "pipeline")
+                ld = DALILoader(src, CROPS if stage == "crops" else RECIPES["simclr"], opts, device, augment=aug,
+                                prefetch=kw["prefetch"])
                 rate = timed(ld, a.steps, a.warmup, device)[0]
                 del ld
         except Exception as e:  # one setting the GPU or DALI refuses does not stop the sweep

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from loaders import build_loader  # noqa: E402
+from loaders import LoaderOptions, build_loader  # noqa: E402
 from loaders.augment import RECIPES  # noqa: E402
 from loaders.datasets import open_source  # noqa: E402
 
@@ -30,8 +30,8 @@ rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1
 if world > 1:
     dist.init_process_group("gloo")
 src = open_source(a.dataset, a.data, True, a.subset, 0)
-loader = build_loader(a.loader, src, RECIPES["simclr"], a.res, a.batch, "cpu", rank, world, seed=0, workers=1,
-                      beton=a.beton)
+loader = build_loader(LoaderOptions(a.loader, a.res, a.batch, seed=0, workers=1, beton=a.beton),
+                      src, RECIPES["simclr"], "cpu", rank, world)
 for ep in range(a.epochs):
     loader.set_epoch(ep)
     seen, steps = [], 0

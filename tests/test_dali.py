@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 
 from engine.errors import UsageError
-from loaders import build_loader
+from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES, DeviceAugment, ViewAug
 from loaders.batch import RawBatch
-from loaders.datasets import DataError, ArraySource, IMAGENET_MEAN, IMAGENET_STD, open_source
+from engine.errors import DataError
+from loaders.datasets import ArraySource, IMAGENET_MEAN, IMAGENET_STD, open_source
 from tests.helpers import TINY, make_image_folder, run, smooth_image
 
 MEAN, STD = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
@@ -62,7 +63,8 @@ def test_views_are_regions_of_the_source(coded_folder, device, roi, listed, aug,
     else:
         src = open_source("imagefolder", coded_folder, True)
     recipe = (ViewAug(crop_scale=(0.2, 1.0), flip=0, jitter=0, gray=0, blur=0),) * 2
-    loader = build_loader("dali", src, recipe, 32, 4, device, workers=2, seed=1, dali_roi=roi, dali_augment=aug)
+    loader = build_loader(LoaderOptions("dali", 32, 4, workers=2, seed=1, dali_roi=roi, dali_augment=aug),
+                          src, recipe, device)
     loader.set_epoch(0)
     areas, n = [], 0
     for b in loader:
@@ -103,7 +105,8 @@ def test_augmentation_statistics_match_the_torch_path(device, branchless):
     images = np.broadcast_to(colours[:, None, None, :], (n, res, res, 3)).copy()
     src = ArraySource(images, np.zeros(n, np.int64), 1, IMAGENET_MEAN, IMAGENET_STD, "flat")
     recipe = (ViewAug(crop_scale=(1.0, 1.0), blur=0),) * 2
-    loader = build_loader("dali", src, recipe, res, 256, device, workers=2, seed=0, dali_branchless=branchless)
+    loader = build_loader(LoaderOptions("dali", res, 256, workers=2, seed=0, dali_branchless=branchless),
+                          src, recipe, device)
     dali_views, idx = [], []
     for b in loader:
         dali_views.append(unnormalize(b.views[0]).mean((1, 2)))
@@ -164,7 +167,8 @@ def test_solarize_inverts_the_bright_channels_of_a_fraction(device, branchless):
     images = np.broadcast_to(colours[:, None, None, :], (n, res, res, 3)).copy()
     src = ArraySource(images, np.zeros(n, np.int64), 1, IMAGENET_MEAN, IMAGENET_STD, "flat")
     recipe = (ViewAug(crop_scale=(1.0, 1.0), flip=0, jitter=0, gray=0, blur=0, solarize=0.5),) * 2
-    loader = build_loader("dali", src, recipe, res, 128, device, workers=2, seed=0, dali_branchless=branchless)
+    loader = build_loader(LoaderOptions("dali", res, 128, workers=2, seed=0, dali_branchless=branchless),
+                          src, recipe, device)
     hits = []
     for b in loader:
         out = unnormalize(b.views[1]).reshape(len(b.index), -1, 3)
@@ -190,7 +194,8 @@ def test_blur_leaves_the_skipped_samples_unchanged(device, branchless):
     src = ArraySource(images, np.zeros(n, np.int64), 1, IMAGENET_MEAN, IMAGENET_STD, "flat")
     one = ViewAug(crop_scale=(1.0, 1.0), flip=0, jitter=0, gray=0, blur=0.5, sigma=(1.0, 2.0))
     recipe = (one, replace(one, blur=1.0))
-    loader = build_loader("dali", src, recipe, res, 128, device, workers=2, seed=0, dali_branchless=branchless)
+    loader = build_loader(LoaderOptions("dali", res, 128, workers=2, seed=0, dali_branchless=branchless),
+                          src, recipe, device)
     same = [[], []]
     for b in loader:
         x = images[b.index.cpu().numpy()].astype(float)
@@ -210,8 +215,8 @@ def test_several_pipelines_cover_every_file_once(device, tmp_path):
     epoch holds every file once and the next epoch is another order."""
     make_image_folder(str(tmp_path / "img"), per_class=20, bad=False)
     src = open_source("imagefolder", str(tmp_path / "img"), True)
-    loader = build_loader("dali", src, RECIPES["simclr"], 16, 8, device, workers=2, dali_pipes=2,
-                          dali_concurrent=True)
+    loader = build_loader(LoaderOptions("dali", 16, 8, workers=2, dali_pipes=2, dali_concurrent=True),
+                          src, RECIPES["simclr"], device)
     assert len(loader) == 5
     orders = []
     for epoch in range(2):
@@ -225,7 +230,7 @@ def test_several_pipelines_cover_every_file_once(device, tmp_path):
         orders.append(seen)
     assert orders[0] != orders[1]
     with pytest.raises(UsageError, match="must divide"):
-        build_loader("dali", src, RECIPES["simclr"], 16, 8, device, dali_pipes=3)
+        build_loader(LoaderOptions("dali", 16, 8, dali_pipes=3), src, RECIPES["simclr"], device)
 
 
 @pytest.mark.slow
@@ -246,16 +251,17 @@ def test_two_ranks_cover_every_file_once_per_epoch(tmp_path):
 def test_corrupt_file_is_named_and_can_be_skipped(tmp_path):
     _, bad = make_image_folder(str(tmp_path / "img"), per_class=8)
     src = open_source("imagefolder", str(tmp_path / "img"), True)
-    loader = build_loader("dali", src, RECIPES["simclr"], 16, 4, "cpu", workers=1)
+    loader = build_loader(LoaderOptions("dali", 16, 4, workers=1), src, RECIPES["simclr"], "cpu")
     with pytest.raises(DataError, match="zz_(corrupt|truncated).jpg"):
         for _ in loader:
             pass
     report = tmp_path / "bad.txt"
     report.write_text("# 2 bad\n" + "".join(f"{p}\tOSError\n" for p in bad))
-    loader = build_loader("dali", src, RECIPES["simclr"], 16, 4, "cpu", workers=1, skip_files=str(report))
+    loader = build_loader(LoaderOptions("dali", 16, 4, workers=1, skip_files=str(report)),
+                          src, RECIPES["simclr"], "cpu")
     assert sum(len(b.index) for b in loader) == 16 and len(loader) == 4
     with pytest.raises(UsageError, match="--skip-files"):
-        build_loader("dali", src, RECIPES["simclr"], 16, 4, "cpu", skip_files=str(tmp_path / "nope.txt"))
+        build_loader(LoaderOptions("dali", 16, 4, skip_files=str(tmp_path / "nope.txt")), src, RECIPES["simclr"], "cpu")
 
 
 @pytest.mark.slow
@@ -279,7 +285,7 @@ def test_sample_plan_over_files_keeps_pairs_in_one_batch(tmp_path):
     rng = np.random.default_rng(0)
     nb = np.stack([rng.permutation(32)[:3] for _ in range(32)])
     nb[nb == np.arange(32)[:, None]] = -1
-    loader = build_loader("dali", src, RECIPES["simclr"], 16, 8, "cpu", workers=1)
+    loader = build_loader(LoaderOptions("dali", 16, 8, workers=1), src, RECIPES["simclr"], "cpu")
     plan = PairPlan(nb, seed=0)
     loader.plan = plan
     for epoch in range(2):

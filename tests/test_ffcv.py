@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from loaders.augment import RECIPES
-from loaders.ffcv_loader import LOG_RATIO, FFCVLoader, crop_box
+from loaders import LoaderOptions
+from loaders.crops import LOG_RATIO, crop_box
+from loaders.ffcv_loader import FFCVLoader
 from loaders.prepare import read_rgb
 from tests.helpers import ROOT, TINY, make_image_folder, read_csv, run
 
@@ -57,7 +59,8 @@ def test_views_are_regions_of_the_pil_decoded_source(folder_beton, device):
     quality 95); the two views of a sample differ; the index/label fields are right."""
     out, good, _, _ = folder_beton
     labels = [0 if "class0" in p else 1 for p in good]
-    loader = FFCVLoader(out, 32, RECIPES["simclr"], 4, device, lambda raw: raw, workers=2, seed=3)
+    loader = FFCVLoader(RECIPES["simclr"], LoaderOptions("ffcv", 32, 4, beton=out, workers=2, seed=3), device,
+                        lambda raw: raw)
     loader.set_epoch(1)
     seen = 0
     for b in loader:
@@ -79,11 +82,12 @@ def test_views_are_regions_of_the_pil_decoded_source(folder_beton, device):
 
 
 def test_crops_follow_torchvision_rules_and_change_with_epoch():
-    """Same distribution as torchvision's RandomResizedCrop.get_params (loaders/crops.py reproduces it)."""
-    from loaders.crops import rrc_params
+    """Same distribution as torchvision's RandomResizedCrop.get_params (the reference it reproduces)."""
+    from torchvision.transforms import RandomResizedCrop
     boxes = [crop_box(0, e, 7, 0, 300, 400, 0.08, 1.0, *LOG_RATIO) for e in range(3000)]
-    rng = np.random.default_rng(0)
-    ref = [rrc_params(rng, 300, 400, (0.08, 1.0)) for _ in range(3000)]
+    torch.manual_seed(0)
+    img = torch.zeros(1, 300, 400)
+    ref = [tuple(RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3))) for _ in range(3000)]
     for bx in (boxes, ref):
         assert all(t >= 0 and l >= 0 and t + h <= 300 and l + w <= 400 for t, l, h, w in bx)
     area, area_ref = (np.array([h * w for _, _, h, w in bx]) / 120000 for bx in (boxes, ref))
@@ -91,7 +95,6 @@ def test_crops_follow_torchvision_rules_and_change_with_epoch():
     assert len(set(boxes)) > 2900 and area.min() >= 0.08 - 1e-3
     assert abs(area.mean() - area_ref.mean()) < 0.02 and abs(area.std() - area_ref.std()) < 0.02
     assert abs(aspect.mean() - aspect_ref.mean()) < 0.02
-    assert all(t >= 0 and l >= 0 and t + h <= 300 and l + w <= 400 for t, l, h, w in boxes)
     assert crop_box(0, 3, 7, 1, 300, 400, 0.08, 1.0, *LOG_RATIO) == crop_box(0, 3, 7, 1, 300, 400, 0.08, 1.0, *LOG_RATIO)
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from loaders import build_loader
+from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES
-from loaders.crops import rrc_params, sample_rng
+from loaders.crops import view_box
 from loaders.datasets import open_source
 from loaders.order import epoch_permutation, rank_batches
 from loaders.torch_loader import MultiCrop
@@ -28,15 +28,14 @@ def test_fashion_mnist_reads_debian_idx_files():
 
 
 def test_views_are_crops_of_source_pil_reference(fashion):
-    """Each view equals PIL's crop + bilinear resize of the region the sample's generator drew."""
+    """Each view equals PIL's crop + bilinear resize of the region the (seed, epoch, sample, view) stream drew."""
     ds = MultiCrop(fashion, 24, [(0.2, 1.0), (0.2, 1.0)], seed=3)
     for i in range(20):
         views, idx, label = ds[(i, 5)]
         src, y = fashion.load(i)
         assert idx == i and label == y
-        rng = sample_rng(3, 5, i)
-        for v in views:
-            t, l, h, w = rrc_params(rng, 28, 28, (0.2, 1.0))
+        for k, v in enumerate(views):
+            t, l, h, w = view_box(3, 5, i, k, 28, 28, (0.2, 1.0))
             ref = Image.fromarray(src[0].numpy()).resize((24, 24), Image.BILINEAR, box=(l, t, l + w, t + h))
             ref = torch.from_numpy(np.array(ref)).float()
             corr = np.corrcoef(v[0].float().flatten(), ref.flatten())[0, 1]
@@ -44,10 +43,13 @@ def test_views_are_crops_of_source_pil_reference(fashion):
         assert not torch.equal(views[0], views[1])
 
 
-def test_crops_depend_on_epoch_not_on_worker():
-    a = [rrc_params(sample_rng(0, 1, 7), 100, 80, (0.08, 1)) for _ in range(2)]
-    b = rrc_params(sample_rng(0, 2, 7), 100, 80, (0.08, 1))
-    assert a[0] == a[1] and a[0] != b
+def test_crops_depend_on_epoch_and_view_not_on_worker():
+    from loaders.crops import crop_boxes
+    a = [view_box(0, 1, 7, 0, 100, 80, (0.08, 1)) for _ in range(2)]
+    b, c = view_box(0, 2, 7, 0, 100, 80, (0.08, 1)), view_box(0, 1, 7, 1, 100, 80, (0.08, 1))
+    assert a[0] == a[1] and a[0] != b and a[0] != c
+    whole = crop_boxes(0, 1, np.arange(20), 0, 100, 80, (0.08, 1))   # the device loader's epoch table
+    assert [tuple(r) for r in whole] == [view_box(0, 1, i, 0, 100, 80, (0.08, 1)) for i in range(20)]
 
 
 @pytest.mark.parametrize("n,batch,world,drop", [(100, 8, 2, True), (100, 8, 2, False), (37, 5, 3, False)])
@@ -62,13 +64,13 @@ def test_epoch_order_splits_ranks_disjointly(n, batch, world, drop):
         assert len(seen) == (n // (batch * world)) * batch * world
 
 
-@pytest.mark.parametrize("name", ["torch", "synthetic"])
+@pytest.mark.parametrize("name", ["torch", "device", "synthetic"])
 def test_loader_yields_the_batch_contract(fashion, name):
-    ld = build_loader(name, fashion, RECIPES["simclr"], 28, 32, "cpu", workers=0)
+    ld = build_loader(LoaderOptions(name, 28, 32, workers=0), fashion, RECIPES["simclr"], "cpu")
     ld.set_epoch(0)
     b = next(iter(ld))
     assert b.views.shape == (2, 32, 3, 28, 28) and b.views.dtype == torch.float32
     assert b.index.dtype == torch.int64 and b.label.dtype == torch.int64
-    if name == "torch":
+    if name in ("torch", "device"):
         assert torch.equal(b.label, torch.as_tensor(fashion.labels[b.index.numpy()]))
         assert len(ld) == 300 // 32

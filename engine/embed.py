@@ -1,0 +1,67 @@
+"""Features of a whole image source, sharded over ranks: what the SePP bank (mining/), the kNN monitor and
+the evaluations (eval/) all need, so it sits below both. Each rank embeds a contiguous 1/world share and
+the shares are all-gathered, so every rank holds every row.
+
+In-memory sets at their native size (Fashion-MNIST at 28 px, CIFAR-10 at 32) are read straight from
+their array, a batch at a time, with no worker processes; other sources go through a DataLoader that
+resizes each whole image (loaders.plain_loader).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from engine import dist
+
+
+def feature_dim(encoder, res: int) -> int:
+    was = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        d = encoder(torch.zeros(1, 3, res, res, device=next(encoder.parameters()).device)).shape[1]
+    encoder.train(was)
+    return int(d)
+
+
+def _array_batches(source, res, idx, batch):
+    """uint8 [b, C, H, W] and labels from an in-memory source at its native size, or None if it is not one."""
+    base = source.src if hasattr(source, "keep") else source
+    images = getattr(base, "images", None)
+    if images is None or images.shape[1] != res or images.shape[2] != res:
+        return None
+    keep = source.keep if hasattr(source, "keep") else None
+    labels = np.asarray(source.labels)
+
+    def gen():
+        for s in range(0, len(idx), batch):
+            rows = idx[s:s + batch]
+            a = images[rows if keep is None else keep[rows]]
+            a = a[:, None] if a.ndim == 3 else a.transpose(0, 3, 1, 2)
+            yield torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(labels[rows])
+    return gen()
+
+
+@torch.no_grad()
+def extract_sharded(encoder, source, res, normalize, device, indices=None, batch=256, workers=2,
+                    progress=False, desc="features", l2=True):
+    """Features [N, D] float32 and labels [N] of source[indices] (all by default), row i = indices[i].
+    l2=False keeps the raw pooled features (the linear probe's input)."""
+    from loaders import plain_loader
+    idx = np.arange(len(source)) if indices is None else np.asarray(indices)
+    n, rank, world = len(idx), dist.rank(), dist.world()
+    mine = idx[dist.share(n, rank, world)]
+    batches = _array_batches(source, res, mine, batch) or plain_loader(source, res, batch, workers, indices=mine)
+    was = encoder.training
+    encoder.eval()
+    feats, labels = [], []
+    for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False, total=-(-len(mine) // batch)):
+        f = encoder(normalize(x.to(device, non_blocking=True))).float()
+        feats.append(F.normalize(f, dim=1) if l2 else f)
+        labels.append(y.to(device))
+    encoder.train(was)
+    d = feature_dim(encoder, res) if not feats else feats[0].shape[1]
+    f = torch.cat(feats) if feats else torch.zeros(0, d, device=device)
+    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+    return dist.gather_shares(f, n, 0.0), dist.gather_shares(y, n, -1)

@@ -1,0 +1,122 @@
+"""--loader device: the dataset resident on the device, crops resampled in one batched op. Its crops are the
+torch loader's, its epochs cover every index once over ranks, it trains with BSIM and SePP, a killed run
+resumes to the same weights, and a set too large for the device is refused with one line."""
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from loaders import LoaderOptions
+from loaders.augment import RECIPES
+from loaders.datasets import open_source
+from loaders.device import DeviceLoader, resample_weights
+from loaders.torch_loader import TorchLoader
+from tests.conftest import FASHION
+from tests.helpers import ROOT, TINY, read_csv, run
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return open_source("fashion-mnist", FASHION, True, subset=300, seed=0)
+
+
+@pytest.mark.parametrize("res", [28, 20])   # 28: crops grow to the size; 20: many are shrunk (antialiased)
+def test_device_crops_equal_the_torch_loaders(fashion, res):
+    """Same seed and epoch: the same batches in the same order, the same boxes, pixels within uint8 rounding."""
+    opts = LoaderOptions("device", res, 32, seed=3, workers=0)
+    dev = DeviceLoader(fashion, RECIPES["simclr"], opts, "cpu", lambda raw: raw)
+    ref = TorchLoader(fashion, RECIPES["simclr"], opts, "cpu", lambda raw: raw)
+    for ld in (dev, ref):
+        ld.set_epoch(4)
+    assert len(dev) == len(ref) == 300 // 32
+    n = 0
+    for a, b in zip(dev, ref):
+        assert torch.equal(a.index, b.index) and torch.equal(a.label, b.label)
+        assert a.views.shape == b.views.shape == (2, 32, 1, res, res) and a.views.dtype == torch.uint8
+        diff = (a.views.int() - b.views.int()).abs()
+        assert diff.max() <= 1 and diff.float().mean() < 0.3, (diff.max(), diff.float().mean())
+        assert (a.views[0].float() - a.views[1].float()).abs().mean() > 5   # the two views differ
+        n += 1
+    assert n == len(dev)
+
+
+def test_resample_weights_are_torch_antialiased_bilinear():
+    """One axis, float: the weight rows reproduce F.interpolate(bilinear, antialias) of the crop window."""
+    x = torch.rand(1, 1, 1, 50, dtype=torch.float64)
+    for start, length, out in [(0, 50, 50), (7, 13, 40), (3, 41, 16), (20, 30, 7)]:
+        w = resample_weights(torch.tensor([start]), torch.tensor([length]), 50, out)[0].double()
+        got = x[0, 0, 0] @ w.T
+        ref = torch.nn.functional.interpolate(x[..., start:start + length], size=(1, out), mode="bilinear",
+                                              antialias=True, align_corners=False)[0, 0, 0]
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+
+
+def test_device_loader_yields_the_batch_contract_and_refuses_what_it_cannot_hold(fashion, tmp_path):
+    from loaders import build_loader
+    ld = build_loader(LoaderOptions("device", 28, 32), fashion, RECIPES["byol"], "cpu")
+    b = next(iter(ld))
+    assert b.views.shape == (2, 32, 3, 28, 28) and b.views.dtype == torch.float32
+    assert torch.equal(b.label, torch.as_tensor(fashion.labels[b.index.numpy()]))
+    from engine.errors import UsageError
+    with pytest.raises(UsageError, match="more than 0% of the .* --loader ffcv or dali"):
+        build_loader(LoaderOptions("device", 28, 32, device_max_fraction=1e-9), fashion, RECIPES["simclr"], "cpu")
+
+
+@pytest.mark.slow
+def test_two_ranks_cover_every_index_once_per_epoch(tmp_path):
+    r = run(["tests/dump_indices.py", "--loader", "device", "--subset", "512", "--out", str(tmp_path)],
+            torchrun=2, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for ep in range(2):
+        a, b = (np.load(tmp_path / f"r{k}_e{ep}.npy") for k in range(2))
+        assert len(a) == len(b) == 256 and not set(a) & set(b)
+        assert sorted(np.concatenate([a, b]).tolist()) == list(range(512))
+    assert not np.array_equal(np.load(tmp_path / "r0_e0.npy"), np.load(tmp_path / "r0_e1.npy"))
+
+
+@pytest.mark.slow
+def test_device_loader_trains_with_bsim_and_sepp(tmp_path):
+    r = run(["train.py", *TINY, "--loader", "device", "--method", "moco", "--subset", "512", "--epochs", "2",
+             "--batch-size", "64", "--lr", "0.1", "--bsim", "--sepp", "--sepp-warmup", "1", "--sepp-k", "3",
+             "--out", str(tmp_path)], timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_csv(tmp_path / "train.csv")
+    assert all(math.isfinite(float(x["loss_mix"])) for x in rows)
+    info = read_csv(tmp_path / "sepp.csv")[0]
+    assert float(info["paired"]) > 0.5 and float(info["label_agreement"]) > 0.2, info   # chance: 0.1
+    r = run(["train.py", *TINY, "--loader", "device", "--dataset", "imagefolder", "--data", str(tmp_path),
+             "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "no images found" in r.stderr and "Traceback" not in r.stderr
+
+
+def _args(out):
+    return ["train.py", "--loader", "device", "--method", "byol", "--subset", "768", "--epochs", "3",
+            "--batch-size", "64", "--lr", "0.3", "--out", str(out)] + TINY
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_weights(tmp_path):
+    ref = run(_args(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable] + _args(out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    ck = out / "last.pt"
+    deadline = time.time() + 300
+    while not ck.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    saved = torch.load(ck, weights_only=False)
+    assert 1 <= saved["epoch"] < 3, "the kill should land mid-run"
+    r = run(_args(out) + ["--resume", "auto"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
+    b = torch.load(ck, weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
