@@ -63,7 +63,7 @@ def main(argv=None):
     seed_everything(args.seed, 0, rank)
 
     # ---- data
-    train_src = open_source(args.dataset, args.data, True, args.subset, args.seed)
+    train_src = open_source(args.dataset, args.data, True, args.subset, args.seed, args.val_split)
     recipe = RECIPES[args.recipe or METHODS[args.method].recipe]
     per_rank = args.batch_size // world
     loader = build_loader(LoaderOptions.from_args(args, per_rank), train_src, recipe, device, rank, world)
@@ -110,7 +110,7 @@ def main(argv=None):
             m.compile()
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     log = RunLog(args.out, main_rank)
-    test_src = open_source(args.dataset, args.data, False) if args.knn_every >= 0 else None
+    test_src = open_source(args.dataset, args.data, False, val_split=args.val_split) if args.knn_every >= 0 else None
     norm = (getattr(loader, "augment", None) or  # None: DALI normalizes in its pipeline
             DeviceAugment(recipe, train_src.mean, train_src.std, args.channels_last)).plain
     acc0 = None   # the kNN monitor runs on every rank: feature extraction is sharded

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data", default=None, help="dataset root (fashion-mnist: /usr/share/datasets/fashion-mnist)")
     a("--subset", type=int, default=0, help="train on a fixed random subset of N images (0: all; with ffcv: "
       "the subset the .beton was written with, prepare --subset N --seed S)")
+    a("--val-split", type=int, default=0, help="hold out N training samples (the same for every --seed) as the "
+      "validation split: training uses the rest, the kNN monitor and the evaluations score on them instead of "
+      "the test split (tune on this, never on the test split)")
     a("--beton", default=None, help="--loader ffcv: the .beton written by python -m loaders.prepare")
     a("--ffcv-order", default="auto", help="auto (one process: random, quasi_random with --no-os-cache; "
       "torchrun: ours) | "
@@ -181,6 +184,9 @@ def resolve(args):
             raise UsageError("--sepp with --loader dali runs one pipeline per GPU: drop --dali-pipes")
     from loaders.dali import check_options
     check_options(args.dali_hw_load, args.dali_pipes, args.dali_augment)
+    if args.val_split < 0 or (args.val_split and args.loader == "ffcv"):
+        raise UsageError(f"--val-split {args.val_split}: must be >= 0, and the ffcv loader reads a .beton of the "
+                         "whole training set: use --loader torch, device or dali")
     if args.epochs < 1 or args.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
     return args

@@ -28,11 +28,14 @@ def load_run(checkpoint: str, random_init: bool = False):
 
 
 def eval_sources(cfg: dict, dataset: str | None = None, data: str | None = None):
-    """(train source, test source, uint8 -> normalized float) of the run's dataset, or of --dataset/--data."""
+    """(train source, test source, uint8 -> normalized float) of the run's dataset, or of --dataset/--data.
+    A run trained with --val-split is scored on its validation split (the rest of the training set trains
+    the kNN / probe), never on the test split."""
     from loaders.augment import DeviceAugment
     from loaders.datasets import open_source
     dataset, data = dataset or cfg["dataset"], data or cfg["data"]
-    train, test = open_source(dataset, data, True), open_source(dataset, data, False)
+    split = cfg.get("val_split", 0) if dataset == cfg["dataset"] else 0   # a run tuned on a validation split
+    train, test = open_source(dataset, data, True, val_split=split), open_source(dataset, data, False, val_split=split)
     return train, test, DeviceAugment([], train.mean, train.std).plain
 
 

@@ -166,8 +166,11 @@ DATASETS = {"fashion-mnist": fashion_mnist, "imagefolder": folder, "filelist": f
 DEFAULT_DATA = {"fashion-mnist": FASHION_DIR}
 
 
-def open_source(dataset: str, root: str | None, train: bool = True, subset: int = 0, seed: int = 0):
-    """The dataset named by --dataset at --data; a fixed random subset of `subset` samples if > 0."""
+def open_source(dataset: str, root: str | None, train: bool = True, subset: int = 0, seed: int = 0,
+                val_split: int = 0):
+    """The dataset named by --dataset at --data; a fixed random subset of `subset` samples if > 0.
+    val_split > 0 carves a validation split of that many samples out of the training set (the same for
+    every --seed): train=True gives the rest, train=False the validation split instead of the test split."""
     if dataset not in DATASETS:
         raise UsageError(f"--dataset {dataset}: unknown (choose from {', '.join(DATASETS)})")
     root = root or DEFAULT_DATA.get(dataset)
@@ -178,18 +181,28 @@ def open_source(dataset: str, root: str | None, train: bool = True, subset: int 
             raise UsageError(f"--data {root}: no such file (a list of 'path label' lines)")
     elif not os.path.isdir(root):
         raise UsageError(f"--data {root}: no such directory")
-    src = DATASETS[dataset](root, train)
+    src = DATASETS[dataset](root, train or val_split > 0)
+    if val_split > 0:
+        if val_split >= len(src):
+            raise UsageError(f"--val-split {val_split}: the training set has only {len(src)} samples")
+        held = np.zeros(len(src), bool)
+        held[np.random.default_rng([len(src), 17]).permutation(len(src))[:val_split]] = True
+        src = Subset(src, np.flatnonzero(~held if train else held))
     if len(src) == 0:
         raise UsageError(f"--data {root}: the {dataset} {'train' if train else 'test'} split is empty")
-    return Subset(src, subset, seed) if 0 < subset < len(src) else src
+    if 0 < subset < len(src):
+        src = Subset(src, np.sort(np.random.default_rng(seed).permutation(len(src))[:subset]))
+    return src
 
 
 class Subset:
-    """A fixed, seeded random subset (indices are renumbered 0..n-1: they are the training set)."""
+    """Fixed rows of a source (a seeded random subset, or a split), renumbered 0..n-1: they are the training
+    set. A subset of a subset keeps pointing at the underlying source (keep indexes it directly)."""
 
-    def __init__(self, src, n: int, seed: int):
-        self.src = src
-        self.keep = np.sort(np.random.default_rng(seed).permutation(len(src))[:n])
+    def __init__(self, src, keep: np.ndarray):
+        if isinstance(src, Subset):
+            src, keep = src.src, src.keep[keep]
+        self.src, self.keep = src, np.asarray(keep, dtype=np.int64)
         self.labels = np.asarray(src.labels)[self.keep]
         self.num_classes, self.mean, self.std, self.name = src.num_classes, src.mean, src.std, src.name
 

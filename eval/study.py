@@ -1,0 +1,301 @@
+"""A comparison study: methods x variants x seeds, each run trained and then evaluated (weighted kNN at
+k = 20 and 200, linear probe), summarised as mean +- std per (method, variant), the difference to that
+method's baseline with Welch's t-test and a plain verdict, the per-run rows, and a bar chart.
+
+    python -m eval.study --config configs/fashion_study.yaml --methods simclr,moco \
+        --variants base,bsim,sepp,bsim+sepp --seeds 0,1,2 --out runs/study --parallel 3
+
+Variants: base (the method alone), bsim (+ --bsim), sepp (+ semantic positives mined once, before training,
+with the encoder of the base run of the same method and seed: a pre-trained encoder, as the SePP paper
+mines; its training time is the pre-training cost the table reports), bsim+sepp (both). The base run is
+always part of the grid. A run whose two evaluations are written is skipped, so a study continues where it
+stopped, in a later session or on another machine (copy the output folder). Runs of a study trained with
+--val-split (in the config or --extra) are scored on that validation split, never on the test split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from engine.config import parser_error_one_line
+from engine.errors import UsageError, cli_main
+from eval.stats import mean_std, verdict, welch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = ("base", "bsim", "sepp", "bsim+sepp")
+METRICS = (("knn20", "kNN k=20"), ("knn200", "kNN k=200"), ("linear", "linear top-1"))
+
+
+@dataclass
+class Run:
+    method: str
+    variant: str
+    seed: int
+    folder: str
+    base: "Run | None" = None          # the run whose encoder mines this run's semantic positives
+    result: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.variant}-s{self.seed}"
+
+
+def plan(a) -> list[Run]:
+    """Every run of the grid, base runs first (a sepp run waits for its base run's checkpoint)."""
+    runs = {}
+    for v in ("base",) + tuple(x for x in a.variants if x != "base"):
+        for m in a.methods:
+            for s in a.seeds:
+                r = Run(m, v, s, os.path.join(a.out, "runs", f"{m}-{v}-s{s}"))
+                r.base = runs.get((m, "base", s)) if "sepp" in v else None
+                runs[(m, v, s)] = r
+    return list(runs.values())
+
+
+def train_cmd(a, r: Run) -> list[str]:
+    cmd = [sys.executable, os.path.join(ROOT, "train.py")] + (["--config", a.config] if a.config else [])
+    cmd += ["--method", r.method, "--seed", str(r.seed), "--out", r.folder, "--resume", "auto", "--no-progress",
+            "--knn-every", "-1"]
+    if "bsim" in r.variant:
+        cmd += ["--bsim"]
+    if "sepp" in r.variant:   # mined once at the start with the base run's encoder, never refreshed
+        cmd += ["--sepp", "--sepp-encoder", os.path.join(r.base.folder, "last.pt"), "--sepp-warmup", "0",
+                "--sepp-every", str(10 ** 6)]
+    return cmd + shlex.split(a.extra)
+
+
+def eval_cmds(a, r: Run) -> list[list[str]]:
+    ck = os.path.join(r.folder, "last.pt")
+    n = ["--n-test", str(a.eval_test)] if a.eval_test else []
+    return [[sys.executable, "-m", "eval.knn", "--checkpoint", ck, "--k", "20,200", "--no-progress",
+             "--json", os.path.join(r.folder, "eval_knn.json")] + n
+            + (["--n-train", str(a.eval_train)] if a.eval_train else []),
+            [sys.executable, "-m", "eval.linear", "--checkpoint", ck, "--epochs", str(a.linear_epochs),
+             "--no-progress", "--json", os.path.join(r.folder, "eval_linear.json")] + n
+            + (["--n-train", str(a.eval_train)] if a.eval_train else [])]
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def done(r: Run) -> bool:
+    return all(os.path.isfile(os.path.join(r.folder, f)) for f in ("eval_knn.json", "eval_linear.json"))
+
+
+def execute(a, r: Run, env: dict) -> dict:
+    """Train (resuming whatever is there) and evaluate one run; its output goes to RUN/study.log."""
+    if done(r):
+        return {"skipped": True, **(_read(os.path.join(r.folder, "study_run.json")) or {})}
+    if r.base is not None and not os.path.isfile(os.path.join(r.base.folder, "last.pt")):
+        return {"error": f"its base run {r.base.name} has no checkpoint"}
+    os.makedirs(r.folder, exist_ok=True)
+    times = {}
+    with open(os.path.join(r.folder, "study.log"), "a") as log:
+        for what, cmd in [("train_s", train_cmd(a, r))] + [(f"eval{k}_s", c) for k, c in enumerate(eval_cmds(a, r))]:
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            t = time.perf_counter()
+            p = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+            times[what] = time.perf_counter() - t
+            if p.returncode:
+                return {"error": f"{what[:-2]} exited {p.returncode} (see {os.path.join(r.folder, 'study.log')})"}
+    out = {"train_s": times["train_s"], "eval_s": times["eval0_s"] + times["eval1_s"]}
+    with open(os.path.join(r.folder, "study_run.json"), "w") as f:
+        json.dump(out, f)
+    return out
+
+
+def run_all(a, runs: list[Run]):
+    """Up to --parallel runs at a time (one GPU or the CPU shared); a sepp run waits for its base run."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if a.parallel > 1:   # the CPU's threads shared between the runs side by side
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // a.parallel))
+    futures = {}
+
+    def job(r: Run):
+        if r.base is not None:
+            futures[r.base.name].result()
+        t = time.perf_counter()
+        res = execute(a, r, env)
+        state = "skipped (evaluated before)" if res.get("skipped") else res.get("error") or "done"
+        print(f"[study] {r.name}: {state} ({time.perf_counter() - t:.0f} s)", flush=True)
+        return res
+
+    with ThreadPoolExecutor(max_workers=a.parallel) as pool:
+        for r in runs:   # base runs are submitted first, so a waiting sepp run never holds up its base run
+            futures[r.name] = pool.submit(job, r)
+        for r in runs:
+            r.result = futures[r.name].result()
+
+
+def scores(r: Run) -> dict:
+    knn, lin = _read(os.path.join(r.folder, "eval_knn.json")), _read(os.path.join(r.folder, "eval_linear.json"))
+    if not knn or not lin:
+        return {}
+    return {"knn20": knn["trained"]["k20"], "knn200": knn["trained"]["k200"], "linear": lin["trained"]["top1"],
+            "n_test": lin["trained"]["n"]}
+
+
+def summarise(a, runs: list[Run]) -> dict:
+    rows = [{"method": r.method, "variant": r.variant, "seed": r.seed, "folder": r.folder, **scores(r),
+             "train_s": r.result.get("train_s"), "eval_s": r.result.get("eval_s"), "error": r.result.get("error")}
+            for r in runs]
+    groups, tests = [], []
+    for m in a.methods:
+        base = [x for x in rows if x["method"] == m and x["variant"] == "base" and "linear" in x]
+        for v in ("base",) + tuple(x for x in a.variants if x != "base"):
+            got = [x for x in rows if x["method"] == m and x["variant"] == v and "linear" in x]
+            if not got:
+                continue
+            g = {"method": m, "variant": v, "seeds": len(got)}
+            for key, _ in METRICS:
+                g[key] = mean_std([x[key] for x in got])
+                if v != "base" and base:
+                    t = welch([x[key] for x in base], [x[key] for x in got])
+                    tests.append({"method": m, "variant": v, "metric": key, **t, "verdict": verdict(t)})
+            train = [x["train_s"] for x in got if x["train_s"] is not None]
+            g["train_s"] = sum(train) / len(train) if train else None
+            groups.append(g)
+    return {"rows": rows, "groups": groups, "tests": tests}
+
+
+def markdown(a, s: dict, split: str, sha: str) -> str:
+    fmt = lambda ms: f"{ms[0]:.2f} ± {ms[1]:.2f}"   # noqa: E731
+    lines = [f"Command: `{a.command}`  ", f"Git SHA: `{sha}`; scored on the {split} split; "
+             f"{time.strftime('%Y-%m-%d')}.", "",
+             "| method | variant | seeds | " + " | ".join(n for _, n in METRICS) + " | train s/run |",
+             "|---|---|---|" + "---|" * len(METRICS) + "---|"]
+    for g in s["groups"]:
+        tr = f"{g['train_s']:.0f}" if g["train_s"] is not None else "-"
+        lines.append(f"| {g['method']} | {g['variant']} | {g['seeds']} | "
+                     + " | ".join(fmt(g[k]) for k, _ in METRICS) + f" | {tr} |")
+    base_s = {g["method"]: g["train_s"] for g in s["groups"] if g["variant"] == "base"}
+    if any("sepp" in v for v in a.variants):
+        lines += ["", "SePP's positives are mined once, before training, with the base run's encoder of the same "
+                  "method and seed: that pre-training is extra compute of "
+                  + ", ".join(f"{m} {t:.0f} s" for m, t in base_s.items() if t) + " per seed (one base run), "
+                  "shared by sepp and bsim+sepp."]
+    lines += ["", "Differences to the method's base (variant - base), Welch's t-test over seeds:", "",
+              "| method | variant | metric | difference | p | verdict |", "|---|---|---|---|---|---|"]
+    names = dict(METRICS)
+    for t in s["tests"]:
+        lines.append(f"| {t['method']} | {t['variant']} | {names[t['metric']]} | {t['diff']:+.2f} | "
+                     f"{t['p']:.3f} | {t['verdict']} |")
+    lines += ["", "Runs:", "", "| run | " + " | ".join(n for _, n in METRICS) + " | train s | eval s |",
+              "|---|" + "---|" * (len(METRICS) + 2)]
+    for x in s["rows"]:
+        val = " | ".join(f"{x[k]:.2f}" if k in x else "-" for k, _ in METRICS)
+        num = lambda v: f"{v:.0f}" if v is not None else "-"   # noqa: E731
+        err = f" ({x['error']})" if x["error"] else ""
+        lines.append(f"| {x['method']}-{x['variant']}-s{x['seed']}{err} | {val} | {num(x['train_s'])} | "
+                     f"{num(x['eval_s'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(s: dict, path: str, title: str):
+    """One panel per metric: a group of bars per method (one per variant), mean with std error bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    methods = list(dict.fromkeys(g["method"] for g in s["groups"]))
+    variants = list(dict.fromkeys(g["variant"] for g in s["groups"]))
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4), squeeze=False)
+    width = 0.8 / max(1, len(variants))
+    for ax, (key, label) in zip(axes[0], METRICS):
+        for k, v in enumerate(variants):
+            got = {g["method"]: g[key] for g in s["groups"] if g["variant"] == v}
+            x = np.arange(len(methods)) + (k - (len(variants) - 1) / 2) * width
+            ax.bar(x, [got.get(m, (np.nan, 0))[0] for m in methods], width,
+                   yerr=[got.get(m, (np.nan, 0))[1] for m in methods], capsize=3, label=v)
+        lo = min((g[key][0] - g[key][1] for g in s["groups"]), default=0)
+        ax.set_ylim(max(0, lo - 5), None)
+        ax.set_xticks(np.arange(len(methods)), methods)
+        ax.set_title(label, fontsize=9)
+        ax.set_ylabel("top-1 %")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def csv_list(s: str, flag: str, kind=str, choices=None) -> list:
+    try:
+        out = [kind(x.strip()) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} {s}: expected a comma-separated list of {kind.__name__}")
+    bad = [x for x in out if choices is not None and x not in choices]
+    if not out or bad:
+        raise UsageError(f"{flag} {s}: {'unknown ' + ', '.join(map(str, bad)) if bad else 'empty'}"
+                         + (f" (choose from {', '.join(choices)})" if choices else ""))
+    return out
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser_error_one_line(p)
+    p.add_argument("--config", default=None, help="train.py's YAML preset for every run")
+    p.add_argument("--methods", default="simclr,moco")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--extra", default="", help="more train.py flags for every run, one string (they win)")
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--parallel", type=int, default=1, help="runs side by side (on one GPU, or the CPU)")
+    p.add_argument("--linear-epochs", type=int, default=100)
+    p.add_argument("--eval-train", type=int, default=0, help="training images for kNN/probe (0: all)")
+    p.add_argument("--eval-test", type=int, default=0, help="images scored (0: the whole split)")
+    return p
+
+
+@cli_main
+def main(argv=None):
+    from engine.ckpt import git_sha
+    from models.methods import METHODS
+    a = build_parser().parse_args(argv)
+    a.command = shlex.join(["python", "-m", "eval.study"] + (sys.argv[1:] if argv is None else list(argv)))
+    a.methods = csv_list(a.methods, "--methods", choices=tuple(METHODS))
+    a.variants = csv_list(a.variants, "--variants", choices=VARIANTS)
+    a.seeds = csv_list(a.seeds, "--seeds", int)
+    if a.config and not os.path.isfile(a.config):
+        raise UsageError(f"--config {a.config}: no such file")
+    if a.parallel < 1:
+        raise UsageError(f"--parallel {a.parallel}: must be >= 1")
+    a.config = os.path.abspath(a.config) if a.config else None
+    a.out = os.path.abspath(a.out)
+    os.makedirs(a.out, exist_ok=True)
+    runs = plan(a)
+    print(f"[study] {len(runs)} runs in {a.out} ({a.parallel} at a time)", flush=True)
+    run_all(a, runs)
+    s = summarise(a, runs)
+    cfg = (_read(os.path.join(runs[0].folder, "config.json")) or {})
+    split = "validation" if cfg.get("val_split") else "test"
+    sha = git_sha()
+    with open(os.path.join(a.out, "study.md"), "w") as f:
+        f.write(markdown(a, s, split, sha))
+    with open(os.path.join(a.out, "study.json"), "w") as f:
+        json.dump({"command": a.command, "git_sha": sha, "split": split} | s, f, indent=1)
+    if s["groups"]:
+        chart(s, os.path.join(a.out, "study.png"), f"{', '.join(a.methods)}; {split} split; mean ± std over seeds")
+    print(open(os.path.join(a.out, "study.md")).read(), flush=True)
+    failed = [r.name for r in runs if r.result.get("error")]
+    if failed:
+        raise UsageError(f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed)}): see their study.log; "
+                         "run the same command again to retry them")
+    return s
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""eval.study: Welch's t-test against hand-computed values, and a tiny grid that trains, evaluates, writes the
+table and the chart, and skips its finished runs when called again."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from eval.stats import mean_std, t_two_sided_p, verdict, welch
+from tests.helpers import TINY, run
+
+
+def test_welch_t_test_matches_hand_computed_values():
+    a, b = [1, 2, 3, 4], [3, 4, 5, 6, 7]
+    # by hand: means 2.5 and 5, variances 5/3 and 5/2; se^2 = 5/12 + 1/2 = 11/12; t = 2.5 / sqrt(11/12)
+    # df = (11/12)^2 / ((5/12)^2 / 3 + (1/2)^2 / 4) = 6.98077; p = 2 * integral of the t density beyond t
+    t = welch(a, b)
+    assert t["diff"] == 2.5
+    assert math.isclose(t["t"], 2.5 / math.sqrt(11 / 12), rel_tol=1e-12)
+    assert math.isclose(t["df"], (11 / 12) ** 2 / ((5 / 12) ** 2 / 3 + 0.25 / 4), rel_tol=1e-12)
+    df = t["df"]
+    x = np.linspace(t["t"], 400.0, 2_000_001)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    p_ref = 2 * np.trapezoid(c * (1 + x ** 2 / df) ** (-(df + 1) / 2), x)
+    assert abs(t["p"] - p_ref) < 1e-8 and abs(t["p"] - 0.03494) < 1e-4
+    assert verdict(t) == "better" and verdict(welch(b, a)) == "worse"
+    # tables of Student's t: two-sided 5% critical values; df = 1 is Cauchy: p = 1 - 2 atan(t) / pi
+    assert abs(t_two_sided_p(2.776445, 4) - 0.05) < 1e-6 and abs(t_two_sided_p(2.228139, 10) - 0.05) < 1e-6
+    assert abs(t_two_sided_p(3.0, 1) - (1 - 2 * math.atan(3.0) / math.pi)) < 1e-12
+    assert verdict(welch([70.1, 70.5, 69.9], [70.3, 70.0, 70.6])) == "within the seed spread"
+    assert verdict(welch([1.0], [2.0])) == "too few seeds to tell"
+    assert mean_std([1, 2, 3]) == (2.0, 1.0)
+
+
+@pytest.mark.slow
+def test_study_on_a_tiny_grid_writes_table_chart_and_skips_finished_runs(tmp_path):
+    out = tmp_path / "study"
+    extra = " ".join(TINY + ["--subset", "256", "--epochs", "1", "--batch-size", "64", "--sepp-threshold", "0"])
+    args = ["-m", "eval.study", "--methods", "simclr", "--variants", "base,sepp", "--seeds", "0,1",
+            "--out", str(out), "--parallel", "2", "--linear-epochs", "2", "--eval-train", "400",
+            "--eval-test", "200", "--extra", extra]
+    r = run(args, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.count(": done (") == 4
+    s = json.loads((out / "study.json").read_text())
+    rows = {(x["method"], x["variant"], x["seed"]): x for x in s["rows"]}
+    assert len(rows) == 4 and not any(x["error"] for x in rows.values())
+    for x in rows.values():   # the table's numbers are the evaluations' own
+        knn = json.loads((out / "runs" / f"simclr-{x['variant']}-s{x['seed']}" / "eval_knn.json").read_text())
+        assert x["knn200"] == knn["trained"]["k200"] and x["n_test"] == 200
+    sepp = [g for g in s["groups"] if g["variant"] == "sepp"][0]
+    lin = [rows[("simclr", "sepp", k)]["linear"] for k in (0, 1)]
+    assert sepp["linear"] == pytest.approx(list(mean_std(lin)))
+    test = [t for t in s["tests"] if t["metric"] == "linear"][0]
+    base = [rows[("simclr", "base", k)]["linear"] for k in (0, 1)]
+    assert test["p"] == pytest.approx(welch(base, lin)["p"], nan_ok=True)
+    log = (out / "runs" / "simclr-sepp-s0" / "study.log").read_text()   # mined with the base run's encoder
+    assert "--sepp-encoder " + str(out / "runs" / "simclr-base-s0" / "last.pt") in log and "SePP refresh" in log
+    md = (out / "study.md").read_text()
+    assert "| simclr | sepp | 2 |" in md and "Welch" in md and "git" in md.lower() and "test split" in md
+    assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = run(args, timeout=300)   # a second call skips the finished runs
+    assert again.returncode == 0 and again.stdout.count("skipped (evaluated before)") == 4, again.stdout[-2000:]
+    assert json.loads((out / "study.json").read_text())["rows"] == s["rows"]
+
+
+def test_study_flag_errors(tmp_path):
+    r = run(["-m", "eval.study", "--variants", "base,nope", "--out", str(tmp_path)])
+    assert r.returncode == 2 and "--variants base,nope: unknown nope" in r.stderr and "Traceback" not in r.stderr
+    r = run(["-m", "eval.study", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path)])
+    assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
