@@ -10,7 +10,7 @@ import os
 from engine.errors import UsageError
 
 
-def _json(path):
+def read_json(path):
     try:
         with open(path) as f:
             return json.load(f)
@@ -37,14 +37,14 @@ def read_run(path: str) -> dict:
     d = os.path.dirname(path) if path.endswith(".pt") else path
     if not os.path.isdir(d):
         raise UsageError(f"{path}: no such run folder")
-    config = _json(os.path.join(d, "config.json"))
+    config = read_json(os.path.join(d, "config.json"))
     train = _csv(os.path.join(d, "train.csv"))
     if config is None and not train:
         raise UsageError(f"{path}: neither config.json nor train.csv; is it a train.py --out folder?")
-    evals = {os.path.basename(p)[5:-5]: _json(p) for p in sorted(glob.glob(os.path.join(d, "eval_*.json")))}
+    evals = {os.path.basename(p)[5:-5]: read_json(p) for p in sorted(glob.glob(os.path.join(d, "eval_*.json")))}
     return {"name": os.path.basename(os.path.normpath(d)), "dir": d, "config": config or {}, "train": train,
             "epoch": _csv(os.path.join(d, "epoch.csv")), "knn": _csv(os.path.join(d, "knn.csv")),
-            "summary": _json(os.path.join(d, "summary.json")) or {},
+            "summary": read_json(os.path.join(d, "summary.json")) or {},
             "evals": {k: v for k, v in evals.items() if v is not None}}
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from engine.config import parser_error_one_line
 from engine.errors import UsageError, cli_main
+from eval.runs import read_json
 from eval.stats import mean_std, verdict, welch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,14 +83,6 @@ def eval_cmds(a, r: Run) -> list[list[str]]:
             + (["--n-train", str(a.eval_train)] if a.eval_train else [])]
 
 
-def _read(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def done(r: Run) -> bool:
     return all(os.path.isfile(os.path.join(r.folder, f)) for f in ("eval_knn.json", "eval_linear.json"))
 
@@ -97,7 +90,7 @@ def done(r: Run) -> bool:
 def execute(a, r: Run, env: dict) -> dict:
     """Train (resuming whatever is there) and evaluate one run; its output goes to RUN/study.log."""
     if done(r):
-        return {"skipped": True, **(_read(os.path.join(r.folder, "study_run.json")) or {})}
+        return {"skipped": True, **(read_json(os.path.join(r.folder, "study_run.json")) or {})}
     if r.base is not None and not os.path.isfile(os.path.join(r.base.folder, "last.pt")):
         return {"error": f"its base run {r.base.name} has no checkpoint"}
     os.makedirs(r.folder, exist_ok=True)
@@ -141,7 +134,7 @@ def run_all(a, runs: list[Run]):
 
 
 def scores(r: Run) -> dict:
-    knn, lin = _read(os.path.join(r.folder, "eval_knn.json")), _read(os.path.join(r.folder, "eval_linear.json"))
+    knn, lin = read_json(os.path.join(r.folder, "eval_knn.json")), read_json(os.path.join(r.folder, "eval_linear.json"))
     if not knn or not lin:
         return {}
     return {"knn20": knn["trained"]["k20"], "knn200": knn["trained"]["k200"], "linear": lin["trained"]["top1"],
@@ -280,7 +273,7 @@ def main(argv=None):
     print(f"[study] {len(runs)} runs in {a.out} ({a.parallel} at a time)", flush=True)
     run_all(a, runs)
     s = summarise(a, runs)
-    cfg = (_read(os.path.join(runs[0].folder, "config.json")) or {})
+    cfg = (read_json(os.path.join(runs[0].folder, "config.json")) or {})
     split = "validation" if cfg.get("val_split") else "test"
     sha = git_sha()
     with open(os.path.join(a.out, "study.md"), "w") as f:

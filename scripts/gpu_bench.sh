@@ -5,6 +5,9 @@
 # SWEEP=1: first time the DALI pipeline's stages and settings (scripts/sweep_dali.py); BENCH_ARGS: more flags
 # for eval.bench (e.g. "--dali-branchless --dali-hw-load 0.9"); BEST=1: add the flags of the sweep's fastest
 # row (kept in /tmp while the machine is warm, so a later call can follow the sweep); CFGS="" skips the benchmarks.
+# SMALL=1: the small-data part (--loader device vs torch vs synthetic, ResNet-18 on Fashion-MNIST at 28 px, and
+# a short training run for the seconds per epoch); Fashion-MNIST's idx files travel in $FM (default .fm:
+# mkdir .fm && cp /usr/share/datasets/fashion-mnist/* .fm && echo /.fm/ >> .git/info/exclude; carry .fm).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 N=${N:-10000}
@@ -18,6 +21,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 if [ "${TESTS:-1}" = 1 ]; then
   timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tail -25 > "$OUT/gpu_tests.txt"
   tail -3 "$OUT/gpu_tests.txt"
+fi
+if [ "${SMALL:-0}" = 1 ]; then
+  FM=${FM:-.fm}
+  timeout ${SMALL_TIMEOUT:-280} python3 -m eval.bench --loader device,torch,synthetic --dataset fashion-mnist --data "$FM" \
+    --arch resnet18 --res 28 --batch-size 256 --workers 16 --steps "${STEPS:-50}" --warmup 10 --compile-augment \
+    ${BENCH_ARGS:-} --json "$OUT/bench_fashion_device.json" > "$OUT/bench_fashion_device.txt" 2>&1
+  tail -9 "$OUT/bench_fashion_device.txt"
+  # seconds per 60k-image epoch in training (study preset, compiled augmentation): 60000 / the img/s printed
+  timeout 200 python3 train.py --config configs/fashion_study.yaml --data "$FM" --epochs "${SMALL_EPOCHS:-3}" \
+    --out /tmp/fm_epochs --no-progress 2>&1 | grep -E "^(epoch|done)" | tee "$OUT/fashion_epochs.txt"
+  [ "${CFGS-x}" = "" ] && [ "${SWEEP:-0}" = 0 ] && exit 0   # the small-data part alone: no JPEGs needed
 fi
 [ -d /tmp/inet ] || python3 scripts/make_jpegs.py /tmp/inet --n "$N" --classes 100 | tee "$OUT/jpegs.txt"
 [ -f /tmp/inet.beton ] || python3 -m loaders.prepare --dataset imagefolder --data /tmp/inet --out /tmp/inet.beton \

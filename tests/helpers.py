@@ -64,3 +64,48 @@ def make_image_folder(root, per_class=6, classes=2, seed=0, bad=True):
             f.write(data[:len(data) // 2])
         broken = [corrupt, trunc]
     return sorted(good, key=lambda p: (os.path.dirname(p), p)), broken
+
+
+def kill_and_resume_equals_uninterrupted(args, tmp_path):
+    """Run `args` (train.py ... without --out) to the end; run it again, SIGKILL it once its first checkpoint
+    is written, resume with --resume auto: the final weights must equal the uninterrupted run's."""
+    import signal
+    import time
+
+    import torch
+    ref = run(args + ["--out", str(tmp_path / "ref")])
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable] + args + ["--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    ck = out / "last.pt"
+    deadline = time.time() + 300
+    while not ck.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    saved = torch.load(ck, weights_only=False)   # the checkpoint survives the kill intact
+    epochs = int(args[args.index("--epochs") + 1])
+    assert 1 <= saved["epoch"] < epochs, "the kill should land mid-run"
+    r = run(args + ["--out", str(out), "--resume", "auto"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resumed from {ck} at epoch {saved['epoch']}" in r.stdout
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
+    b = torch.load(ck, weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def ranks_cover_every_index(loader_args, tmp_path, n=512):
+    """tests/dump_indices.py under 2 gloo ranks: each epoch, the ranks see disjoint halves that cover 0..n-1
+    exactly once, and the order changes between epochs."""
+    import numpy as np
+    r = run(["tests/dump_indices.py", *loader_args, "--subset", str(n), "--out", str(tmp_path)], torchrun=2,
+            timeout=300)   # a hang fails by timeout
+    assert r.returncode == 0, r.stderr[-2000:]
+    for ep in range(2):
+        a, b = (np.load(tmp_path / f"r{k}_e{ep}.npy") for k in range(2))
+        assert len(a) == len(b) == n // 2 and not set(a) & set(b)
+        assert sorted(np.concatenate([a, b]).tolist()) == list(range(n))
+    assert not np.array_equal(np.load(tmp_path / "r0_e0.npy"), np.load(tmp_path / "r0_e1.npy"))

@@ -2,12 +2,7 @@
 torch loader's, its epochs cover every index once over ranks, it trains with BSIM and SePP, a killed run
 resumes to the same weights, and a set too large for the device is refused with one line."""
 import math
-import signal
-import subprocess
-import sys
-import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,7 +12,8 @@ from loaders.datasets import open_source
 from loaders.device import DeviceLoader, resample_weights
 from loaders.torch_loader import TorchLoader
 from tests.conftest import FASHION
-from tests.helpers import ROOT, TINY, read_csv, run
+from tests.helpers import (TINY, kill_and_resume_equals_uninterrupted, make_image_folder, ranks_cover_every_index,
+                           read_csv, run)
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +65,7 @@ def test_device_loader_yields_the_batch_contract_and_refuses_what_it_cannot_hold
 
 @pytest.mark.slow
 def test_two_ranks_cover_every_index_once_per_epoch(tmp_path):
-    r = run(["tests/dump_indices.py", "--loader", "device", "--subset", "512", "--out", str(tmp_path)],
-            torchrun=2, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    for ep in range(2):
-        a, b = (np.load(tmp_path / f"r{k}_e{ep}.npy") for k in range(2))
-        assert len(a) == len(b) == 256 and not set(a) & set(b)
-        assert sorted(np.concatenate([a, b]).tolist()) == list(range(512))
-    assert not np.array_equal(np.load(tmp_path / "r0_e0.npy"), np.load(tmp_path / "r0_e1.npy"))
+    ranks_cover_every_index(["--loader", "device"], tmp_path)
 
 
 @pytest.mark.slow
@@ -89,34 +78,21 @@ def test_device_loader_trains_with_bsim_and_sepp(tmp_path):
     assert all(math.isfinite(float(x["loss_mix"])) for x in rows)
     info = read_csv(tmp_path / "sepp.csv")[0]
     assert float(info["paired"]) > 0.5 and float(info["label_agreement"]) > 0.2, info   # chance: 0.1
-    r = run(["train.py", *TINY, "--loader", "device", "--dataset", "imagefolder", "--data", str(tmp_path),
-             "--out", str(tmp_path / "x")])
-    assert r.returncode == 2 and "no images found" in r.stderr and "Traceback" not in r.stderr
 
 
-def _args(out):
-    return ["train.py", "--loader", "device", "--method", "byol", "--subset", "768", "--epochs", "3",
-            "--batch-size", "64", "--lr", "0.3", "--out", str(out)] + TINY
+
+@pytest.mark.slow
+def test_device_loader_refusals_are_one_line(tmp_path):
+    make_image_folder(tmp_path / "imgs", per_class=2, bad=False)
+    for args, expect in [(["--dataset", "imagefolder", "--data", str(tmp_path / "imgs")], "is read from files"),
+                         (["--device-max-fraction", "1e-9"], "GiB of available host memory")]:
+        r = run(["train.py", *TINY, "--loader", "device", "--subset", "64", "--batch-size", "32", "--epochs", "1",
+                 "--out", str(tmp_path / "x")] + args)
+        lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1 and expect in lines[0], r.stderr
 
 
 @pytest.mark.slow
 def test_kill_and_resume_gives_the_same_weights(tmp_path):
-    ref = run(_args(tmp_path / "ref"))
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    out = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable] + _args(out), cwd=ROOT, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    ck = out / "last.pt"
-    deadline = time.time() + 300
-    while not ck.exists() and time.time() < deadline and p.poll() is None:
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    saved = torch.load(ck, weights_only=False)
-    assert 1 <= saved["epoch"] < 3, "the kill should land mid-run"
-    r = run(_args(out) + ["--resume", "auto"])
-    assert r.returncode == 0, r.stderr[-2000:]
-    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
-    b = torch.load(ck, weights_only=False)["model"]
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    kill_and_resume_equals_uninterrupted(["train.py", "--loader", "device", "--method", "byol", "--subset", "768",
+                                          "--epochs", "3", "--batch-size", "64", "--lr", "0.3"] + TINY, tmp_path)

@@ -1,15 +1,10 @@
 """Training runs end to end: 2-process gloo DDP for each method, kill-and-resume, and bad input."""
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from tests.helpers import ROOT, TINY, read_csv, run
+from tests.helpers import TINY, kill_and_resume_equals_uninterrupted, read_csv, run
 
 pytestmark = pytest.mark.slow
 
@@ -29,33 +24,9 @@ def test_two_process_gloo_training_lowers_the_loss(method, tmp_path):
     assert cfg["world"] == 2 and cfg["method"] == method
 
 
-def _args(out, epochs=3):
-    return ["train.py", "--method", "byol", "--subset", "768", "--epochs", str(epochs), "--batch-size", "64",
-            "--lr", "0.3", "--out", str(out)] + TINY
-
-
 def test_kill_and_resume_gives_the_same_weights(tmp_path):
-    ref = run(_args(tmp_path / "ref"))
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    out = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable] + _args(out), cwd=ROOT, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    ck = out / "last.pt"
-    deadline = time.time() + 300
-    while not ck.exists() and time.time() < deadline and p.poll() is None:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    saved = torch.load(ck, weights_only=False)   # the checkpoint survives the kill intact
-    assert 1 <= saved["epoch"] < 3, "the kill should land mid-run"
-    r = run(_args(out) + ["--resume", "auto"])
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert f"resumed from {ck} at epoch {saved['epoch']}" in r.stdout
-    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
-    b = torch.load(ck, weights_only=False)["model"]
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    kill_and_resume_equals_uninterrupted(["train.py", "--method", "byol", "--subset", "768", "--epochs", "3",
+                                          "--batch-size", "64", "--lr", "0.3"] + TINY, tmp_path)
 
 
 @pytest.fixture(scope="module")
