@@ -186,6 +186,9 @@ def resolve(args):
             raise UsageError("--sepp-k and --sepp-every must be >= 1, --sepp-warmup >= 0, --sepp-threshold in [-1, 1]")
         if args.sepp_encoder and not os.path.isfile(args.sepp_encoder):
             raise UsageError(f"--sepp-encoder {args.sepp_encoder}: no such file")
+        if args.loader == "synthetic":   # refused here, not after embedding the whole set
+            raise UsageError("--sepp needs a loader that takes a sample order (torch, device, ffcv or dali), "
+                             "not synthetic")
         if args.loader == "ffcv":
             args.ffcv_order = "ours"  # the pair plan is an index order
         if args.loader == "dali" and args.dali_pipes > 1:   # checked here, not at the first refresh

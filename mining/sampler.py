@@ -10,34 +10,57 @@ with another such sample and has no positive (partner -1).
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 
-def pair_order(neighbours: np.ndarray, seed: int, epoch: int):
-    """(order [N], partner [N]): a random greedy matching of anchors to unplaced neighbours."""
-    n = neighbours.shape[0]
-    rng = np.random.default_rng([seed, epoch, 13])
-    placed = np.zeros(n, bool)
+@njit(cache=True)
+def _greedy_pairs(neighbours, perm, u):
+    """Visit anchors in `perm` order; pair each unplaced one with a random unplaced candidate (u: one uniform
+    per visit). -> partner [N], pairs [P, 2], lonely samples [L]."""
+    n, k = neighbours.shape
+    placed = np.zeros(n, np.bool_)
     partner = np.full(n, -1, np.int64)
-    pairs, lonely = [], []
-    for a in rng.permutation(n):
+    pairs = np.empty((n // 2, 2), np.int64)
+    lonely = np.empty(n, np.int64)
+    cand = np.empty(k, np.int64)
+    npairs, nlonely = 0, 0
+    for t in range(n):
+        a = perm[t]
         if placed[a]:
             continue
         placed[a] = True
-        cand = [int(j) for j in neighbours[a] if j >= 0 and not placed[j]]
-        if cand:
-            p = cand[rng.integers(len(cand))]
+        c = 0
+        for j in neighbours[a]:
+            if j >= 0 and not placed[j]:
+                cand[c] = j
+                c += 1
+        if c:
+            p = cand[min(int(u[t] * c), c - 1)]
             placed[p] = True
             partner[a], partner[p] = p, a
-            pairs.append((a, p))
+            pairs[npairs, 0], pairs[npairs, 1] = a, p
+            npairs += 1
         else:
-            lonely.append(a)
-    lonely = np.array(lonely, np.int64)
-    blocks = pairs + [tuple(lonely[i:i + 2]) for i in range(0, len(lonely), 2)]
-    blocks = [blocks[i] for i in rng.permutation(len(blocks))]
-    # an odd leftover (odd N) goes last so that every pair before it sits at even positions
-    blocks.sort(key=lambda b: len(b) == 1)
-    order = np.fromiter((i for b in blocks for i in b), np.int64, count=n)
-    return order, partner
+            lonely[nlonely] = a
+            nlonely += 1
+    return partner, pairs[:npairs], lonely[:nlonely]
+
+
+def pair_order(neighbours: np.ndarray, seed: int, epoch: int):
+    """(order [N], partner [N]): a random greedy matching of anchors to unplaced neighbours (compiled: ~0.1 s
+    for 1.28M samples and k = 5, so an epoch never waits for its plan)."""
+    n = neighbours.shape[0]
+    if neighbours.size and not -1 <= neighbours.min() <= neighbours.max() < n:   # compiled code: no bounds checks
+        raise ValueError(f"neighbour ids must be -1 or in [0, {n}), got [{neighbours.min()}, {neighbours.max()}]")
+    rng = np.random.default_rng([seed, epoch, 13])
+    partner, pairs, lonely = _greedy_pairs(np.ascontiguousarray(neighbours, dtype=np.int64), rng.permutation(n),
+                                           rng.random(n))
+    # blocks of two: the pairs, then the lonely samples two by two (no positive); an odd leftover (odd N) goes
+    # last so that every pair before it sits at even positions
+    odd = len(lonely) % 2
+    blocks = np.concatenate([pairs, lonely[:len(lonely) - odd].reshape(-1, 2)])
+    order = blocks[rng.permutation(len(blocks))].reshape(-1)
+    return (np.concatenate([order, lonely[-1:]]) if odd else order), partner
 
 
 class PairPlan:

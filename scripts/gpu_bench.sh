@@ -24,6 +24,7 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 if [ "${SMALL:-0}" = 1 ]; then
   FM=${FM:-.fm}
+  timeout 120 python3 -m pytest -q -m gpu tests/test_device.py -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/gpu_tests_device.txt"
   timeout ${SMALL_TIMEOUT:-280} python3 -m eval.bench --loader device,torch,synthetic --dataset fashion-mnist --data "$FM" \
     --arch resnet18 --res 28 --batch-size 256 --workers 16 --steps "${STEPS:-50}" --warmup 10 --compile-augment \
     ${BENCH_ARGS:-} --json "$OUT/bench_fashion_device.json" > "$OUT/bench_fashion_device.txt" 2>&1

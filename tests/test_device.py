@@ -41,6 +41,16 @@ def test_device_crops_equal_the_torch_loaders(fashion, res):
     assert n == len(dev)
 
 
+@pytest.mark.gpu
+def test_device_crops_on_cuda_equal_the_cpus(fashion):
+    """The same epoch on the GPU: the same batches and boxes, pixels within uint8 rounding of the CPU's."""
+    opts = LoaderOptions("device", 20, 64, seed=1)
+    a, b = (DeviceLoader(fashion, RECIPES["simclr"], opts, d, lambda raw: raw) for d in ("cpu", "cuda"))
+    for x, y in zip(a, b):
+        assert y.views.is_cuda and torch.equal(x.index, y.index.cpu())
+        assert (x.views.int() - y.views.cpu().int()).abs().max() <= 1
+
+
 def test_resample_weights_are_torch_antialiased_bilinear():
     """One axis, float: the weight rows reproduce F.interpolate(bilinear, antialias) of the crop window."""
     x = torch.rand(1, 1, 1, 50, dtype=torch.float64)

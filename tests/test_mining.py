@@ -77,6 +77,27 @@ def test_pair_plan_keeps_pairs_in_one_batch_and_covers_every_sample():
     assert not np.array_equal(pair_order(nb, 0, 0)[0], pair_order(nb, 0, 1)[0])
 
 
+def test_pair_plan_keeps_its_guarantees_at_100k_samples():
+    """Every sample once; each pair at an even position next to its partner, so every pair lands in one batch on
+    one rank; partners symmetric and taken from the candidates; out-of-range ids refused (compiled code)."""
+    n = 100_000
+    nb = np.random.default_rng(3).integers(-1, n, (n, 5))
+    order, partner = pair_order(nb, 7, 2)
+    assert np.array_equal(np.sort(order), np.arange(n))
+    has = partner >= 0
+    assert has.mean() > 0.8 and np.array_equal(partner[partner[has]], np.flatnonzero(has))
+    a, b = order[0::2], order[1::2]
+    paired = partner[a] >= 0
+    assert np.array_equal(partner[a[paired]], b[paired])    # pairs sit at (2i, 2i+1)
+    anchor_of = np.where((nb[a[paired]] == b[paired, None]).any(1), a[paired], b[paired])
+    other = np.where(anchor_of == a[paired], b[paired], a[paired])
+    assert (nb[anchor_of] == other[:, None]).any(1).all()   # the partner is one of the anchor's candidates
+    seen = np.concatenate([np.concatenate(rank_batches(order, 64, r, 2, drop_last=True)) for r in range(2)])
+    assert len(np.unique(seen)) == len(seen) == (n // 128) * 128
+    with pytest.raises(ValueError, match="neighbour ids"):
+        pair_order(np.full((4, 2), 4), 0, 0)
+
+
 @pytest.mark.slow
 def test_sepp_training_mines_same_label_positives_on_fashion_mnist(tmp_path):
     """After one short epoch of MoCo v2 (torch loader), the mined positives share their anchor's label far more
@@ -96,6 +117,8 @@ def test_sepp_flag_errors(tmp_path):
     assert r.returncode == 2 and "must be even" in r.stderr and "Traceback" not in r.stderr
     r = run(["train.py", *TINY, "--sepp", "--sepp-k", "0", "--out", str(tmp_path)])
     assert r.returncode == 2 and "--sepp-k" in r.stderr and "Traceback" not in r.stderr
+    r = run(["train.py", *TINY, "--sepp", "--loader", "synthetic", "--out", str(tmp_path)])   # refused at once
+    assert r.returncode == 2 and "not synthetic" in r.stderr and "SePP bank" not in r.stderr + r.stdout
 
 
 def test_block_topk_is_exact():
