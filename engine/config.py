@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sepp-every", type=int, default=1, help="refresh the bank and the pairs every N epochs")
     a("--sepp-warmup", type=int, default=1, help="epochs without SePP before the first refresh")
     a("--sepp-weight", type=float, default=1.0, help="BYOL/SimSiam: total += w * L_sepp")
-    a("--sepp-encoder", default=None, help="mine with this checkpoint's backbone instead of the training one")
+    a("--sepp-encoder", default=None, help="mine once, at the first refresh, with a fixed pre-trained encoder: "
+      "RUN/last.pt[:momentum], or ResNet weights of torchvision, MoCo v2, solo-learn or lightly (--arch's)")
     a("--sepp-index", default="auto", help="auto | faiss | faiss-ivf | torch")
     a("--sepp-bank", default="pass", help="pass: embed the training set without augmentation at each refresh; "
       "train: keep the embeddings of the training forward passes (no extra pass; the first refresh still "
@@ -184,8 +185,9 @@ def resolve(args):
     if args.sepp:
         if args.sepp_k < 1 or args.sepp_every < 1 or args.sepp_warmup < 0 or not -1 <= args.sepp_threshold <= 1:
             raise UsageError("--sepp-k and --sepp-every must be >= 1, --sepp-warmup >= 0, --sepp-threshold in [-1, 1]")
-        if args.sepp_encoder and not os.path.isfile(args.sepp_encoder):
-            raise UsageError(f"--sepp-encoder {args.sepp_encoder}: no such file")
+        enc = args.sepp_encoder
+        if enc and not os.path.isfile(enc) and not os.path.isfile(enc.rpartition(":")[0]):
+            raise UsageError(f"--sepp-encoder {enc}: no such file")
         if args.loader == "synthetic":   # refused here, not after embedding the whole set
             raise UsageError("--sepp needs a loader that takes a sample order (torch, device, ffcv or dali), "
                              "not synthetic")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from engine import ckpt, dist
+from engine import dist
 from engine.errors import UsageError
 from mining.bank import embed_all, label_agreement
 from mining.index import search_whole_set
@@ -77,12 +77,10 @@ class SePP:
         self.device, self.rank, self.world = device, rank, world
         self.plan, self.partner = None, None
         self.encoder = None
-        if args.sepp_encoder:
-            from engine.config import build_model_from_config
-            state = ckpt.load(args.sepp_encoder)
-            m = build_model_from_config(state["config"])
-            m.load_state_dict(state["model"])
-            self.encoder = self.space(m.backbone, m.projector).to(device)
+        if args.sepp_encoder:   # fixed: embedded once, at the first refresh (mining/encoders.py: its forms)
+            from mining.encoders import load_encoder
+            self.encoder = load_encoder(args.sepp_encoder, args.arch, args.small_stem, args.stem_stride,
+                                        args.sepp_space)[0].to(device)
         self.train_bank = None
         if args.sepp_bank == "train":
             if args.sepp_encoder:
@@ -107,6 +105,8 @@ class SePP:
 
     def due(self, epoch: int) -> bool:
         a = self.args
+        if self.encoder is not None and self.plan is not None:   # a fixed encoder's neighbours never change
+            return False
         return epoch >= a.sepp_warmup and (self.plan is None or (epoch - a.sepp_warmup) % a.sepp_every == 0)
 
     def refresh(self, epoch: int, model, progress=False) -> dict:
