@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sepp-weight", type=float, default=1.0, help="BYOL/SimSiam: total += w * L_sepp")
     a("--sepp-encoder", default=None, help="mine once, at the first refresh, with a fixed pre-trained encoder: "
       "RUN/last.pt[:momentum], or ResNet weights of torchvision, MoCo v2, solo-learn or lightly (--arch's)")
+    a("--sepp-pairs", default=None, help="the whole run uses the positives of this pairs file (python -m "
+      "mining.mine): no bank, no refresh; implies --sepp; --sepp-k and --sepp-threshold apply to its neighbours")
     a("--sepp-index", default="auto", help="auto | faiss | faiss-ivf | torch")
     a("--sepp-bank", default="pass", help="pass: embed the training set without augmentation at each refresh; "
       "train: keep the embeddings of the training forward passes (no extra pass; the first refresh still "
@@ -182,6 +184,12 @@ def resolve(args):
         if not 0 < args.min_res <= args.res or not 0 <= args.start_ramp <= args.end_ramp:
             raise UsageError(f"--min-res {args.min_res} --start-ramp {args.start_ramp} --end-ramp {args.end_ramp}: "
                              f"need 0 < min-res <= --res ({args.res}) and start-ramp <= end-ramp")
+    if args.sepp_pairs:
+        args.sepp = True
+        if not os.path.isfile(args.sepp_pairs):
+            raise UsageError(f"--sepp-pairs {args.sepp_pairs}: no such file (make one with python -m mining.mine)")
+        if args.sepp_encoder or args.sepp_bank != "pass":
+            raise UsageError("--sepp-pairs brings its own positives: drop --sepp-encoder and --sepp-bank")
     if args.sepp:
         if args.sepp_k < 1 or args.sepp_every < 1 or args.sepp_warmup < 0 or not -1 <= args.sepp_threshold <= 1:
             raise UsageError("--sepp-k and --sepp-every must be >= 1, --sepp-warmup >= 0, --sepp-threshold in [-1, 1]")

@@ -211,3 +211,19 @@ class Subset:
 
     def load(self, i: int):
         return self.src.load(int(self.keep[i]))
+
+
+def fingerprint(source) -> str:
+    """A hash of the sample list (what sample i is, for every i): the dataset, the rows a subset or split
+    keeps, the file paths of file-backed sources, and the labels. Mined pairs are tied to it."""
+    import hashlib
+    h = hashlib.sha1()
+    base = source.src if isinstance(source, Subset) else source
+    h.update(f"{base.name}:{len(source)}".encode())
+    if isinstance(source, Subset):
+        h.update(np.ascontiguousarray(source.keep, dtype=np.int64).tobytes())
+    for f in getattr(base, "files", None) or []:   # class folder and file name: the same wherever --data is
+        h.update("/".join(f.split(os.sep)[-2:]).encode())
+    h.update(np.ascontiguousarray(source.labels, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+

@@ -81,6 +81,9 @@ class SePP:
             from mining.encoders import load_encoder
             self.encoder = load_encoder(args.sepp_encoder, args.arch, args.small_stem, args.stem_stride,
                                         args.sepp_space)[0].to(device)
+        self.fixed = False   # --sepp-pairs: one plan for the whole run
+        if args.sepp_pairs:
+            self.use_pairs(args.sepp_pairs)
         self.train_bank = None
         if args.sepp_bank == "train":
             if args.sepp_encoder:
@@ -89,6 +92,29 @@ class SePP:
             i = 0 if args.sepp_space == "backbone" else 1
             module = model.target[i] if model.momentum_encoder else (model.backbone, model.projector)[i]
             self.train_bank = TrainBank(len(source), module, device)
+
+    def use_pairs(self, path: str):
+        """The positives of a pairs file (mining/mine.py) for the whole run, if it was mined on these samples."""
+        from loaders.datasets import fingerprint
+        try:
+            pairs = torch.load(path, map_location="cpu", weights_only=False)
+            meta, ids, sims = pairs["meta"], pairs["ids"].long(), pairs["sims"].float()
+        except Exception as e:
+            raise UsageError(f"--sepp-pairs {path}: not a pairs file of python -m mining.mine ({type(e).__name__})")
+        mine = (len(self.source), fingerprint(self.source))
+        if (meta.get("n"), meta.get("fingerprint")) != mine:
+            raise UsageError(f"--sepp-pairs {path}: mined on {meta.get('n')} samples of {meta.get('dataset')} "
+                             f"(fingerprint {meta.get('fingerprint')}), this run trains on {mine[0]} samples "
+                             f"(fingerprint {mine[1]}): mine again with the same --dataset/--data/--subset/--seed/"
+                             "--val-split")
+        a = self.args
+        ids = ids[:, :a.sepp_k].masked_fill(sims[:, :a.sepp_k] < a.sepp_threshold, -1)
+        self.plan, self.fixed = PairPlan(ids.numpy(), a.seed), True
+        attach(self.loader, self.plan)
+        got, agree = label_agreement(np.asarray(self.source.labels), self.plan.plan(0)[1])
+        if self.rank == 0:
+            print(f"SePP pairs from {path} ({meta.get('encoder_desc', {}).get('kind')} encoder, k={a.sepp_k} of "
+                  f"{ids.shape[1]}): {got:.0%} of samples paired, {agree:.1%} of pairs share a label", flush=True)
 
     def arm(self):
         """Before the step's forward: the bank's network output of this step is kept (--sepp-bank train)."""
@@ -105,7 +131,7 @@ class SePP:
 
     def due(self, epoch: int) -> bool:
         a = self.args
-        if self.encoder is not None and self.plan is not None:   # a fixed encoder's neighbours never change
+        if self.fixed or (self.encoder is not None and self.plan is not None):   # fixed neighbours never change
             return False
         return epoch >= a.sepp_warmup and (self.plan is None or (epoch - a.sepp_warmup) % a.sepp_every == 0)
 

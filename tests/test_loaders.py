@@ -74,3 +74,24 @@ def test_loader_yields_the_batch_contract(fashion, name):
     if name in ("torch", "device"):
         assert torch.equal(b.label, torch.as_tensor(fashion.labels[b.index.numpy()]))
         assert len(ld) == 300 // 32
+
+
+def test_val_split_is_carved_from_the_training_set_and_used_by_the_evaluations():
+    """--val-split N: N training samples held out, the same for every --seed; training (and its --subset) uses
+    the rest; a run's evaluations then score on the held-out samples, never on the test split."""
+    from eval.features import eval_sources
+    from loaders.datasets import fingerprint
+    rest, val = open_source("fashion-mnist", FASHION, True, val_split=5000), open_source("fashion-mnist", FASHION,
+                                                                                        False, val_split=5000)
+    assert len(rest) == 55000 and len(val) == 5000 and not set(rest.keep) & set(val.keep)
+    again = open_source("fashion-mnist", FASHION, False, seed=3, val_split=5000)
+    assert np.array_equal(val.keep, again.keep)
+    sub = open_source("fashion-mnist", FASHION, True, subset=1000, seed=1, val_split=5000)
+    assert len(sub) == 1000 and set(sub.keep) <= set(rest.keep)          # indices of the underlying set
+    img, y = sub.load(7)
+    full = open_source("fashion-mnist", FASHION, True)
+    assert torch.equal(img, full.load(int(sub.keep[7]))[0]) and y == full.labels[sub.keep[7]]
+    assert fingerprint(sub) != fingerprint(open_source("fashion-mnist", FASHION, True, subset=1000, seed=1))
+    tr, te, _ = eval_sources({"dataset": "fashion-mnist", "data": FASHION, "val_split": 5000})
+    assert np.array_equal(te.keep, val.keep) and len(tr) == 55000
+    assert len(eval_sources({"dataset": "fashion-mnist", "data": FASHION})[1]) == 10000

@@ -1,0 +1,88 @@
+"""python -m mining.mine and train.py --sepp-pairs: neighbours equal brute force, the mining quality is right
+on clustered data, a 2-rank mine equals a 1-rank mine, a pairs file of other samples is refused, and each
+method trains with mined pairs."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mining.mine import quality
+from tests.helpers import TINY, read_csv, run
+
+
+def test_mining_quality_on_clustered_labels():
+    labels = np.repeat(np.arange(4), 50)                     # 4 balanced classes: chance = 1/4
+    same = np.stack([np.roll(np.flatnonzero(labels == labels[i]), -1)[:3] for i in range(200)])
+    q = quality(labels, same)
+    assert q["precision_at_1"] == q["precision_at_k"] == 1.0 and math.isclose(q["chance"], 0.25)
+    rand = np.random.default_rng(0).integers(0, 200, (200, 50))
+    rand[:, -1] = -1                                         # a missing neighbour is not counted
+    assert abs(quality(labels, rand)["precision_at_k"] - 0.25) < 0.02
+
+
+@pytest.fixture(scope="module")
+def encoder_and_pairs(tmp_path_factory):
+    from models.backbones import build_backbone
+    d = tmp_path_factory.mktemp("mine")
+    torch.manual_seed(0)
+    backbone, _ = build_backbone("resnet10", True, 2)
+    torch.save(backbone.state_dict(), d / "enc.pth")
+    args = ["-m", "mining.mine", "--encoder", str(d / "enc.pth"), "--arch", "resnet10", "--stem-stride", "2",
+            "--subset", "300", "--seed", "1", "--k", "6", "--no-progress", "--workers", "1"]
+    r = run(args + ["--out", str(d / "pairs.pt")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d, args
+
+
+@pytest.mark.slow
+def test_mined_neighbours_equal_brute_force(encoder_and_pairs):
+    from engine.embed import extract_sharded
+    from loaders.augment import DeviceAugment
+    from loaders.datasets import fingerprint, open_source
+    from mining.encoders import load_encoder
+    d, _ = encoder_and_pairs
+    pairs = torch.load(d / "pairs.pt", weights_only=False)
+    src = open_source("fashion-mnist", None, True, 300, 1)
+    enc, _ = load_encoder(str(d / "enc.pth"), "resnet10", True, 2)
+    f, y = extract_sharded(enc, src, 28, DeviceAugment([], src.mean, src.std).plain, "cpu")
+    sim = f.double() @ f.double().T
+    sim.fill_diagonal_(-math.inf)
+    ref_s, ref_i = sim.topk(6, dim=1)
+    torch.testing.assert_close(pairs["sims"].double(), ref_s, rtol=0, atol=1e-4)
+    agree = (pairs["ids"].long() == ref_i).float().mean()
+    assert agree > 0.98, agree                               # ties aside, the same neighbours
+    meta = pairs["meta"]
+    assert meta["n"] == 300 and meta["fingerprint"] == fingerprint(src) and meta["k"] == 6
+    q = quality(y.numpy(), pairs["ids"].numpy())
+    assert meta["quality"] == pytest.approx(q) and q["precision_at_1"] > q["chance"]
+    assert (d / "pairs_sims.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_two_rank_mine_equals_one_rank_mine(encoder_and_pairs, tmp_path):
+    d, args = encoder_and_pairs
+    r = run(args + ["--out", str(tmp_path / "two.pt")], torchrun=2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one, two = (torch.load(p, weights_only=False) for p in (d / "pairs.pt", tmp_path / "two.pt"))
+    assert torch.equal(one["ids"], two["ids"])
+    torch.testing.assert_close(one["sims"], two["sims"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_each_method_trains_with_mined_pairs_and_other_samples_are_refused(encoder_and_pairs, tmp_path):
+    d, _ = encoder_and_pairs
+    quick = TINY + ["--subset", "300", "--seed", "1", "--epochs", "1", "--batch-size", "64", "--sepp-threshold", "-1"]
+    for method in ("simclr", "moco", "byol", "simsiam"):
+        out = tmp_path / method
+        r = run(["train.py", *quick, "--method", method, "--sepp-pairs", str(d / "pairs.pt"), "--out", str(out)])
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "SePP pairs from" in r.stdout and "SePP refresh" not in r.stdout
+        rows = read_csv(out / "train.csv")
+        assert all(math.isfinite(float(x["loss"])) for x in rows)
+        if method in ("byol", "simsiam"):   # their SePP term is logged: the pairs reached the step
+            assert all(x["loss_sepp"] != "" and math.isfinite(float(x["loss_sepp"])) for x in rows)
+    r = run(["train.py", *TINY, "--subset", "256", "--seed", "1", "--epochs", "1", "--batch-size", "64",
+             "--sepp-pairs", str(d / "pairs.pt"), "--out", str(tmp_path / "x")])
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert r.returncode == 2 and len(lines) == 1 and "mine again" in lines[0] and "Traceback" not in r.stderr
