@@ -20,6 +20,17 @@ def init(device_kind: str) -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local
 
 
+def init_device(name: str) -> tuple[torch.device, int, int]:
+    """--device NAME -> (this process's device, rank, world): the process group joined (under torchrun), and
+    cuda resolved to the local rank's GPU. The evaluation and mining CLIs start with it."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from engine.errors import UsageError
+        raise UsageError("--device cuda: no CUDA device here; use --device cpu")
+    rank, world, local = init(device.type)
+    return (torch.device("cuda", local) if device.type == "cuda" else device), rank, world
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 

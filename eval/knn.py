@@ -90,10 +90,7 @@ def main(argv=None):
         raise UsageError(f"--k {a.k}: neighbour counts must be >= 1")
     if a.index not in BACKENDS:
         raise UsageError(f"--index {a.index}: choose from {', '.join(BACKENDS)}")
-    device = torch.device(a.device)
-    rank, world, local = dist.init(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
+    device, rank, world = dist.init_device(a.device)
     cfg, _ = load_run(a.checkpoint)
     train_src, test_src, norm = eval_sources(cfg, a.dataset, a.data)
     res = a.res or cfg["res"]

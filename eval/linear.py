@@ -83,12 +83,7 @@ def build_parser(description=__doc__):
 
 def setup(a):
     """Shared set-up of the evaluation CLIs: device, process group, the run's config and data."""
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device here; use --device cpu")
-    rank, world, local = dist.init(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
+    device, rank, world = dist.init_device(a.device)
     if a.batch_size % world:
         raise UsageError(f"--batch-size {a.batch_size} is not divisible by the {world} processes")
     if a.aug not in ("auto", "rrc", "crop", "none"):

@@ -90,12 +90,7 @@ def main(argv=None):
                          f"projector, an index of {' | '.join(BACKENDS)}")
     if not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
         raise UsageError(f"--out {a.out}: no such directory")
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device here; use --device cpu")
-    rank, world, local = dist.init(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
+    device, rank, world = dist.init_device(a.device)
     source = open_source(a.dataset, a.data, True, a.subset, a.seed, a.val_split)
     res = a.res or DEFAULT_RES.get(a.dataset, 224)
     small = res <= 96 if a.small_stem is None else a.small_stem
