@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sepp-every", type=int, default=1, help="refresh the bank and the pairs every N epochs")
     a("--sepp-warmup", type=int, default=1, help="epochs without SePP before the first refresh")
     a("--sepp-weight", type=float, default=1.0, help="BYOL/SimSiam: total += w * L_sepp")
-    a("--sepp-encoder", default=None, help="mine once, at the first refresh, with a fixed pre-trained encoder: "
+    a("--sepp-encoder", default=None, help="mine once, at the start of the run, with a fixed pre-trained encoder: "
       "RUN/last.pt[:momentum], or ResNet weights of torchvision, MoCo v2, solo-learn or lightly (--arch's)")
     a("--sepp-pairs", default=None, help="the whole run uses the positives of this pairs file (python -m "
       "mining.mine): no bank, no refresh; implies --sepp; --sepp-k and --sepp-threshold apply to its neighbours")

@@ -66,9 +66,8 @@ def train_cmd(a, r: Run) -> list[str]:
             "--knn-every", "-1"]
     if "bsim" in r.variant:
         cmd += ["--bsim"]
-    if "sepp" in r.variant:   # mined once at the start with the base run's encoder, never refreshed
-        cmd += ["--sepp", "--sepp-encoder", os.path.join(r.base.folder, "last.pt"), "--sepp-warmup", "0",
-                "--sepp-every", str(10 ** 6)]
+    if "sepp" in r.variant:   # a fixed encoder (the base run's) mines once, at the start of the run
+        cmd += ["--sepp", "--sepp-encoder", os.path.join(r.base.folder, "last.pt")]
     return cmd + shlex.split(a.extra)
 
 

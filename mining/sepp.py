@@ -131,8 +131,10 @@ class SePP:
 
     def due(self, epoch: int) -> bool:
         a = self.args
-        if self.fixed or (self.encoder is not None and self.plan is not None):   # fixed neighbours never change
+        if self.fixed:
             return False
+        if self.encoder is not None:   # a fixed encoder: mined at the start (no warm-up to wait for), never again
+            return self.plan is None
         return epoch >= a.sepp_warmup and (self.plan is None or (epoch - a.sepp_warmup) % a.sepp_every == 0)
 
     def refresh(self, epoch: int, model, progress=False) -> dict:

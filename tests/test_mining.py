@@ -259,14 +259,15 @@ def test_fused_search_on_the_gpu_matches_brute_force(dtype):
 
 @pytest.mark.slow
 def test_a_fixed_encoder_of_foreign_weights_mines_once(tmp_path):
-    """--sepp-encoder with torchvision-format ResNet weights: the set is embedded and searched at the first
-    refresh only (--sepp-every 1 would refresh a training network every epoch)."""
+    """--sepp-encoder with torchvision-format ResNet weights: the set is embedded and searched at the start of
+    the run (the warm-up is for a training network), and only then (--sepp-every 1 would refresh a training
+    network every epoch)."""
     from models.backbones import build_backbone
     torch.manual_seed(0)
     backbone, _ = build_backbone("resnet10", True, 2)
     torch.save(backbone.state_dict(), tmp_path / "resnet10.pth")
     r = run(["train.py", *TINY, "--method", "simsiam", "--subset", "256", "--epochs", "3", "--batch-size", "64",
-             "--sepp", "--sepp-warmup", "0", "--sepp-every", "1", "--sepp-encoder", str(tmp_path / "resnet10.pth"),
+             "--sepp", "--sepp-warmup", "2", "--sepp-every", "1", "--sepp-encoder", str(tmp_path / "resnet10.pth"),
              "--out", str(tmp_path / "run")])
     assert r.returncode == 0, r.stderr[-2000:]
     rows = read_csv(tmp_path / "run" / "sepp.csv")
