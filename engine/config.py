@@ -140,18 +140,18 @@ def parse(argv=None) -> argparse.Namespace:
         dests = {a.dest for a in p._actions}
         # per_method: {method: {flag: value}}, applied over the rest for the run's method (flags still win)
         per_method = preset.pop("per_method", None) or {}
-        preset = {k.replace("-", "_"): v for k, v in preset.items()}
-        given = sys.argv[1:] if argv is None else argv
-        on_line = any(x == "--method" or x.startswith("--method=") for x in given)
-        method = args.method if on_line else preset.get("method", args.method)
         if not isinstance(per_method, dict) or not all(isinstance(v, dict) for v in per_method.values()):
             raise UsageError(f"--config {args.config}: per_method must map a method to its flags")
-        preset |= {k.replace("-", "_"): v for k, v in (per_method.get(method) or {}).items()}
-        unknown = sorted(set(preset) - dests)
-        if unknown:
-            raise UsageError(f"--config {args.config}: unknown keys {unknown}")
-        p.set_defaults(**preset)
-        args = p.parse_args(argv)
+
+        def layer(flags: dict):
+            flags = {k.replace("-", "_"): v for k, v in flags.items()}
+            unknown = sorted(set(flags) - dests)
+            if unknown:
+                raise UsageError(f"--config {args.config}: unknown keys {unknown}")
+            p.set_defaults(**flags)
+            return p.parse_args(argv)
+        args = layer(preset)
+        args = layer(per_method.get(args.method) or {})   # the resolved method: a --method flag wins over the preset
     return resolve(args)
 
 

@@ -26,21 +26,14 @@ def feature_dim(encoder, res: int) -> int:
 
 
 def _array_batches(source, res, idx, batch):
-    """uint8 [b, C, H, W] and labels from an in-memory source at its native size, or None if it is not one."""
-    base = source.src if hasattr(source, "keep") else source
-    images = getattr(base, "images", None)
-    if images is None or images.shape[1] != res or images.shape[2] != res:
+    """uint8 [b, C, H, W] and labels of an in-memory source at its native size, or None if it is not one."""
+    from loaders.datasets import array_rows
+    first = array_rows(source, idx[:1])
+    if first is None or first.shape[-2:] != (res, res):
         return None
-    keep = source.keep if hasattr(source, "keep") else None
     labels = np.asarray(source.labels)
-
-    def gen():
-        for s in range(0, len(idx), batch):
-            rows = idx[s:s + batch]
-            a = images[rows if keep is None else keep[rows]]
-            a = a[:, None] if a.ndim == 3 else a.transpose(0, 3, 1, 2)
-            yield torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(labels[rows])
-    return gen()
+    return ((torch.from_numpy(array_rows(source, idx[s:s + batch])), torch.from_numpy(labels[idx[s:s + batch]]))
+            for s in range(0, len(idx), batch))
 
 
 @torch.no_grad()

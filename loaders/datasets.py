@@ -227,3 +227,15 @@ def fingerprint(source) -> str:
     h.update(np.ascontiguousarray(source.labels, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
 
+
+def array_rows(source, rows=None) -> np.ndarray | None:
+    """uint8 [len(rows), C, H, W] (all rows by default) of an in-memory source (ArraySource, or a Subset of
+    one), read from its array with no decode; None for a source read from files."""
+    base, keep = (source.src, source.keep) if isinstance(source, Subset) else (source, None)
+    images = getattr(base, "images", None)
+    if images is None:
+        return None
+    rows = np.arange(len(source)) if rows is None else np.asarray(rows)
+    a = images[rows if keep is None else keep[rows]]
+    return np.ascontiguousarray(a[:, None] if a.ndim == 3 else a.transpose(0, 3, 1, 2))
+

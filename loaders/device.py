@@ -18,6 +18,7 @@ from engine.errors import UsageError
 from loaders.augment import DeviceAugment
 from loaders.batch import RawBatch
 from loaders.crops import crop_boxes
+from loaders.datasets import array_rows
 from loaders.order import epoch_permutation, num_steps, rank_batches
 
 
@@ -50,15 +51,11 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, res: int) -> torch.
 
 
 def resident_images(source) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 [N, C, H, W] array view, labels) of an in-memory source (or a subset of one); else UsageError."""
-    base, keep = (source.src, source.keep) if hasattr(source, "keep") else (source, None)
-    images = getattr(base, "images", None)
+    """(uint8 [N, C, H, W], labels) of an in-memory source (or a subset of one); else UsageError."""
+    images = array_rows(source)
     if images is None:
         raise UsageError(f"--loader device holds in-memory datasets (fashion-mnist, cifar10, stl10) on the device; "
-                         f"{getattr(base, 'name', type(base).__name__)} is read from files: use --loader ffcv or dali")
-    if keep is not None:
-        images = images[keep]
-    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+                         f"{source.name} is read from files: use --loader ffcv or dali")
     return images, np.asarray(source.labels)
 
 
@@ -85,7 +82,7 @@ class DeviceLoader:
         images, labels = resident_images(source)
         check_fits(images.nbytes, self.device, opts.device_max_fraction)
         self.n, (_, _, self.H, self.W) = len(images), images.shape
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)   # once
+        self.images = torch.from_numpy(images).to(self.device)   # once
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
         self.epoch, self.plan = 0, None   # plan: SePP's epoch -> order (mining/sampler.py)
 

@@ -77,7 +77,7 @@ class SePP:
         self.device, self.rank, self.world = device, rank, world
         self.plan, self.partner = None, None
         self.encoder = None
-        if args.sepp_encoder:   # fixed: embedded once, at the first refresh (mining/encoders.py: its forms)
+        if args.sepp_encoder:   # fixed: embedded once, at the start of the run (mining/encoders.py: its forms)
             from mining.encoders import load_encoder
             self.encoder = load_encoder(args.sepp_encoder, args.arch, args.small_stem, args.stem_stride,
                                         args.sepp_space)[0].to(device)
