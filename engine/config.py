@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sepp", action="store_true", help="semantic positive pairs: mined nearest neighbours become positives")
     a("--sepp-k", type=int, default=5, help="candidates per anchor (one is paired with it each epoch)")
     a("--sepp-threshold", type=float, default=0.5, help="minimum cosine similarity of a mined positive")
+    a("--sepp-center", action="store_true", help="mine in centred cosines (the bank's mean embedding "
+      "subtracted before normalising): post-ReLU backbone cosines are all >= 0, centred ones spread over [-1, 1]")
     a("--sepp-every", type=int, default=1, help="refresh the bank and the pairs every N epochs")
     a("--sepp-warmup", type=int, default=1, help="epochs without SePP before the first refresh")
     a("--sepp-weight", type=float, default=1.0, help="BYOL/SimSiam: total += w * L_sepp")
@@ -188,8 +190,9 @@ def resolve(args):
         args.sepp = True
         if not os.path.isfile(args.sepp_pairs):
             raise UsageError(f"--sepp-pairs {args.sepp_pairs}: no such file (make one with python -m mining.mine)")
-        if args.sepp_encoder or args.sepp_bank != "pass":
-            raise UsageError("--sepp-pairs brings its own positives: drop --sepp-encoder and --sepp-bank")
+        if args.sepp_encoder or args.sepp_bank != "pass" or args.sepp_center:
+            raise UsageError("--sepp-pairs brings its own positives: drop --sepp-encoder, --sepp-bank and "
+                             "--sepp-center (centre when mining: python -m mining.mine --center)")
     if args.sepp:
         if args.sepp_k < 1 or args.sepp_every < 1 or args.sepp_warmup < 0 or not -1 <= args.sepp_threshold <= 1:
             raise UsageError("--sepp-k and --sepp-every must be >= 1, --sepp-warmup >= 0, --sepp-threshold in [-1, 1]")

@@ -4,10 +4,13 @@ method's baseline with Welch's t-test and a plain verdict, the per-run rows, and
 
     python -m eval.study --config configs/fashion_study.yaml --methods simclr,moco \
         --variants base,bsim,sepp,bsim+sepp --seeds 0,1,2 --out runs/study --parallel 3
+    python -m eval.study --config configs/fashion_demo.yaml --variants base,sepp \
+        --variant "sepp-c0.3=--sepp --sepp-center --sepp-threshold 0.3" --extra "--val-split 10000"
 
 Variants: base (the method alone), bsim (+ --bsim), sepp (+ semantic positives mined once, before training,
 with the encoder of the base run of the same method and seed: a pre-trained encoder, as the SePP paper
-mines; its training time is the pre-training cost the table reports), bsim+sepp (both). The base run is
+mines; its training time is the pre-training cost the table reports), bsim+sepp (both), and any --variant NAME="TRAIN FLAGS" (an ablation: its flags added to the method's; with
+--sepp it mines with the base run's encoder unless the flags name --sepp-encoder or --sepp-pairs). The base run is
 always part of the grid. A run whose two evaluations are written is skipped, so a study continues where it
 stopped, in a later session or on another machine (copy the output folder). Runs of a study trained with
 --val-split (in the config or --extra) are scored on that validation split, never on the test split.
@@ -55,19 +58,30 @@ def plan(a) -> list[Run]:
         for m in a.methods:
             for s in a.seeds:
                 r = Run(m, v, s, os.path.join(a.out, "runs", f"{m}-{v}-s{s}"))
-                r.base = runs.get((m, "base", s)) if "sepp" in v else None
+                r.base = runs.get((m, "base", s)) if mines_with_base(a, v) else None
                 runs[(m, v, s)] = r
     return list(runs.values())
+
+
+def variant_flags(a, variant: str) -> list[str]:
+    """train.py flags of a variant: the built-in ones, or those of --variant NAME=FLAGS."""
+    if variant in a.custom:
+        return shlex.split(a.custom[variant])
+    return (["--bsim"] if "bsim" in variant else []) + (["--sepp"] if "sepp" in variant else [])
+
+
+def mines_with_base(a, variant: str) -> bool:
+    f = variant_flags(a, variant)
+    return "--sepp" in f and not {"--sepp-encoder", "--sepp-pairs"} & set(f)
 
 
 def train_cmd(a, r: Run) -> list[str]:
     cmd = [sys.executable, os.path.join(ROOT, "train.py")] + (["--config", a.config] if a.config else [])
     cmd += ["--method", r.method, "--seed", str(r.seed), "--out", r.folder, "--resume", "auto", "--no-progress",
             "--knn-every", "-1"]
-    if "bsim" in r.variant:
-        cmd += ["--bsim"]
-    if "sepp" in r.variant:   # a fixed encoder (the base run's) mines once, at the start of the run
-        cmd += ["--sepp", "--sepp-encoder", os.path.join(r.base.folder, "last.pt")]
+    cmd += variant_flags(a, r.variant)
+    if r.base is not None:   # a fixed encoder (the base run's) mines once, at the start of the run
+        cmd += ["--sepp-encoder", os.path.join(r.base.folder, "last.pt")]
     return cmd + shlex.split(a.extra)
 
 
@@ -174,11 +188,14 @@ def markdown(a, s: dict, split: str, sha: str) -> str:
         lines.append(f"| {g['method']} | {g['variant']} | {g['seeds']} | "
                      + " | ".join(fmt(g[k]) for k, _ in METRICS) + f" | {tr} |")
     base_s = {g["method"]: g["train_s"] for g in s["groups"] if g["variant"] == "base"}
-    if any("sepp" in v for v in a.variants):
+    mining = [v for v in a.variants if mines_with_base(a, v)]
+    if mining:
         lines += ["", "SePP's positives are mined once, before training, with the base run's encoder of the same "
                   "method and seed: that pre-training is extra compute of "
                   + ", ".join(f"{m} {t:.0f} s" for m, t in base_s.items() if t) + " per seed (one base run), "
-                  "shared by sepp and bsim+sepp."]
+                  f"shared by {', '.join(mining)}."]
+    if a.custom:
+        lines += ["", "Variants: " + "; ".join(f"{n} = `{f}`" for n, f in a.custom.items()) + "."]
     lines += ["", "Differences to the method's base (variant - base), Welch's t-test over seeds:", "",
               "| method | variant | metric | difference | p | verdict |", "|---|---|---|---|---|---|"]
     names = dict(METRICS)
@@ -242,6 +259,8 @@ def build_parser():
     p.add_argument("--config", default=None, help="train.py's YAML preset for every run")
     p.add_argument("--methods", default="simclr,moco")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="an ablation variant: train.py flags added to the method's (repeatable; run with the others)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--extra", default="", help="more train.py flags for every run, one string (they win)")
     p.add_argument("--out", default="runs/study")
@@ -252,14 +271,21 @@ def build_parser():
     return p
 
 
-@cli_main
-def main(argv=None):
-    from engine.ckpt import git_sha
+def parse(argv=None):
+    """The study's flags, checked (one error line for a bad one)."""
     from models.methods import METHODS
     a = build_parser().parse_args(argv)
     a.command = shlex.join(["python", "-m", "eval.study"] + (sys.argv[1:] if argv is None else list(argv)))
     a.methods = csv_list(a.methods, "--methods", choices=tuple(METHODS))
-    a.variants = csv_list(a.variants, "--variants", choices=VARIANTS)
+    a.custom = {}
+    for v in a.variant:
+        name, eq, flags = v.partition("=")
+        if not eq or not name.strip() or "/" in name or name.strip() in VARIANTS or name.strip() in a.custom:
+            raise UsageError(f"--variant {v}: expected NAME=TRAIN FLAGS with a new name (no '/', not one of "
+                             f"{', '.join(VARIANTS)})")
+        a.custom[name.strip()] = flags
+    a.variants = csv_list(a.variants, "--variants", choices=VARIANTS + tuple(a.custom))
+    a.variants += [v for v in a.custom if v not in a.variants]
     a.seeds = csv_list(a.seeds, "--seeds", int)
     if a.config and not os.path.isfile(a.config):
         raise UsageError(f"--config {a.config}: no such file")
@@ -267,6 +293,13 @@ def main(argv=None):
         raise UsageError(f"--parallel {a.parallel}: must be >= 1")
     a.config = os.path.abspath(a.config) if a.config else None
     a.out = os.path.abspath(a.out)
+    return a
+
+
+@cli_main
+def main(argv=None):
+    from engine.ckpt import git_sha
+    a = parse(argv)
     os.makedirs(a.out, exist_ok=True)
     runs = plan(a)
     print(f"[study] {len(runs)} runs in {a.out} ({a.parallel} at a time)", flush=True)

@@ -27,7 +27,7 @@ from engine.errors import UsageError, cli_main
 from loaders.augment import DeviceAugment
 from loaders.datasets import fingerprint, open_source
 from mining.encoders import load_encoder
-from mining.index import BACKENDS, search_whole_set
+from mining.index import BACKENDS, center, search_whole_set
 
 
 def quality(labels: np.ndarray, ids: np.ndarray) -> dict:
@@ -37,6 +37,23 @@ def quality(labels: np.ndarray, ids: np.ndarray) -> dict:
     freq = np.bincount(labels[labels >= 0]) / max(1, (labels >= 0).sum())
     return {"precision_at_1": float(same[:, 0].sum() / max(1, valid[:, 0].sum())),
             "precision_at_k": float(same.sum() / max(1, valid.sum())), "chance": float((freq ** 2).sum())}
+
+
+def by_threshold(labels: np.ndarray, ids: np.ndarray, sims: np.ndarray, k: int = 5) -> list[dict]:
+    """What --sepp-threshold T keeps of the first k neighbours (train.py's --sepp-k), for T at the deciles of
+    the rank-1 similarities: the share of samples left with a positive candidate, and the share of kept
+    candidates with the anchor's label."""
+    ids, sims = ids[:, :k], sims[:, :k]
+    valid = ids >= 0
+    same = (labels[np.clip(ids, 0, None)] == labels[:, None]) & valid
+    top = sims[valid[:, 0], 0]
+    rows = []
+    for q in range(0, 100, 10):
+        t = float(np.percentile(top, q)) if top.size else 0.0
+        keep = valid & (sims >= t)
+        rows.append({"threshold": round(t, 4), "paired": float(keep.any(1).mean()),
+                     "precision": float(same[keep].sum() / max(1, keep.sum()))})
+    return rows
 
 
 def histogram(labels, ids, sims, path, title):
@@ -70,6 +87,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="the pairs file (.pt)")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--space", default="backbone", help="backbone | projector (our checkpoints)")
+    p.add_argument("--center", action="store_true", help="centred cosines: subtract the set's mean embedding "
+                   "before normalising (spreads post-ReLU similarities over [-1, 1]; train.py --sepp-center)")
     p.add_argument("--arch", default="resnet50", help="the ResNet of foreign weights (ours: from the checkpoint)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--stem-stride", type=int, default=1)
@@ -99,22 +118,29 @@ def main(argv=None):
     feats, _ = extract_sharded(encoder.to(device), source, res, norm, device, batch=a.batch_size,
                                workers=a.workers, progress=rank == 0 and not a.no_progress, desc="embedding")
     k = min(a.k, len(source) - 1)
+    if a.center:
+        feats = center(feats)
     sims, ids = search_whole_set(feats.half() if feats.is_cuda else feats, k=k, backend=a.index)
     ids, sims = ids.cpu().numpy().astype(np.int32), sims.cpu().numpy().astype(np.float32)
     labels = np.asarray(source.labels)
     meta = {"dataset": a.dataset, "n": len(source), "fingerprint": fingerprint(source), "subset": a.subset,
             "seed": a.seed, "val_split": a.val_split, "encoder": os.path.abspath(a.encoder), "encoder_desc": desc,
-            "space": a.space, "k": k, "res": res, "dim": int(feats.shape[1]), "git_sha": ckpt.git_sha()}
+            "space": a.space, "centered": a.center, "k": k, "res": res, "dim": int(feats.shape[1]),
+            "git_sha": ckpt.git_sha()}
     if (labels >= 0).any():
-        meta["quality"] = quality(labels, ids)
+        meta["quality"] = dict(quality(labels, ids), by_threshold=by_threshold(labels, ids, sims))
     if rank == 0:
         ckpt.save_atomic({"ids": torch.from_numpy(ids), "sims": torch.from_numpy(sims), "meta": meta}, a.out)
         q = meta.get("quality")
         if q:
             png = os.path.splitext(a.out)[0] + "_sims.png"
-            histogram(labels, ids, sims, png, f"{a.dataset}: {desc.get('kind')} encoder, {a.space}, k={k}")
+            histogram(labels, ids, sims, png, f"{a.dataset}: {desc.get('kind')} encoder, {a.space}"
+                      f"{', centred' if a.center else ''}, k={k}")
             print(f"mining quality: precision@1 {q['precision_at_1']:.1%}, precision@{k} {q['precision_at_k']:.1%} "
                   f"(chance {q['chance']:.1%}); similarities: {png}", flush=True)
+            print("with --sepp-k 5, --sepp-threshold T keeps: "
+                  + ", ".join(f"T={r['threshold']:.3f}: {r['paired']:.0%} paired at {r['precision']:.1%}"
+                              for r in q["by_threshold"][::3]), flush=True)
         print(f"pairs: {a.out} ({len(source)} samples x {k} neighbours)", flush=True)
     dist.cleanup()
     return meta

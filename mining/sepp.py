@@ -11,7 +11,7 @@ import torch
 from engine import dist
 from engine.errors import UsageError
 from mining.bank import embed_all, label_agreement
-from mining.index import search_whole_set
+from mining.index import center, search_whole_set
 from mining.sampler import PairPlan
 
 
@@ -150,6 +150,8 @@ class SePP:
                              workers=min(2, a.workers), progress=progress)
             filled, source = None, "pass"
         t1 = time.perf_counter()
+        if a.sepp_center:   # the mean of the rows the bank holds (a train bank: the filled ones)
+            bank = center(bank, filled)
         # fp16 on CUDA (fp32 accumulation, fp32 similarities of the winners), fp32 elsewhere
         sims, ids = search_whole_set(bank if bank.is_cuda else bank.float(), k=a.sepp_k,
                                      threshold=a.sepp_threshold, backend=a.sepp_index)

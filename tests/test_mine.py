@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mining.mine import quality
+from mining.index import center
+from mining.mine import by_threshold, quality
 from tests.helpers import TINY, read_csv, run
 
 
@@ -19,6 +20,30 @@ def test_mining_quality_on_clustered_labels():
     rand = np.random.default_rng(0).integers(0, 200, (200, 50))
     rand[:, -1] = -1                                         # a missing neighbour is not counted
     assert abs(quality(labels, rand)["precision_at_k"] - 0.25) < 0.02
+
+
+def test_centred_cosines_equal_a_float64_reference_and_spread_below_zero():
+    x = torch.rand(500, 32, generator=torch.Generator().manual_seed(0)) + 0.5   # post-ReLU-like: all cosines > 0
+    ref = x.double() / x.double().norm(dim=1, keepdim=True)
+    ref = ref - ref.mean(0)
+    ref = ref / ref.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(center(x).double(), ref, rtol=0, atol=1e-6)
+    assert (x @ x.T).min() > 0 and (center(x) @ center(x).T).min() < -0.5
+    rows = torch.arange(500) < 100                           # the mean of some rows only (a part-filled bank)
+    unit = x.double() / x.double().norm(dim=1, keepdim=True)
+    want = torch.nn.functional.normalize(unit - unit[:100].mean(0), dim=1)
+    torch.testing.assert_close(center(x, rows).double(), want, rtol=0, atol=1e-6)
+    assert center(x.half()).dtype == torch.float16
+
+
+def test_threshold_table_counts_kept_candidates_by_hand():
+    labels = np.array([0, 0, 1, 1])
+    ids = np.array([[1, 2], [0, 3], [3, 0], [2, -1]])
+    sims = np.array([[0.9, 0.1], [0.9, 0.2], [0.5, 0.4], [0.5, -np.inf]], dtype=np.float32)
+    rows = by_threshold(labels, ids, sims, k=2)
+    assert rows[0] == {"threshold": 0.5, "paired": 1.0, "precision": 1.0}       # 0th percentile: 0.5 keeps 4 of 4
+    top = [r for r in rows if r["threshold"] == pytest.approx(0.9)]
+    assert top and top[-1]["paired"] == 0.5 and top[-1]["precision"] == 1.0     # only the 0.9 pairs
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +80,32 @@ def test_mined_neighbours_equal_brute_force(encoder_and_pairs):
     meta = pairs["meta"]
     assert meta["n"] == 300 and meta["fingerprint"] == fingerprint(src) and meta["k"] == 6
     q = quality(y.numpy(), pairs["ids"].numpy())
-    assert meta["quality"] == pytest.approx(q) and q["precision_at_1"] > q["chance"]
+    assert {k: meta["quality"][k] for k in q} == pytest.approx(q) and q["precision_at_1"] > q["chance"]
     assert (d / "pairs_sims.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_centred_mining_searches_centred_features(encoder_and_pairs, tmp_path):
+    from engine.embed import extract_sharded
+    from loaders.augment import DeviceAugment
+    from loaders.datasets import open_source
+    from mining.encoders import load_encoder
+    d, args = encoder_and_pairs
+    r = run(args + ["--center", "--out", str(tmp_path / "c.pt")])
+    assert r.returncode == 0 and "--sepp-threshold T keeps" in r.stdout, r.stderr[-2000:]
+    pairs = torch.load(tmp_path / "c.pt", weights_only=False)
+    src = open_source("fashion-mnist", None, True, 300, 1)
+    enc, _ = load_encoder(str(d / "enc.pth"), "resnet10", True, 2)
+    f, y = extract_sharded(enc, src, 28, DeviceAugment([], src.mean, src.std).plain, "cpu")
+    c = center(f).double()
+    sim = c @ c.T
+    sim.fill_diagonal_(-math.inf)
+    ref_s, ref_i = sim.topk(6, dim=1)
+    torch.testing.assert_close(pairs["sims"].double(), ref_s, rtol=0, atol=1e-4)
+    assert (pairs["ids"].long() == ref_i).float().mean() > 0.98
+    assert pairs["meta"]["centered"] and pairs["sims"][:, -1].min() < 0.9     # spread below the raw 0.93-1.0
+    assert pairs["meta"]["quality"]["by_threshold"] == by_threshold(y.numpy(), pairs["ids"].numpy(),
+                                                                    pairs["sims"].numpy())
 
 
 @pytest.mark.slow

@@ -272,3 +272,18 @@ def test_a_fixed_encoder_of_foreign_weights_mines_once(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = read_csv(tmp_path / "run" / "sepp.csv")
     assert [x["epoch"] for x in rows] == ["0"] and float(rows[0]["paired"]) > 0.5, rows
+    # --sepp-center: the run's bank is searched in centred cosines, as python -m mining.mine --center mines
+    r = run(["train.py", *TINY, "--method", "simsiam", "--subset", "256", "--epochs", "1", "--batch-size", "64",
+             "--sepp", "--sepp-k", "3", "--sepp-center", "--sepp-threshold", "0.85",
+             "--sepp-encoder", str(tmp_path / "resnet10.pth"), "--out", str(tmp_path / "centred")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = read_csv(tmp_path / "centred" / "sepp.csv")[0]
+    r = run(["-m", "mining.mine", "--encoder", str(tmp_path / "resnet10.pth"), "--arch", "resnet10",
+             "--stem-stride", "2", "--subset", "256", "--k", "3", "--center", "--no-progress", "--workers", "1",
+             "--out", str(tmp_path / "c.pt")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    sims = torch.load(tmp_path / "c.pt", weights_only=False)["sims"]
+    kept = sims[sims >= 0.85]
+    assert 0.05 < kept.numel() / sims.numel() < 0.95      # a threshold that filters part
+    assert float(got["candidates_above_threshold"]) == pytest.approx(kept.numel() / sims.numel(), abs=0.01)
+    assert float(got["mean_sim"]) == pytest.approx(kept.mean().item(), abs=2e-3)

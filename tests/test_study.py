@@ -83,3 +83,20 @@ def test_study_config_gives_each_method_its_recipe_and_flags_still_win():
     assert (got["simsiam"].optimizer, got["simsiam"].proj_dim) == ("sgd", 2048)
     assert all(a.loader == "device" and a.arch == "resnet18" and a.small_stem for a in got.values())
     assert config.parse(["--config", cfg, "--method", "moco", "--lr", "0.1"]).lr == 0.1
+
+
+def test_study_ablation_variants_add_their_flags_and_mine_with_the_base_encoder(tmp_path):
+    from eval.study import parse, plan, train_cmd
+    a = parse(["--methods", "simclr", "--seeds", "0", "--variants", "base", "--out", str(tmp_path),
+               "--variant", "c0.3=--sepp --sepp-center --sepp-threshold 0.3", "--variant", "w2=--bsim --bsim-weight 2",
+               "--variant", "own=--sepp --sepp-pairs p.pt", "--extra", "--epochs 2"])
+    runs = {r.variant: r for r in plan(a)}
+    assert list(runs) == ["base", "c0.3", "w2", "own"]
+    base = str(tmp_path / "runs" / "simclr-base-s0" / "last.pt")
+    cmd = train_cmd(a, runs["c0.3"])
+    assert cmd[-8:] == ["--sepp", "--sepp-center", "--sepp-threshold", "0.3", "--sepp-encoder", base, "--epochs", "2"]
+    assert runs["w2"].base is None and train_cmd(a, runs["w2"])[-5:] == ["--bsim", "--bsim-weight", "2", "--epochs", "2"]
+    assert runs["own"].base is None and "--sepp-encoder" not in train_cmd(a, runs["own"])
+    for bad in ("nameless", "sepp=--sepp", "a/b=--bsim"):
+        r = run(["-m", "eval.study", "--variant", bad, "--out", str(tmp_path)])
+        assert r.returncode == 2 and "expected NAME=TRAIN FLAGS" in r.stderr and "Traceback" not in r.stderr
