@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--sepp", action="store_true", help="semantic positive pairs: mined nearest neighbours become positives")
     a("--sepp-k", type=int, default=5, help="candidates per anchor (one is paired with it each epoch)")
     a("--sepp-threshold", type=float, default=0.5, help="minimum cosine similarity of a mined positive")
+    a("--sepp-keep", type=float, default=1.0, help="a threshold relative to the encoder's similarity scale: "
+      "keep the positives of the most similar KEEP share of the samples (1: all; applied after --sepp-threshold)")
     a("--sepp-center", action="store_true", help="mine in centred cosines (the bank's mean embedding "
       "subtracted before normalising): post-ReLU backbone cosines are all >= 0, centred ones spread over [-1, 1]")
     a("--sepp-every", type=int, default=1, help="refresh the bank and the pairs every N epochs")
@@ -194,8 +196,10 @@ def resolve(args):
             raise UsageError("--sepp-pairs brings its own positives: drop --sepp-encoder, --sepp-bank and "
                              "--sepp-center (centre when mining: python -m mining.mine --center)")
     if args.sepp:
-        if args.sepp_k < 1 or args.sepp_every < 1 or args.sepp_warmup < 0 or not -1 <= args.sepp_threshold <= 1:
-            raise UsageError("--sepp-k and --sepp-every must be >= 1, --sepp-warmup >= 0, --sepp-threshold in [-1, 1]")
+        if (args.sepp_k < 1 or args.sepp_every < 1 or args.sepp_warmup < 0 or not -1 <= args.sepp_threshold <= 1
+                or not 0 < args.sepp_keep <= 1):
+            raise UsageError("--sepp-k and --sepp-every must be >= 1, --sepp-warmup >= 0, --sepp-threshold in [-1, 1], "
+                             "--sepp-keep in (0, 1]")
         enc = args.sepp_encoder
         if enc and not os.path.isfile(enc) and not os.path.isfile(enc.rpartition(":")[0]):
             raise UsageError(f"--sepp-encoder {enc}: no such file")

@@ -64,6 +64,18 @@ class TrainBank:
         return 0.0 if self.filled is None else self.filled.float().mean().item()
 
 
+def keep_top(sims: torch.Tensor, ids: torch.Tensor, keep: float):
+    """--sepp-keep: a threshold relative to the encoder's own similarity scale. Candidates below the (1 - keep)
+    quantile of the anchors' rank-1 similarities are dropped, so about `keep` of the samples keep a positive,
+    the most similar ones. -> (sims, ids, the threshold used)."""
+    top = sims[:, 0][ids[:, 0] >= 0].float()
+    if keep >= 1 or top.numel() == 0:
+        return sims, ids, float("-inf")
+    t = torch.quantile(top.cpu(), 1 - keep).item()
+    bad = sims < t
+    return sims.masked_fill(bad, float("-inf")), ids.masked_fill(bad, -1), t
+
+
 class SePP:
     def __init__(self, args, loader, source, normalize, device, rank, world, model=None):
         if getattr(loader, "n", len(source)) != len(source):
@@ -108,7 +120,9 @@ class SePP:
                              f"(fingerprint {mine[1]}): mine again with the same --dataset/--data/--subset/--seed/"
                              "--val-split")
         a = self.args
-        ids = ids[:, :a.sepp_k].masked_fill(sims[:, :a.sepp_k] < a.sepp_threshold, -1)
+        sims, ids = sims[:, :a.sepp_k], ids[:, :a.sepp_k]
+        bad = (sims < a.sepp_threshold) | (ids < 0)
+        sims, ids, _ = keep_top(sims.masked_fill(bad, float("-inf")), ids.masked_fill(bad, -1), a.sepp_keep)
         self.plan, self.fixed = PairPlan(ids.numpy(), a.seed), True
         attach(self.loader, self.plan)
         got, agree = label_agreement(np.asarray(self.source.labels), self.plan.plan(0)[1])
@@ -158,6 +172,7 @@ class SePP:
         if filled is not None:   # samples the train bank has not seen yet: neither anchors nor positives
             bad = ~filled[ids.clamp(min=0)] | ~filled[:, None]
             ids, sims = ids.masked_fill(bad, -1), sims.masked_fill(bad, float("-inf"))
+        sims, ids, used = keep_top(sims, ids, a.sepp_keep)
         if ids.is_cuda:   # the kernels run asynchronously: wait for them before reading the clock
             torch.cuda.synchronize(ids.device)
         search_s = time.perf_counter() - t1
@@ -167,7 +182,8 @@ class SePP:
         valid = (ids >= 0).float().mean().item()
         return {"epoch": epoch, "refresh_s": time.perf_counter() - t0, "search_s": search_s, "paired": got,
                 "label_agreement": agree, "dim": bank.shape[1], "bank": source,
-                "candidates_above_threshold": valid, "mean_sim": sims[ids >= 0].mean().item() if valid else 0.0}
+                "candidates_above_threshold": valid, "threshold_used": max(used, a.sepp_threshold),
+                "mean_sim": sims[ids >= 0].mean().item() if valid else 0.0}
 
     def start_epoch(self, epoch: int):
         self.partner = None

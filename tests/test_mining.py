@@ -1,5 +1,7 @@
 """SePP mining pieces: every index back end equals brute force; threshold and k hold; the pair plan keeps
 each pair in one batch on one rank and covers every sample once per epoch."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,18 @@ def test_threshold_k_and_ivf_recall():
     assert i.shape == (2000, 3) and (i == -1).float().mean() > 0.9 and (s[i >= 0] >= 0.99).all()
     s, i = search(x[:7], x, k=2, backend="torch")
     assert (i[:, 0] == torch.arange(7)).all() and torch.allclose(s[:, 0], torch.ones(7), atol=1e-5)
+
+
+def test_keep_top_drops_candidates_below_the_quantile_of_the_rank_1_similarities():
+    from mining.sepp import keep_top
+    sims = torch.tensor([[0.9, 0.5], [0.8, 0.75], [0.6, 0.55], [0.4, 0.3], [-math.inf, -math.inf]])
+    ids = torch.tensor([[1, 2], [0, 3], [3, 1], [2, 0], [-1, -1]])
+    s, i, t = keep_top(sims, ids, 0.5)                        # rank-1 of the valid rows: 0.9 0.8 0.6 0.4
+    assert t == pytest.approx(0.7)                            # their median
+    assert i.tolist() == [[1, -1], [0, 3], [-1, -1], [-1, -1], [-1, -1]]
+    assert torch.equal(s[0], torch.tensor([0.9, -math.inf])) and t == pytest.approx(0.7)
+    s, i, t = keep_top(sims, ids, 1.0)
+    assert torch.equal(i, ids) and t == -math.inf
 
 
 def test_pair_plan_keeps_pairs_in_one_batch_and_covers_every_sample():
@@ -287,3 +301,10 @@ def test_a_fixed_encoder_of_foreign_weights_mines_once(tmp_path):
     assert 0.05 < kept.numel() / sims.numel() < 0.95      # a threshold that filters part
     assert float(got["candidates_above_threshold"]) == pytest.approx(kept.numel() / sims.numel(), abs=0.01)
     assert float(got["mean_sim"]) == pytest.approx(kept.mean().item(), abs=2e-3)
+    # --sepp-keep 0.5: the threshold is the median of the rank-1 similarities, whatever their scale
+    r = run(["train.py", *TINY, "--method", "simsiam", "--subset", "256", "--epochs", "1", "--batch-size", "64",
+             "--sepp", "--sepp-k", "3", "--sepp-keep", "0.5", "--sepp-threshold", "-1",
+             "--sepp-encoder", str(tmp_path / "resnet10.pth"), "--out", str(tmp_path / "keep")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = read_csv(tmp_path / "keep" / "sepp.csv")[0]
+    assert float(got["threshold_used"]) > 0.5 and float(got["candidates_above_threshold"]) <= 0.5 + 1e-6
