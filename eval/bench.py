@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import threading
@@ -23,14 +24,15 @@ import time
 import numpy as np
 import torch
 
-from engine.config import DEFAULT_RES, METHOD_DEFAULTS, model_kwargs, parser_error_one_line
+from engine import config
+from engine.config import parser_error_one_line
 from engine.errors import UsageError, cli_main
 from engine.optim import build_optimizer
 from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES
 from loaders.dali import AUGMENT_MODES
 from loaders.datasets import open_source
-from models.methods import build_method
+from models.methods import METHODS
 
 
 def sync(device):
@@ -38,34 +40,54 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(iterable, steps, warmup, device, work=None):
-    """Images/s over `steps` batches after `warmup` batches, and the fraction of time spent in next()."""
-    it = iter(iterable)
+class Stream:
+    """A loader's batches without end: the next epoch starts when one ends."""
 
-    def nxt():
-        nonlocal it
+    def __init__(self, iterable):
+        self.iterable, self.it = iterable, iter(iterable)
+
+    def next(self):
         try:
-            return next(it)
+            return next(self.it)
         except StopIteration:
-            it = iter(iterable)
-            return next(it)
+            self.it = iter(self.iterable)
+            return next(self.it)
 
-    for _ in range(warmup):
-        b = nxt()
-        if work:
-            work(b)
+
+def window(stream: Stream, steps: int, device, work=None, budget_s: float = math.inf) -> dict:
+    """One timed window: `steps` batches, or as many as start within `budget_s` seconds (a slow baseline;
+    the count is reported, never hidden). -> images/s, the fraction of time spent in next(), batches, seconds."""
     sync(device)
-    n, wait, t0 = 0, 0.0, time.perf_counter()
-    for _ in range(steps):
+    n, batches, wait, t0 = 0, 0, 0.0, time.perf_counter()
+    while batches < steps and (batches == 0 or time.perf_counter() - t0 < budget_s):
         tw = time.perf_counter()
-        b = nxt()
+        b = stream.next()
         wait += time.perf_counter() - tw
         n += b.size
+        batches += 1
         if work:
             work(b)
     sync(device)
     dt = time.perf_counter() - t0
-    return n / dt, wait / dt
+    return {"img_s": n / dt, "wait": wait / dt, "batches": batches, "s": dt}
+
+
+def timed(iterable, steps, warmup, device, work=None):
+    """Images/s over `steps` batches after `warmup` batches, and the fraction of time spent in next()."""
+    stream = Stream(iterable)
+    for _ in range(warmup):
+        b = stream.next()
+        if work:
+            work(b)
+    w = window(stream, steps, device, work)
+    return w["img_s"], w["wait"]
+
+
+def summary(windows: list[dict]) -> dict:
+    """Median and range over repeated windows (the spread is what tells noise from a difference)."""
+    rates = sorted(w["img_s"] for w in windows)
+    return {"img_s": float(np.median(rates)), "range": [rates[0], rates[-1]],
+            "wait": float(np.median([w["wait"] for w in windows])), "batches": [w["batches"] for w in windows]}
 
 
 class TVPIL:
@@ -166,18 +188,20 @@ class SeppTagged:
             yield b
 
 
-def build(a, name, source, device, recipe, res, variant):
+def build(a, t, name, source, device, recipe, res, variant):
+    """The loader `name` as train.py (flags `t`) builds it, at `res`, for `variant`."""
     mix, sepp = "bsim" in variant, "sepp" in variant
     if name == "synthetic-noaug":
-        return Replay(build(a, "synthetic", source, device, recipe, res, variant))
+        return Replay(build(a, t, "synthetic", source, device, recipe, res, variant))
     if name == "tvpil":
-        return TVPIL(source, res, a.batch_size, a.workers, device, source.mean, source.std)
+        return TVPIL(source, res, t.batch_size, t.workers, device, source.mean, source.std)
     from loaders.mix import MixSpec
     loader = "dali" if name in ("dali-roi", "dali-device") else name
-    opts = LoaderOptions.from_args(a, a.batch_size, name=loader, res=res, seed=0, mix=MixSpec("mixup") if mix else None,
-                                   ffcv_order="ours" if sepp and name == "ffcv" else "auto",
-                                   dali_roi=name == "dali-roi",   # dali-device: DALI crops only
-                                   dali_augment="device" if name == "dali-device" else a.dali_augment)
+    opts = LoaderOptions.from_args(t, t.batch_size, name=loader, res=res, seed=0,
+                                   mix=MixSpec(t.bsim_mode, t.bsim_alpha) if mix else None,
+                                   ffcv_order="ours" if sepp and name == "ffcv" else t.ffcv_order,
+                                   dali_roi=name == "dali-roi" or t.dali_roi,   # dali-device: DALI crops only
+                                   dali_augment="device" if name == "dali-device" else t.dali_augment)
     ld = build_loader(opts, source, RECIPES[recipe], device)
     if not sepp:
         return ld
@@ -191,65 +215,102 @@ def build(a, name, source, device, recipe, res, variant):
     return SeppTagged(ld, torch.as_tensor(plan.plan(0)[1], device=device))
 
 
-def measure(a, ld, name, device, step):
-    """Loader alone and end to end (images/s), data wait, peak GPU and host memory of one loader."""
+def measure(a, ld, device, step):
+    """Loader alone, then end to end: the same warm-up and the same timed windows (--steps batches or
+    --budget-s seconds each, --repeats of them) for every loader; median and range over the windows."""
     if hasattr(ld, "set_epoch"):
         ld.set_epoch(0)
-    steps, warmup = (max(2, a.steps // 8), 1) if name == "tvpil" else (a.steps, a.warmup)  # tvpil is slow
-    if name in ("torch", "tvpil"):  # DataLoader workers deliver their first batches together: skip that round
-        warmup = max(warmup, a.workers + 1)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    stream = Stream(ld)
     with PeakHost() as host:
-        alone, _ = timed(ld, steps, warmup, device)
-        e2e, wait = timed(ld, steps, warmup, device, work=step)
+        for _ in range(a.warmup):   # DataLoader workers deliver their first batches together: not timed
+            stream.next()
+        alone = summary([window(stream, a.steps, device, budget_s=a.budget_s) for _ in range(a.repeats)])
+        for _ in range(a.warmup):   # the step's own warm-up (allocator, cuDNN autotuning, compilation)
+            step(stream.next())
+        e2e = summary([window(stream, a.steps, device, step, a.budget_s) for _ in range(a.repeats)])
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"loader_img_s": alone, "end_to_end_img_s": e2e, "data_wait": wait, "peak_gpu_mb": gpu,
-            "peak_host_mb": host.peak}
+    return {"loader_img_s": alone["img_s"], "loader_range": alone["range"], "loader_batches": alone["batches"],
+            "end_to_end_img_s": e2e["img_s"], "end_to_end_range": e2e["range"], "end_to_end_batches": e2e["batches"],
+            "data_wait": e2e["wait"], "peak_gpu_mb": gpu, "peak_host_mb": host.peak}
 
 
-def make_step(a, model, device):
-    opt = build_optimizer("sgd", model, 0.01, 0.0)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
+def make_step(t, model, device):
+    """train.py's step: its optimizer, precision (autocast, GradScaler for fp16) and momentum update."""
+    opt = build_optimizer(t.optimizer, model, t.lr, t.wd)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
 
     def step(batch):
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss = model(batch)["loss"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         if model.momentum_encoder:
             model.momentum_update(0.99)
     return step
 
 
-def bench_config(a, source, device, arch, res, variant, names):
-    """One arch x resolution x variant: every loader, the ceilings, ratios. -> result dict."""
-    small_stem = res <= 96 if a.small_stem is None else a.small_stem
-    cfg = vars(a) | METHOD_DEFAULTS[a.method] | {"arch": arch, "small_stem": small_stem}
-    model = build_method(a.method, **model_kwargs(cfg)).to(device)
-    if a.channels_last:
+# bench flags that are train.py's too: given here, they win over --config (as they would on train.py's line)
+TRAIN_FLAGS = ("method", "dataset", "data", "subset", "beton", "batch_size", "small_stem", "stem_stride", "amp",
+               "channels_last", "compile", "compile_augment", "workers", "device_max_fraction", "dali_hw_load",
+               "dali_branchless", "dali_pipes", "dali_concurrent", "dali_augment")
+
+
+def train_args(a, arch=None, res=None):
+    """The namespace train.py would run with: --config, then the bench's own flags given, then arch/res."""
+    argv = ["--config", a.config] if a.config else []
+    for k in TRAIN_FLAGS:
+        v, flag = getattr(a, k), "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            argv += [flag] if v else ([f"--no-{flag[2:]}"] if k in ("small_stem", "channels_last") else [])
+        elif v is not None:
+            argv += [flag, str(v)]
+    argv += (["--arch", arch] if arch else []) + (["--res", str(res)] if res else [])
+    t = config.parse(argv)
+    config.resolve_device(t)
+    config.check_world(t, 1)
+    return t
+
+
+def bench_model(a, arch, res, device):
+    """(train.py's flags, the model train.py builds from them, its augmentation recipe) for arch x res."""
+    t = train_args(a, arch, res)
+    model = config.build_model_from_config(vars(t)).to(device)
+    if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if a.compile:
+    if t.compile:
         for m in model.children():
             m.compile()
-    step = make_step(a, model, device)
-    out = {"arch": arch, "res": res, "variant": variant, "loaders": {}}
+    return t, model, t.recipe or METHODS[t.method].recipe
+
+
+def bench_config(a, source, device, arch, res, variant, names):
+    """One arch x resolution x variant: every loader, the ceilings, ratios. -> result dict."""
+    t, model, recipe = bench_model(a, arch, res, device)
+    t.bsim, t.sepp = "bsim" in variant, "sepp" in variant
+    step = make_step(t, model, device)
+    out = {"arch": arch, "res": res, "variant": variant, "loaders": {},
+           "train": {k: getattr(t, k) for k in ("method", "batch_size", "amp", "channels_last", "compile",
+                                                "compile_augment", "small_stem", "stem_stride", "proj_hidden",
+                                                "proj_dim", "pred_hidden", "optimizer", "workers")} | {"recipe": recipe}}
     for name in names + ["synthetic-noaug"]:
         if name == "tvpil" and variant != "plain":
             continue
-        r = out["loaders"][name] = measure(a, build(a, name, source, device, model.recipe, res, variant), name,
-                                           device, step)
+        r = out["loaders"][name] = measure(a, build(a, t, name, source, device, recipe, res, variant), device, step)
         if name == "synthetic-noaug":   # replays ready batches: there is no loader to time
-            r["loader_img_s"] = None
+            r["loader_img_s"] = r["loader_range"] = None
         print(f"  {arch} {res}px {variant} {name}: loader {r['loader_img_s'] or 0:.0f} img/s, end to end "
-              f"{r['end_to_end_img_s']:.0f} img/s", flush=True)
+              f"{r['end_to_end_img_s']:.0f} img/s (median of {a.repeats})", flush=True)
     ceiling = out["step_alone_img_s"] = out["loaders"]["synthetic"]["end_to_end_img_s"]
     bare = out["step_no_augmentation_img_s"] = out["loaders"]["synthetic-noaug"]["end_to_end_img_s"]
     for name, r in out["loaders"].items():
         r["ratio_to_ceiling"] = r["end_to_end_img_s"] / ceiling
         r["ratio_to_step"] = r["end_to_end_img_s"] / bare
-    for name in ("torch", "ffcv", "dali"):
+    for name in ("torch", "device", "ffcv", "dali"):
         if "tvpil" in out["loaders"] and name in out["loaders"]:
             out[f"{name}_vs_tvpil_loader"] = (out["loaders"][name]["loader_img_s"]
                                               / out["loaders"]["tvpil"]["loader_img_s"])
@@ -258,16 +319,22 @@ def bench_config(a, source, device, arch, res, variant, names):
 
 
 def print_table(r, a, device_name, cpus):
-    print(f"\n{a.method} {r['arch']} {r['res']}px {r['variant']} batch {a.batch_size} amp={a.amp} on {device_name} "
-          f"({cpus} CPUs); images/s, each as 2 views")
-    print(f"{'loader':<16} {'loader alone':>13} {'end to end':>11} {'/ceiling':>9} {'/step':>6} {'data wait':>10} "
+    t = r["train"]
+    print(f"\n{t['method']} {r['arch']} {r['res']}px {r['variant']} batch {t['batch_size']} amp={t['amp']} heads "
+          f"{t['proj_hidden']}-{t['proj_dim']} on {device_name} ({cpus} CPUs); images/s (each as 2 views), median "
+          f"[min-max] of {a.repeats} windows of {a.steps} batches (or {a.budget_s:g} s) after {a.warmup} warm-up")
+    print(f"{'loader':<16} {'loader alone':>19} {'end to end':>17} {'/ceiling':>9} {'/step':>6} {'data wait':>10} "
           f"{'GPU MB':>8} {'host MB':>8}")
+    rng = lambda v, lo_hi: f"{v:.0f} [{lo_hi[0]:.0f}-{lo_hi[1]:.0f}]" if v is not None else "-"   # noqa: E731
     for name, x in r["loaders"].items():
         gpu = f"{x['peak_gpu_mb']:.0f}" if x["peak_gpu_mb"] is not None else "-"
-        alone = f"{x['loader_img_s']:.0f}" if x["loader_img_s"] is not None else "-"
-        print(f"{name:<16} {alone:>13} {x['end_to_end_img_s']:>11.0f} {x['ratio_to_ceiling']:>9.2f} "
+        print(f"{name:<16} {rng(x['loader_img_s'], x['loader_range']):>19} "
+              f"{rng(x['end_to_end_img_s'], x['end_to_end_range']):>17} {x['ratio_to_ceiling']:>9.2f} "
               f"{x['ratio_to_step']:>6.2f} {x['data_wait']:>10.0%} {gpu:>8} {x['peak_host_mb']:>8.0f}")
-    for name in ("torch", "ffcv", "dali"):
+        cut = [b for b in x["loader_batches"] + x["end_to_end_batches"] if b < a.steps]
+        if cut:
+            print(f"{'':<16} (time budget: windows of {x['loader_batches']} / {x['end_to_end_batches']} batches)")
+    for name in ("torch", "device", "ffcv", "dali"):
         if f"{name}_vs_tvpil_loader" in r:
             print(f"{name} loader vs torchvision+PIL baseline (loader alone): {r[f'{name}_vs_tvpil_loader']:.2f}x")
 
@@ -308,34 +375,44 @@ def int_list(s: str, flag: str) -> list[int]:
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
-    p.add_argument("--loader", default="torch,synthetic", help="comma-separated: torch,device,ffcv,dali,dali-roi,"
-                   "dali-device,synthetic,tvpil")
-    p.add_argument("--method", default="simclr")
-    p.add_argument("--arch", default="resnet18", help="comma-separated, e.g. resnet18,resnet50")
-    p.add_argument("--res", default=None, help="comma-separated crop sizes (default: the dataset's)")
+    p.add_argument("--config", default=None, help="train.py's YAML preset: benchmark the model, heads, batch, "
+                   "precision, augmentation and loader that train.py --config FILE trains (flags given here win)")
+    p.add_argument("--loader", default=None, help="comma-separated: torch,device,ffcv,dali,dali-roi,dali-device,"
+                   "synthetic,tvpil (default: torch, or the config's loader; synthetic is always added)")
+    p.add_argument("--method", default=None, help="(default: simclr, or the config's)")
+    p.add_argument("--arch", default=None, help="comma-separated, e.g. resnet18,resnet50 (default: the config's)")
+    p.add_argument("--res", default=None, help="comma-separated crop sizes (default: the config's or dataset's)")
     p.add_argument("--variants", default="plain", help=f"comma-separated: {', '.join(VARIANTS)}")
     p.add_argument("--bsim", action="store_true", help="add the bsim variant")
     p.add_argument("--sepp", action="store_true", help="add the sepp variant")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--stem-stride", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--stem-stride", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="(default: 256, or the config's)")
+    p.add_argument("--dataset", default=None)
     p.add_argument("--data", default=None)
+    p.add_argument("--subset", type=int, default=None)
     p.add_argument("--beton", default=None, help="--loader ffcv: the .beton of the same data (loaders.prepare)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--steps", type=int, default=20, help="timed batches per window, the same for every loader")
+    p.add_argument("--repeats", type=int, default=3, help="timed windows per measurement (median and range)")
+    p.add_argument("--budget-s", type=float, default=60.0, help="a window stops early after this many seconds "
+                   "(a slow baseline): the batches it timed are reported")
+    p.add_argument("--warmup", type=int, default=None, help="untimed batches first, the same for every loader "
+                   "(default: workers + 1: DataLoader workers deliver their first batches together)")
+    p.add_argument("--workers", type=int, default=None, help="(default: as train.py: cores, at most 8)")
     p.add_argument("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--compile-augment", action="store_true", help="torch.compile the device augmentation")
+    p.add_argument("--compile", action="store_true", default=None)
+    p.add_argument("--compile-augment", action="store_true", default=None,
+                   help="torch.compile the device augmentation")
     p.add_argument("--dali-hw-load", type=float, default=None, help="dali: fraction for the hardware JPEG decoder")
-    p.add_argument("--dali-branchless", action="store_true", help="dali: colour ops and blur without conditionals")
-    p.add_argument("--dali-pipes", type=int, default=1, help="dali: pipelines per GPU (batch/N each)")
-    p.add_argument("--dali-concurrent", action="store_true", help="dali: independent operators run at once")
-    p.add_argument("--dali-augment", default="pipeline", choices=AUGMENT_MODES,
+    p.add_argument("--dali-branchless", action="store_true", default=None,
+                   help="dali: colour ops and blur without conditionals")
+    p.add_argument("--dali-pipes", type=int, default=None, help="dali: pipelines per GPU (batch/N each)")
+    p.add_argument("--dali-concurrent", action="store_true", default=None,
+                   help="dali: independent operators run at once")
+    p.add_argument("--dali-augment", default=None, choices=AUGMENT_MODES,
                    help="dali: pipeline | device (DALI crops only)")
-    p.add_argument("--device-max-fraction", type=float, default=0.5,
+    p.add_argument("--device-max-fraction", type=float, default=None,
                    help="device: the dataset's share of free device memory at most")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="bar chart (default: the --json path with .png)")
@@ -345,26 +422,29 @@ def build_parser():
 @cli_main
 def main(argv=None):
     a = build_parser().parse_args(argv)
+    if a.steps < 1 or a.repeats < 1 or a.budget_s <= 0 or (a.warmup is not None and a.warmup < 0):
+        raise UsageError("--steps and --repeats must be >= 1, --budget-s > 0, --warmup >= 0")
+    t = train_args(a)   # the config and the flags given, resolved as train.py resolves them (errors: one line)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    archs = [x.strip() for x in a.arch.split(",") if x.strip()]
-    resolutions = int_list(a.res, "--res") if a.res else [DEFAULT_RES.get(a.dataset, 224)]
+    archs = [x.strip() for x in a.arch.split(",") if x.strip()] if a.arch else [t.arch]
+    resolutions = int_list(a.res, "--res") if a.res else [t.res]
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     variants += [v for v, on in (("bsim", a.bsim), ("sepp", a.sepp)) if on and v not in variants]
+    variants += [v for v, on in (("bsim", t.bsim and not t.sepp), ("sepp", t.sepp and not t.bsim),
+                                 ("bsim+sepp", t.bsim and t.sepp)) if on and v not in variants]   # the config's
     for v in variants:
         if v not in VARIANTS:
             raise UsageError(f"--variants {v}: unknown (choose from {', '.join(VARIANTS)})")
-    a.amp = a.amp or ("bf16" if device.type == "cuda" else "off")
-    a.channels_last = device.type == "cuda" if a.channels_last is None else a.channels_last
-    if a.method not in METHOD_DEFAULTS:
-        raise UsageError(f"--method {a.method}: unknown (choose from {', '.join(METHOD_DEFAULTS)})")
-    if any("sepp" in v for v in variants) and a.batch_size % 2:
-        raise UsageError(f"--variants sepp pairs samples in a batch: --batch-size {a.batch_size} must be even")
-    source = open_source(a.dataset, a.data, True)
-    names = [n.strip() for n in a.loader.split(",") if n.strip()]
+    if any("sepp" in v for v in variants) and t.batch_size % 2:
+        raise UsageError(f"--variants sepp pairs samples in a batch: --batch-size {t.batch_size} must be even")
+    a.warmup = t.workers + 1 if a.warmup is None else a.warmup
+    source = open_source(t.dataset, t.data, True, t.subset, t.seed, t.val_split)
+    names = [n.strip() for n in (a.loader or t.loader).split(",") if n.strip()]
     if "synthetic" not in names:
         names.append("synthetic")  # the ceiling is always measured in the same run
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    res = {"config": vars(a), "device": dev_name, "cpus": os.cpu_count(), "torch": torch.__version__, "results": []}
+    res = {"config": vars(a), "device": dev_name, "cpus": os.cpu_count(), "torch": torch.__version__,
+           "date": time.strftime("%Y-%m-%d"), "results": []}
     for arch in archs:
         for r in resolutions:
             for v in variants:
@@ -383,7 +463,8 @@ def main(argv=None):
             json.dump(res, f, indent=1)
     png = a.png or (os.path.splitext(a.json)[0] + ".png" if a.json else None)
     if png:
-        plot(res["results"], png, f"{a.method}, batch {a.batch_size}, amp={a.amp}, {dev_name}")
+        t0 = res["results"][0]["train"]
+        plot(res["results"], png, f"{t0['method']}, batch {t0['batch_size']}, amp={t0['amp']}, {dev_name}")
         print(f"chart: {png}")
     return res
 

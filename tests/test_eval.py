@@ -161,12 +161,40 @@ def test_frozen_classifier_keeps_backbone_and_batchnorm_statistics():
     assert not torch.equal(clf.fc.weight, torch.zeros_like(clf.fc.weight))
 
 
+def test_bench_builds_the_model_train_py_trains_from_a_config():
+    """eval.bench --config FILE: the model (heads included: the demo's 512-wide projector, not the method's
+    default 2048), batch, precision, optimizer, recipe and loader that train.py --config FILE trains; flags
+    given to the bench still win."""
+    from engine import config
+    from eval.bench import bench_model, build_parser, train_args
+    for cfg in ("configs/fashion_demo.yaml", "configs/fashion_study.yaml"):
+        for extra in ([], ["--method", "moco"]):
+            a = build_parser().parse_args(["--config", cfg] + extra)
+            t = config.parse(["--config", cfg] + extra)
+            config.resolve_device(t)
+            torch.manual_seed(0)
+            trained = config.build_model_from_config(vars(t))
+            torch.manual_seed(0)
+            tb, benched, recipe = bench_model(a, t.arch, t.res, torch.device("cpu"))
+            want, got = trained.state_dict(), benched.state_dict()
+            assert list(want) == list(got) and all(torch.equal(want[k], got[k]) for k in want), (cfg, extra)
+            for k in ("batch_size", "amp", "optimizer", "lr", "res", "proj_hidden", "proj_dim", "loader",
+                      "compile_augment", "subset"):
+                assert getattr(tb, k) == getattr(t, k), (cfg, extra, k)
+            assert recipe == (t.recipe or ("byol" if t.method == "byol" else "simclr"))
+    demo = train_args(build_parser().parse_args(["--config", "configs/fashion_demo.yaml"]))
+    assert (demo.proj_hidden, demo.batch_size, demo.subset) == (512, 256, 8192)
+    mine = train_args(build_parser().parse_args(["--config", "configs/fashion_demo.yaml", "--batch-size", "64",
+                                                 "--no-small-stem"]))
+    assert (mine.batch_size, mine.small_stem, mine.proj_hidden) == (64, False, 512)
+
+
 @pytest.mark.slow
 def test_bench_suite_covers_every_combination_and_draws_a_chart(tmp_path):
     out = tmp_path / "suite.json"
     r = run(["-m", "eval.bench", "--loader", "torch,synthetic", "--arch", "resnet10", "--stem-stride", "2",
              "--res", "28", "--variants", "plain,bsim+sepp", "--method", "byol", "--batch-size", "16",
-             "--steps", "2", "--warmup", "1", "--workers", "1", "--json", str(out)])
+             "--steps", "2", "--repeats", "2", "--warmup", "1", "--workers", "1", "--json", str(out)])
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     combos = {(x["res"], x["variant"]) for x in res["results"]}
@@ -176,6 +204,11 @@ def test_bench_suite_covers_every_combination_and_draws_a_chart(tmp_path):
         for name, m in x["loaders"].items():
             assert m["end_to_end_img_s"] > 0 and 0 <= m["data_wait"] < 1 and m["peak_host_mb"] > 100
             assert (m["loader_img_s"] is None) == (name == "synthetic-noaug")
+            # every loader timed on the same work: 2 windows of 2 batches each (no budget cut at this size)
+            assert m["loader_batches"] == m["end_to_end_batches"] == [2, 2], (name, m)
+            lo, hi = m["end_to_end_range"]
+            assert lo <= m["end_to_end_img_s"] <= hi
+        assert x["train"]["proj_hidden"] == 4096 and x["train"]["method"] == "byol"   # BYOL's own heads
         assert x["loaders"]["synthetic"]["ratio_to_ceiling"] == 1.0
         if x["variant"] != "plain":
             assert "step_overhead_vs_plain" in x
