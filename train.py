@@ -59,7 +59,7 @@ def main(argv=None):
     if main_rank:
         os.makedirs(args.out, exist_ok=True)
     if args.resume == "auto":
-        args.resume = os.path.join(args.out, "last.pt") if os.path.exists(os.path.join(args.out, "last.pt")) else None
+        args.resume = os.path.join(args.out, "last.pt") if ckpt.exists(os.path.join(args.out, "last.pt")) else None
     seed_everything(args.seed, 0, rank)
 
     # ---- data
@@ -90,7 +90,7 @@ def main(argv=None):
     # ---- resume
     start_epoch = 0
     if args.resume:
-        state = ckpt.load(args.resume)
+        state, read = ckpt.load_resume(args.resume)
         if state.get("method") != args.method:
             raise UsageError(f"--resume {args.resume}: a {state.get('method')} checkpoint, not {args.method}")
         model.load_state_dict(state["model"])
@@ -99,7 +99,7 @@ def main(argv=None):
         ckpt.set_rng_state(state["rng"])
         start_epoch = state["epoch"]
         if main_rank:
-            print(f"resumed from {args.resume} at epoch {start_epoch}", flush=True)
+            print(f"resumed from {read} at epoch {start_epoch}", flush=True)
 
     cfg = {k: v for k, v in vars(args).items()} | {"world": world, "git_sha": ckpt.git_sha()}
     if main_rank:
@@ -194,7 +194,7 @@ def main(argv=None):
 
         # ---- checkpoint (atomic), then the kNN monitor
         if main_rank:
-            ckpt.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+            ckpt.save_keeping_previous({"model": model.state_dict(), "optimizer": opt.state_dict(),
                               "scaler": scaler.state_dict(), "epoch": epoch + 1, "method": args.method,
                               "rng": ckpt.rng_state(), "config": cfg}, os.path.join(args.out, "last.pt"))
         row = {"epoch": epoch + 1, "loss": mean_loss, "knn_top1": ""}

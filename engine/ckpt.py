@@ -1,9 +1,12 @@
-"""Checkpoints: one dict, written to a temporary file and renamed (a kill never leaves a broken one)."""
+"""Checkpoints: one dict, written to a temporary file and renamed (a kill never leaves a broken one). A
+training checkpoint keeps its predecessor (X.prev.pt) until the new one is complete, and a resume whose
+X.pt is truncated or unreadable (a full disk, a copy cut short) falls back to it with a warning."""
 from __future__ import annotations
 
 import os
 import random
 import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -52,3 +55,48 @@ def load(path: str) -> dict:
     except Exception as e:
         raise UsageError(f"checkpoint {path}: cannot be read ({type(e).__name__}); is it a checkpoint of "
                          f"this project?")
+
+
+def previous(path: str) -> str:
+    return os.path.splitext(path)[0] + ".prev.pt"
+
+
+def save_keeping_previous(obj: dict, path: str):
+    """save_atomic, and the checkpoint it replaces is kept as previous(path). At every moment `path` is a
+    complete checkpoint (the old or the new one): the old one is hard-linked aside first."""
+    if os.path.isfile(path):
+        tmp = f"{previous(path)}.tmp.{os.getpid()}"
+        try:
+            os.link(path, tmp)
+        except OSError:   # a file system without hard links: a copy
+            import shutil
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, previous(path))
+    save_atomic(obj, path)
+
+
+def exists(path: str) -> bool:
+    """A checkpoint to resume from: `path` or its predecessor."""
+    return os.path.isfile(path) or os.path.isfile(previous(path))
+
+
+def load_resume(path: str, need=("model", "optimizer", "epoch")) -> tuple[dict, str]:
+    """The checkpoint at `path` -> (state, the file read); if it is missing, truncated or lacks `need`, its
+    predecessor, with a warning on stderr; neither: one error line."""
+    errors = []
+    for p in (path, previous(path)):
+        if not os.path.isfile(p):
+            errors.append(f"{p}: no such file")
+            continue
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=False)
+            missing = [k for k in need if k not in state]
+            if missing:
+                raise KeyError(f"no {', '.join(missing)}")
+        except Exception as e:
+            errors.append(f"{p}: {type(e).__name__} {e}".strip()[:200])
+            continue
+        if p != path and int(os.environ.get("RANK", "0")) == 0:
+            print(f"warning: {errors[0]}; resuming from the previous checkpoint {p}", file=sys.stderr, flush=True)
+        return state, p
+    raise UsageError(f"--resume {path}: no readable checkpoint ({'; '.join(errors)})")

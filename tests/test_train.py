@@ -24,9 +24,26 @@ def test_two_process_gloo_training_lowers_the_loss(method, tmp_path):
     assert cfg["world"] == 2 and cfg["method"] == method
 
 
-def test_kill_and_resume_gives_the_same_weights(tmp_path):
-    kill_and_resume_equals_uninterrupted(["train.py", "--method", "byol", "--subset", "768", "--epochs", "3",
-                                          "--batch-size", "64", "--lr", "0.3"] + TINY, tmp_path)
+def test_kill_and_resume_gives_the_same_weights_and_a_truncated_checkpoint_falls_back(tmp_path):
+    args = ["train.py", "--method", "byol", "--subset", "768", "--epochs", "3", "--batch-size", "64",
+            "--lr", "0.3"] + TINY
+    kill_and_resume_equals_uninterrupted(args, tmp_path)
+    out = tmp_path / "killed"
+    ck, prev = out / "last.pt", out / "last.prev.pt"
+    assert torch.load(prev, weights_only=False)["epoch"] == 2      # the checkpoint before the last is kept
+    ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])     # a copy cut short
+    r = run(args + ["--out", str(out), "--resume", "auto"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming from the previous checkpoint {prev}" in r.stderr and f"resumed from {prev} at epoch 2" in r.stdout
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
+    b = torch.load(ck, weights_only=False)["model"]                # epoch 3 again, from epoch 2: the same weights
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    prev.write_bytes(b"")
+    ck.write_bytes(b"x")
+    r = run(args + ["--out", str(out), "--resume", "auto"])
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert r.returncode == 2 and len(lines) == 1 and "no readable checkpoint" in lines[0], r.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +93,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, simclr_ckpt):
 def test_corrupt_checkpoint_and_batch_not_divisible(tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    assert bad(["--resume", str(broken)], "cannot be read").returncode == 2
+    assert bad(["--resume", str(broken)], "no readable checkpoint").returncode == 2
     bad(["--batch-size", "63", "--subset", "128"], "not divisible by the 2 processes", torchrun=2)
 
 
