@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from engine import ckpt, config, dist
 from engine.errors import UsageError, cli_main
+from engine.guard import NonFiniteGuard, all_finite
 from engine.log import RunLog, Throughput
 from engine.optim import build_optimizer
 from engine.sched import momentum_schedule, warmup_cosine
@@ -126,6 +127,8 @@ def main(argv=None):
     sepp = SePP(args, loader, train_src, norm, device, rank, world, model) if args.sepp else None
 
     # ---- train
+    guard = NonFiniteGuard(model, opt, args.nonfinite_limit, device)
+    faults = {int(x) for x in args.fault_nonfinite.split(",") if x.strip()}
     meter = Throughput()
     run_images, run_time, run_wait = 0, 0.0, 0.0
     last_epoch_s = 0.0
@@ -149,7 +152,7 @@ def main(argv=None):
         model.train()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not main_rank
                    or args.no_progress, dynamic_ncols=True, file=sys.stdout)
-        epoch_loss, it, t_wait = 0.0, 0, time.perf_counter()
+        epoch_loss, epoch_good, it, t_wait = 0.0, 0, 0, time.perf_counter()
         t_epoch = t_wait
         for it, batch in enumerate(loader):
             if sepp is not None:
@@ -162,38 +165,50 @@ def main(argv=None):
                 g["lr"] = lr_s[step]
             if sepp is not None:
                 sepp.arm()
+            guard.before()
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = net(batch)
             if sepp is not None:
                 sepp.collect(batch)
-            loss = out["loss"]
+            loss = out["loss"] * float("nan") if step in faults else out["loss"]
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             if model.momentum_encoder:
                 model.momentum_update(float(ema_s[step]))
+            guard.after(loss)
             if it % args.log_every == 0 or it == steps_per_epoch - 1:
                 lv = dist.all_reduce_mean(loss.detach()).item()
-                if not math.isfinite(lv):
+                skipped, longest = guard.read()
+                if not math.isfinite(lv) and not args.nonfinite_limit:
                     raise UsageError(f"loss is {lv} at epoch {epoch + 1} step {it}: lower --lr, or try --amp off")
+                if args.nonfinite_limit and longest >= args.nonfinite_limit:
+                    raise UsageError(f"{longest} steps in a row had a non-finite loss (by epoch {epoch + 1} step "
+                                     f"{it}; their updates were skipped, {skipped} in all): lower --lr, or try "
+                                     f"--amp off; {args.out}/last.pt holds the last finite weights")
                 img_s, wait = meter.read()
-                row = {"step": step, "epoch": epoch, "loss": lv, "lr": lr_s[step], "img_s": img_s, "data_wait": wait}
+                row = {"step": step, "epoch": epoch, "loss": lv, "lr": lr_s[step], "img_s": img_s, "data_wait": wait,
+                       "skipped": skipped}
                 for extra, on in (("loss_mix", args.bsim), ("loss_sepp", args.sepp)):
                     if on:  # a fixed CSV header: empty until the term exists (SePP warm-up)
                         row[extra] = dist.all_reduce_mean(out[extra]).item() if extra in out else ""
                 log.write("train", row, step)
                 bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{img_s:.0f}", wait=f"{wait:.0%}")
-            epoch_loss += loss.detach()
+            good = torch.isfinite(loss.detach())
+            epoch_loss, epoch_good = epoch_loss + torch.where(good, loss.detach(), 0.0), epoch_good + good
             bar.update(1)
             t_wait = time.perf_counter()
         bar.close()
         last_epoch_s = time.perf_counter() - t_epoch
         run_time += last_epoch_s
-        mean_loss = dist.all_reduce_mean(epoch_loss / max(1, it + 1)).item()
+        mean_loss = dist.all_reduce_mean(epoch_loss / max(1, epoch_good)).item()
 
         # ---- checkpoint (atomic), then the kNN monitor
         if main_rank:
+            if not all_finite(model):   # only without the guard (--nonfinite-limit 0)
+                raise UsageError(f"the weights are not finite after epoch {epoch + 1}: no checkpoint written "
+                                 f"({args.out}/last.pt keeps the previous one); lower --lr, or try --amp off")
             ckpt.save_keeping_previous({"model": model.state_dict(), "optimizer": opt.state_dict(),
                               "scaler": scaler.state_dict(), "epoch": epoch + 1, "method": args.method,
                               "rng": ckpt.rng_state(), "config": cfg}, os.path.join(args.out, "last.pt"))

@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--knn-train", type=int, default=0, help="kNN monitor: training images used (0: all)")
     a("--knn-test", type=int, default=0, help="kNN monitor: test images used (0: all)")
     a("--knn-random-init", action="store_true", help="also report kNN of the encoder at random init")
+    a("--nonfinite-limit", type=int, default=20, help="a step with a non-finite loss is skipped (weights, "
+      "statistics and optimizer state restored, no host-device sync); this many in a row stop the run (0: no "
+      "guard, a non-finite loss at a log step stops the run)")
+    a("--fault-nonfinite", default="", help=argparse.SUPPRESS)   # tests: global steps whose loss is made NaN
     a("--log-every", type=int, default=10)
     a("--no-progress", action="store_true")
     return p
