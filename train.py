@@ -4,7 +4,10 @@
     torchrun --nproc_per_node=8 train.py --config configs/imagenet_moco_r50.yaml --data /data/imagenet
 
 Reads top to bottom: set-up, data, model, optimizer, schedules, resume, then for epoch / for batch:
-forward under autocast, loss, backward, step, momentum update, log; a checkpoint every epoch.
+forward under autocast, loss, backward, step, momentum update, log; a checkpoint every epoch (and every
+--ckpt-every-min inside one). SIGTERM or SIGUSR1 (a cluster's preemption notice): the ranks agree at the next
+log step, rank 0 writes a checkpoint, and the run exits with code 3 (EXIT_STOPPED); --resume auto goes on at
+the next batch.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 
@@ -39,6 +43,47 @@ def seed_everything(seed: int, epoch: int, rank: int):
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
+
+
+EXIT_STOPPED = 3   # stopped by SIGTERM / SIGUSR1 after writing a checkpoint: run again with --resume auto
+
+
+class StopSignals:
+    """SIGTERM / SIGUSR1 set a flag that the loop reads at its log steps; a second one ends the process."""
+
+    def __init__(self):
+        self.got = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.got is not None:   # asked twice: stop now, without a checkpoint
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.got = signal.Signals(signum).name
+
+
+def save_checkpoint(path, model, opt, scaler, args, cfg, epoch, batch=0, ranks=None):
+    """Atomic, keeping the previous one. epoch: epochs done; batch > 0: that many batches of the next epoch
+    done too, with every rank's RNG state and partial loss (`ranks`) to go on exactly there."""
+    if not all_finite(model):   # only without the guard (--nonfinite-limit 0)
+        raise UsageError(f"the weights are not finite at epoch {epoch + 1}: no checkpoint written "
+                         f"({path} keeps the previous one); lower --lr, or try --amp off")
+    ckpt.save_keeping_previous({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                                "epoch": epoch, "batch": batch, "ranks": ranks, "method": args.method,
+                                "rng": ckpt.rng_state(), "config": cfg}, path)
+
+
+def stop_run(why, epoch, batch, path, main_rank, log):
+    """After the checkpoint of a stop signal: one line, and the exit code a batch script can test."""
+    if main_rank:
+        at = f"epoch {epoch + 1} batch {batch}" if batch else f"the end of epoch {epoch}"
+        print(f"stopped by {why} at {at}: checkpoint {path} written; run the same command with --resume auto "
+              f"to go on (exit code {EXIT_STOPPED})", file=sys.stderr, flush=True)
+    log.close()
+    dist.barrier()
+    dist.cleanup()
+    sys.exit(EXIT_STOPPED)
 
 
 def knn_monitor(model, args, device, train_src, test_src, norm):
@@ -89,7 +134,7 @@ def main(argv=None):
     ema_s = momentum_schedule(args.ema, total) if args.method == "byol" else np.full(total, args.ema or 0.0)
 
     # ---- resume
-    start_epoch = 0
+    start_epoch, start_batch, resume_ranks = 0, 0, None
     if args.resume:
         state, read = ckpt.load_resume(args.resume)
         if state.get("method") != args.method:
@@ -98,9 +143,15 @@ def main(argv=None):
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
+        start_epoch, start_batch, resume_ranks = state["epoch"], state.get("batch", 0), state.get("ranks")
+        if start_batch and not getattr(loader, "resumes_mid_epoch", False):
+            if main_rank:
+                print(f"note: --loader {args.loader} cannot start an epoch at a batch: epoch {start_epoch + 1} "
+                      f"restarts at its first batch (its first {start_batch} batches are trained on twice)", flush=True)
+            start_batch = 0
         if main_rank:
-            print(f"resumed from {read} at epoch {start_epoch}", flush=True)
+            at = f" batch {start_batch}" if start_batch else ""
+            print(f"resumed from {read} at epoch {start_epoch}{at}", flush=True)
 
     cfg = {k: v for k, v in vars(args).items()} | {"world": world, "git_sha": ckpt.git_sha()}
     if main_rank:
@@ -127,6 +178,8 @@ def main(argv=None):
     sepp = SePP(args, loader, train_src, norm, device, rank, world, model) if args.sepp else None
 
     # ---- train
+    stops, ckpt_path, last_ckpt = StopSignals(), os.path.join(args.out, "last.pt"), time.monotonic()
+    stopping = None
     guard = NonFiniteGuard(model, opt, args.nonfinite_limit, device)
     faults = {int(x) for x in args.fault_nonfinite.split(",") if x.strip()}
     meter = Throughput()
@@ -148,19 +201,25 @@ def main(argv=None):
                       flush=True)
         if sepp is not None:
             sepp.start_epoch(epoch)
-        loader.set_epoch(epoch)
+        skip = start_batch if epoch == start_epoch else 0
+        loader.set_epoch(epoch, skip)
         model.train()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not main_rank
+        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not main_rank
                    or args.no_progress, dynamic_ncols=True, file=sys.stdout)
-        epoch_loss, epoch_good, it, t_wait = 0.0, 0, 0, time.perf_counter()
-        t_epoch = t_wait
-        for it, batch in enumerate(loader):
+        epoch_loss, epoch_good, it, t_wait = 0.0, 0, skip, time.perf_counter()
+        if skip and resume_ranks and len(resume_ranks) == world:   # go on with the streams where they were
+            ckpt.set_rng_state(resume_ranks[rank]["rng"])
+            epoch_loss, epoch_good = resume_ranks[rank]["loss_sum"], resume_ranks[rank]["good"]
+        t_epoch, due = t_wait, False
+        for it, batch in enumerate(loader, start=skip):
             if sepp is not None:
                 sepp.tag(batch)
             meter.waited(time.perf_counter() - t_wait, batch.size * world)
             run_wait += time.perf_counter() - t_wait
             run_images += batch.size * world
             step = epoch * steps_per_epoch + it
+            if step == args.fault_signal_step and main_rank:   # tests: a preemption notice at a known step
+                os.kill(os.getpid(), signal.SIGTERM)
             for g in opt.param_groups:
                 g["lr"] = lr_s[step]
             if sepp is not None:
@@ -190,6 +249,10 @@ def main(argv=None):
                 img_s, wait = meter.read()
                 row = {"step": step, "epoch": epoch, "loss": lv, "lr": lr_s[step], "img_s": img_s, "data_wait": wait,
                        "skipped": skipped}
+                due = args.ckpt_every_min > 0 and time.monotonic() - last_ckpt >= 60 * args.ckpt_every_min
+                stop, due = dist.any_rank([stops.got is not None, due], device)   # every rank agrees
+                if stop:
+                    stopping = stops.got or "a signal to another rank"
                 for extra, on in (("loss_mix", args.bsim), ("loss_sepp", args.sepp)):
                     if on:  # a fixed CSV header: empty until the term exists (SePP warm-up)
                         row[extra] = dist.all_reduce_mean(out[extra]).item() if extra in out else ""
@@ -198,20 +261,26 @@ def main(argv=None):
             good = torch.isfinite(loss.detach())
             epoch_loss, epoch_good = epoch_loss + torch.where(good, loss.detach(), 0.0), epoch_good + good
             bar.update(1)
+            if (stopping or due) and it + 1 < steps_per_epoch:   # mid-epoch (the epoch's end writes its own)
+                ranks = dist.gather_objects({"rng": ckpt.rng_state(), "loss_sum": float(epoch_loss),
+                                             "good": int(epoch_good)})
+                if main_rank:
+                    save_checkpoint(ckpt_path, model, opt, scaler, args, cfg, epoch, it + 1, ranks)
+                last_ckpt, due = time.monotonic(), False
+                if stopping:
+                    break
             t_wait = time.perf_counter()
         bar.close()
+        if stopping and it + 1 < steps_per_epoch:
+            stop_run(stopping, epoch, it + 1, ckpt_path, main_rank, log)
         last_epoch_s = time.perf_counter() - t_epoch
         run_time += last_epoch_s
         mean_loss = dist.all_reduce_mean(epoch_loss / max(1, epoch_good)).item()
 
         # ---- checkpoint (atomic), then the kNN monitor
         if main_rank:
-            if not all_finite(model):   # only without the guard (--nonfinite-limit 0)
-                raise UsageError(f"the weights are not finite after epoch {epoch + 1}: no checkpoint written "
-                                 f"({args.out}/last.pt keeps the previous one); lower --lr, or try --amp off")
-            ckpt.save_keeping_previous({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                              "scaler": scaler.state_dict(), "epoch": epoch + 1, "method": args.method,
-                              "rng": ckpt.rng_state(), "config": cfg}, os.path.join(args.out, "last.pt"))
+            save_checkpoint(ckpt_path, model, opt, scaler, args, cfg, epoch + 1)
+        last_ckpt = time.monotonic()
         row = {"epoch": epoch + 1, "loss": mean_loss, "knn_top1": ""}
         last = epoch + 1 == args.epochs
         if test_src is not None and (last or (args.knn_every and (epoch + 1) % args.knn_every == 0)):
@@ -222,6 +291,8 @@ def main(argv=None):
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if v != ""),
                   flush=True)
         dist.barrier()
+        if stopping and epoch + 1 < args.epochs:
+            stop_run(stopping, epoch + 1, 0, ckpt_path, main_rank, log)
     if main_rank and run_time > 0:
         knn = f"kNN top-1 {row['knn_top1']:.2f}%" if row.get("knn_top1") != "" else "no kNN"
         knn += f" (random init {acc0:.2f}%)" if acc0 is not None else ""

@@ -128,10 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--knn-train", type=int, default=0, help="kNN monitor: training images used (0: all)")
     a("--knn-test", type=int, default=0, help="kNN monitor: test images used (0: all)")
     a("--knn-random-init", action="store_true", help="also report kNN of the encoder at random init")
+    a("--ckpt-every-min", type=float, default=0, help="also write a checkpoint inside an epoch every N minutes "
+      "(0: at epoch ends only); a run resumes from it at the next batch (torch, device, ffcv loaders)")
     a("--nonfinite-limit", type=int, default=20, help="a step with a non-finite loss is skipped (weights, "
       "statistics and optimizer state restored, no host-device sync); this many in a row stop the run (0: no "
       "guard, a non-finite loss at a log step stops the run)")
     a("--fault-nonfinite", default="", help=argparse.SUPPRESS)   # tests: global steps whose loss is made NaN
+    a("--fault-signal-step", type=int, default=-1, help=argparse.SUPPRESS)   # tests: rank 0 SIGTERMs itself there
     a("--log-every", type=int, default=10)
     a("--no-progress", action="store_true")
     return p

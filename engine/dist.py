@@ -105,6 +105,23 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x) if active() and world() > 1 else x
 
 
+def any_rank(flags: list[bool], device) -> list[bool]:
+    """Each flag true on any rank (a sync: for log steps, where ranks agree to checkpoint or stop together)."""
+    t = torch.tensor([int(f) for f in flags], device=device)
+    if active():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank."""
+    if not active():
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     if active():
         x = x.clone()

@@ -316,7 +316,9 @@ class DALILoader:
         return self._order
 
     # ---- loader interface
-    def set_epoch(self, epoch: int):
+    resumes_mid_epoch = False   # a DALI reader cannot start at a position: a resume restarts the epoch
+
+    def set_epoch(self, epoch: int, skip: int = 0):
         if self.built_for is not None and epoch != self.epoch + 1 and epoch != self.epoch:
             self.it = None  # not the next epoch (a resume): rebuild for it
         if self.built_for is None and epoch > 0 and self.files is not None and self._plan is None and self.rank == 0:

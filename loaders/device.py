@@ -75,6 +75,8 @@ def check_fits(nbytes: int, device: torch.device, fraction: float):
 
 
 class DeviceLoader:
+    resumes_mid_epoch = True
+
     def __init__(self, source, recipe, opts, device, augment: DeviceAugment, rank=0, world=1):
         self.device, self.augment, self.res = torch.device(device), augment, opts.res
         self.batch, self.rank, self.world, self.seed = opts.batch_size, rank, world, opts.seed
@@ -84,10 +86,11 @@ class DeviceLoader:
         self.n, (_, _, self.H, self.W) = len(images), images.shape
         self.images = torch.from_numpy(images).to(self.device)   # once
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
-        self.epoch, self.plan = 0, None   # plan: SePP's epoch -> order (mining/sampler.py)
+        self.epoch, self.plan, self.skip = 0, None, 0   # plan: SePP's epoch -> order (mining/sampler.py)
 
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0):
+        """The next iteration is `epoch`'s, from its batch `skip` on (a mid-epoch resume)."""
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self):
         return num_steps(self.n, self.batch, self.world, self.drop_last)
@@ -103,7 +106,7 @@ class DeviceLoader:
 
     def __iter__(self):
         batches, boxes = self.epoch_tables(self.epoch)
-        for idx in batches:
+        for idx in batches[self.skip:]:
             imgs = self.images[idx]
             views = torch.stack([resized_crops(imgs, boxes[v, idx], self.res) for v in range(len(self.scales))])
             yield self.augment(RawBatch(views, idx, self.labels[idx]))

@@ -125,7 +125,7 @@ def _rank_order_class():
 
         def __init__(self, n, batch, rank, world, seed, drop_last):
             self.n, self.batch, self.rank, self.world, self.seed_, self.drop_last = n, batch, rank, world, seed, drop_last
-            self.plan = None
+            self.plan, self.skip = None, 0
 
         def __call__(self, loader):  # ffcv 1.0.2 calls the order it was given with the loader
             self.loader, self.indices, self.seed = loader, loader.indices, loader.seed
@@ -134,7 +134,7 @@ def _rank_order_class():
 
         def sample_order(self, epoch):
             order = self.plan(epoch) if self.plan else epoch_permutation(self.n, self.seed_, epoch)
-            parts = rank_batches(np.asarray(order), self.batch, self.rank, self.world, self.drop_last)
+            parts = rank_batches(np.asarray(order), self.batch, self.rank, self.world, self.drop_last)[self.skip:]
             return np.concatenate(parts).astype(np.uint64) if parts else np.zeros(0, np.uint64)
 
     return RankOrder
@@ -257,7 +257,14 @@ class FFCVLoader:
             raise UsageError("a sample plan (SePP) needs --ffcv-order ours")
         self.rank_order.plan = fn
 
-    def set_epoch(self, epoch: int):
+    @property
+    def resumes_mid_epoch(self) -> bool:
+        return self.rank_order is not None   # our order (--ffcv-order ours); FFCV's own orders cannot skip
+
+    def set_epoch(self, epoch: int, skip: int = 0):
+        """The next iteration is `epoch`'s, from its batch `skip` on (a mid-epoch resume: our order only)."""
+        if self.rank_order is not None:
+            self.rank_order.skip = skip
         self.epoch = epoch
         self.decoder.epoch[0] = epoch
         self.loader.next_epoch = epoch

@@ -19,13 +19,16 @@ class SyntheticLoader:
         self.pool = [(v.to(device), y.to(device)) for v, y in self.pool]
         self.base, self.stride = torch.arange(batch_size, device=device) + rank * batch_size, batch_size * world
 
-    def set_epoch(self, epoch: int):
-        pass
+    resumes_mid_epoch = True
+    skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0):
+        self.skip = skip
 
     def __len__(self):
         return self.steps
 
     def __iter__(self):
-        for s in range(self.steps):
+        for s in range(self.skip, self.steps):
             views, label = self.pool[s % len(self.pool)]
             yield self.augment(RawBatch(views, self.base + s * self.stride, label))  # unique over ranks

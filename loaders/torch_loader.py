@@ -2,6 +2,8 @@
 V random-resized crops of it (uint8) -> the device -> the shared device augmentation. Works anywhere."""
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -39,20 +41,29 @@ class EpochBatches:
 
     def __init__(self, n, batch, rank, world, seed, drop_last):
         self.n, self.batch, self.rank, self.world, self.seed, self.drop_last = n, batch, rank, world, seed, drop_last
-        self.epoch, self.plan = 0, None
+        self.epoch, self.plan, self.skip = 0, None, 0
 
     def order(self) -> np.ndarray:
         return self.plan(self.epoch) if self.plan else epoch_permutation(self.n, self.seed, self.epoch)
 
     def __iter__(self):
-        for b in rank_batches(self.order(), self.batch, self.rank, self.world, self.drop_last):
+        for b in rank_batches(self.order(), self.batch, self.rank, self.world, self.drop_last)[self.skip:]:
             yield [(int(i), self.epoch) for i in b]
 
     def __len__(self):
         return num_steps(self.n, self.batch, self.world, self.drop_last)
 
 
+def _ignore_stop_signals(_worker_id):
+    """Workers leave SIGTERM / SIGUSR1 (a cluster's preemption notice) to the main process, which checkpoints
+    and then shuts them down; a worker killed by it would end the run with a DataLoader error instead."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class TorchLoader:
+    resumes_mid_epoch = True
+
     def __init__(self, source, recipe, opts, device, augment: DeviceAugment, rank=0, world=1):
         self.source, self.device, self.augment = source, torch.device(device), augment
         seed, workers = opts.seed, opts.workers
@@ -64,10 +75,11 @@ class TorchLoader:
         self.loader = DataLoader(MultiCrop(source, opts.res, [a.crop_scale for a in recipe], seed),
                                  batch_sampler=self.sampler, num_workers=workers, pin_memory=pin,
                                  persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                                 generator=gen)
+                                 generator=gen, worker_init_fn=_ignore_stop_signals if workers else None)
 
-    def set_epoch(self, epoch: int):
-        self.sampler.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0):
+        """The next iteration is `epoch`'s, from its batch `skip` on (a mid-epoch resume)."""
+        self.sampler.epoch, self.sampler.skip = epoch, skip
 
     def __len__(self):
         return len(self.sampler)

@@ -109,3 +109,29 @@ def ranks_cover_every_index(loader_args, tmp_path, n=512):
         assert len(a) == len(b) == n // 2 and not set(a) & set(b)
         assert sorted(np.concatenate([a, b]).tolist()) == list(range(n))
     assert not np.array_equal(np.load(tmp_path / "r0_e0.npy"), np.load(tmp_path / "r0_e1.npy"))
+
+
+def signal_and_resume_equals_uninterrupted(args, tmp_path, stop_step, torchrun=0, expect_batch=None):
+    """Run `args` (train.py ... without --out, with --log-every 1) to the end; run it again with a SIGTERM at
+    global step `stop_step` (rank 0 signals itself): it must write a mid-epoch checkpoint and exit with code 3
+    and one line; resumed with --resume auto, its final weights must equal the uninterrupted run's."""
+    import torch
+    ref = run(args + ["--out", str(tmp_path / "ref")], torchrun=torchrun)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "stopped"
+    r = run(args + ["--out", str(out), "--fault-signal-step", str(stop_step)], torchrun=torchrun)
+    # torchrun reports its workers' exit code 3 as a failure of its own
+    assert (r.returncode != 0 if torchrun else r.returncode == 3), (r.returncode, r.stderr[-3000:])
+    assert "stopped by SIGTERM" in r.stderr and "--resume auto" in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr or torchrun, r.stderr[-2000:]
+    saved = torch.load(out / "last.pt", weights_only=False)
+    if expect_batch is not None:
+        assert (saved["epoch"], saved["batch"]) == expect_batch, (saved["epoch"], saved["batch"])
+    r = run(args + ["--out", str(out), "--resume", "auto"], torchrun=torchrun)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"at epoch {saved['epoch']}" in r.stdout
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
+    b = torch.load(out / "last.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    return saved

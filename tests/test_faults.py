@@ -89,3 +89,43 @@ def test_training_skips_injected_non_finite_steps_and_stops_after_too_many_in_a_
 def all_finite_state(path) -> bool:
     state = torch.load(path, weights_only=False)
     return all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", ["torch", "device"])
+def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(loader, tmp_path):
+    """8 batches an epoch; SIGTERM at global step 5 (epoch 1): the checkpoint holds epoch 0 + 6 batches, and
+    the resumed run goes on at batch 6 with the same RNG streams: the uninterrupted run's weights."""
+    from tests.helpers import signal_and_resume_equals_uninterrupted
+    args = ["train.py", *TINY, "--loader", loader, "--method", "byol", "--bsim", "--subset", "512", "--epochs", "2",
+            "--batch-size", "64", "--log-every", "1", "--lr", "0.3"]
+    saved = signal_and_resume_equals_uninterrupted(args, tmp_path, 5, expect_batch=(0, 6))
+    assert saved["ranks"] and len(saved["ranks"]) == 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_ranks_stops_both_at_one_step_and_resume_equals_the_uninterrupted_run(tmp_path):
+    """Rank 0 alone is signalled: the ranks agree at the next log step, every rank's RNG state goes into the
+    checkpoint, and the 2-rank resume ends with the uninterrupted run's weights."""
+    from tests.helpers import signal_and_resume_equals_uninterrupted
+    args = ["train.py", *TINY, "--method", "simclr", "--bsim", "--subset", "512", "--epochs", "2",
+            "--batch-size", "64", "--log-every", "2", "--lr", "0.3"]
+    saved = signal_and_resume_equals_uninterrupted(args, tmp_path, 9, torchrun=2)
+    assert (saved["epoch"], saved["batch"]) == (1, 3) and len(saved["ranks"]) == 2   # agreed at the log step 10
+
+
+@pytest.mark.slow
+def test_sigterm_with_ffcv_resumes_mid_epoch_and_dali_restarts_the_epoch(tmp_path):
+    from tests.helpers import signal_and_resume_equals_uninterrupted
+    from tests.test_ffcv import prepare
+    beton = str(tmp_path / "f.beton")
+    assert prepare("--subset", "512", "--out", beton, "--write-mode", "raw").returncode == 0
+    args = ["train.py", *TINY, "--loader", "ffcv", "--beton", beton, "--ffcv-order", "ours", "--subset", "512",
+            "--epochs", "2", "--batch-size", "64", "--log-every", "1", "--lr", "0.3"]
+    signal_and_resume_equals_uninterrupted(args, tmp_path / "ffcv", 3, expect_batch=(0, 4))
+    dali = ["train.py", *TINY, "--loader", "dali", "--subset", "256", "--epochs", "2", "--batch-size", "64",
+            "--log-every", "1", "--out", str(tmp_path / "dali")]
+    r = run(dali + ["--fault-signal-step", "1"])
+    assert r.returncode == 3, r.stderr[-2000:]
+    r = run(dali + ["--resume", "auto"])
+    assert r.returncode == 0 and "restarts at its first batch" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
