@@ -220,6 +220,9 @@ def main(argv=None):
             step = epoch * steps_per_epoch + it
             if step == args.fault_signal_step and main_rank:   # tests: a preemption notice at a known step
                 os.kill(os.getpid(), signal.SIGTERM)
+            if step == args.fault_exit_step and rank == world - 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT",
+                                                                                      "0") == "0":
+                os._exit(17)   # tests: a worker lost mid-epoch, in the first attempt only
             for g in opt.param_groups:
                 g["lr"] = lr_s[step]
             if sepp is not None:

@@ -129,3 +129,48 @@ def test_sigterm_with_ffcv_resumes_mid_epoch_and_dali_restarts_the_epoch(tmp_pat
     assert r.returncode == 3, r.stderr[-2000:]
     r = run(dali + ["--resume", "auto"])
     assert r.returncode == 0 and "restarts at its first batch" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def _torchrun(extra, args, port, timeout=600):
+    import os
+    import subprocess
+    import sys
+    from tests.helpers import ROOT
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", *extra, *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_train(tmp_path):
+    """Beyond one machine: two torchrun agents (--nnodes 2, one CPU process each), rendezvous c10d on
+    127.0.0.1, as two nodes of a cluster would; one run of world size 2."""
+    import os
+    port = 29100 + os.getpid() % 300
+    rdzv = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=faults"]
+    args = ["train.py", *TINY, "--subset", "256", "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "r")]
+    agents = [_torchrun(rdzv, args, port) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in agents]
+    assert all(p.returncode == 0 for p in agents), [o[1][-2000:] for o in outs]
+    state = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    assert state["config"]["world"] == 2 and state["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_elastic_restart_after_a_lost_worker_resumes_and_ends_as_the_uninterrupted_run(tmp_path):
+    """torchrun --max-restarts 1: the last rank dies in epoch 2 (step 10 of 8 an epoch); torchrun restarts the
+    group, which resumes from epoch 1's checkpoint (--resume auto) and finishes with the weights of a run that
+    lost nothing."""
+    args = ["train.py", *TINY, "--subset", "512", "--epochs", "3", "--batch-size", "64", "--lr", "0.3",
+            "--resume", "auto"]
+    ref = run(args + ["--out", str(tmp_path / "ref")], torchrun=2)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    r = run(["--max-restarts=1", *args, "--out", str(tmp_path / "elastic"), "--fault-exit-step", "10"],
+            torchrun=2, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and "at epoch 1" in r.stdout, r.stdout[-2000:]
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "elastic" / "last.pt", weights_only=False)
+    assert b["epoch"] == 3
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-5, msg=k)
