@@ -296,7 +296,8 @@ def bench_config(a, source, device, arch, res, variant, names):
     out = {"arch": arch, "res": res, "variant": variant, "loaders": {},
            "train": {k: getattr(t, k) for k in ("method", "batch_size", "amp", "channels_last", "compile",
                                                 "compile_augment", "small_stem", "stem_stride", "proj_hidden",
-                                                "proj_dim", "pred_hidden", "optimizer", "workers")} | {"recipe": recipe}}
+                                                "proj_dim", "pred_hidden", "optimizer", "workers")}
+           | {"recipe": recipe}}
     for name in names + ["synthetic-noaug"]:
         if name == "tvpil" and variant != "plain":
             continue

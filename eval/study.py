@@ -9,8 +9,9 @@ method's baseline with Welch's t-test and a plain verdict, the per-run rows, and
 
 Variants: base (the method alone), bsim (+ --bsim), sepp (+ semantic positives mined once, before training,
 with the encoder of the base run of the same method and seed: a pre-trained encoder, as the SePP paper
-mines; its training time is the pre-training cost the table reports), bsim+sepp (both), and any --variant NAME="TRAIN FLAGS" (an ablation: its flags added to the method's; with
---sepp it mines with the base run's encoder unless the flags name --sepp-encoder or --sepp-pairs). The base run is
+mines; its training time is the pre-training cost the table reports), bsim+sepp (both), and any
+--variant NAME="TRAIN FLAGS" (an ablation: its flags added to the method's; with --sepp it mines with the
+base run's encoder unless the flags name --sepp-encoder or --sepp-pairs). The base run is
 always part of the grid. A run whose two evaluations are written is skipped, so a study continues where it
 stopped, in a later session or on another machine (copy the output folder). Runs of a study trained with
 --val-split (in the config or --extra) are scored on that validation split, never on the test split.

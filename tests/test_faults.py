@@ -12,7 +12,8 @@ from tests.helpers import TINY, read_csv, run
 
 def _net():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    nn = torch.nn
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
 
 
 def _step(net, opt, guard, x, poison=False):
@@ -174,3 +175,39 @@ def test_elastic_restart_after_a_lost_worker_resumes_and_ends_as_the_uninterrupt
     assert b["epoch"] == 3
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_torchrun_agent_reaches_the_workers_which_checkpoint_and_resume(tmp_path):
+    """The SLURM path: SIGTERM to torchrun (not to the workers) at a random moment of training; torchrun
+    forwards it, the workers agree, checkpoint and stop; the resume ends with the uninterrupted run's weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tests.helpers import ROOT
+    args = ["train.py", *TINY, "--subset", "512", "--epochs", "3", "--batch-size", "64", "--log-every", "1",
+            "--lr", "0.3"]
+    ref = run(args + ["--out", str(tmp_path / "ref")], torchrun=2)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "term"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={29800 + os.getpid() % 150}", *args, "--out", str(out)],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    csv = out / "train.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and (not csv.exists() or len(csv.read_text().splitlines()) < 5):
+        time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert "stopped by SIGTERM" in err, err[-3000:]
+    saved = torch.load(out / "last.pt", weights_only=False)
+    assert (saved["epoch"], saved["batch"]) != (3, 0), "the signal should land mid-run"
+    r = run(args + ["--out", str(out), "--resume", "auto"], torchrun=2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
+    b = torch.load(out / "last.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
