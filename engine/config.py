@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--bsim-weight", type=float, default=1.0, help="total = L_method + w * L_mix")
     a("--sepp", action="store_true", help="semantic positive pairs: mined nearest neighbours become positives")
     a("--sepp-k", type=int, default=5, help="candidates per anchor (one is paired with it each epoch)")
-    a("--sepp-threshold", type=float, default=0.5, help="minimum cosine similarity of a mined positive")
+    a("--sepp-threshold", type=float, default=-1.0, help="minimum cosine similarity of a mined positive (default "
+      "-1: none; chosen on a validation split, docs/RESULTS.md: filtering did not help, and mined cosines sit in "
+      "0.7-1.0 in every space, so an absolute value is the encoder's scale, not a meaning; see --sepp-keep)")
     a("--sepp-keep", type=float, default=1.0, help="a threshold relative to the encoder's similarity scale: "
       "keep the positives of the most similar KEEP share of the samples (1: all; applied after --sepp-threshold)")
     a("--sepp-center", action="store_true", help="mine in centred cosines (the bank's mean embedding "

@@ -5,7 +5,7 @@ method's baseline with Welch's t-test and a plain verdict, the per-run rows, and
     python -m eval.study --config configs/fashion_study.yaml --methods simclr,moco \
         --variants base,bsim,sepp,bsim+sepp --seeds 0,1,2 --out runs/study --parallel 3
     python -m eval.study --config configs/fashion_demo.yaml --variants base,sepp \
-        --variant "sepp-c0.3=--sepp --sepp-center --sepp-threshold 0.3" --extra "--val-split 10000"
+        --variant "keep0.7=--sepp --sepp-keep 0.7" --extra "--val-split 10000"
 
 Variants: base (the method alone), bsim (+ --bsim), sepp (+ semantic positives mined once, before training,
 with the encoder of the base run of the same method and seed: a pre-trained encoder, as the SePP paper

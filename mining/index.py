@@ -1,6 +1,6 @@
 """Top-k cosine neighbours of L2-normalised embeddings, with a similarity threshold.
 
-    sims, ids = search(queries, keys, k=1, threshold=0.5, backend="auto", exclude_self=True)
+    sims, ids = search(queries, keys, k=1, threshold=-1.0, backend="auto", exclude_self=True)
 
 Back ends, all giving the same answer on the same data (tests/test_mining.py checks them against brute force):
 - "faiss": an exact inner-product flat index (IndexFlatIP); on a GPU when faiss has GPU support and CUDA
