@@ -27,6 +27,7 @@ import torch
 from engine import config
 from engine.config import parser_error_one_line
 from engine.errors import UsageError, cli_main
+from engine.guard import NonFiniteGuard
 from engine.optim import build_optimizer
 from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES
@@ -237,12 +238,15 @@ def measure(a, ld, device, step):
 
 
 def make_step(t, model, device):
-    """train.py's step: its optimizer, precision (autocast, GradScaler for fp16) and momentum update."""
+    """train.py's step: its optimizer, precision (autocast, GradScaler for fp16), momentum update and the
+    non-finite guard's snapshot and restore (--nonfinite-limit 0: none)."""
     opt = build_optimizer(t.optimizer, model, t.lr, t.wd)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
+    guard = NonFiniteGuard(model, opt, t.nonfinite_limit, device)
 
     def step(batch):
+        guard.before()
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss = model(batch)["loss"]
         opt.zero_grad(set_to_none=True)
@@ -251,13 +255,14 @@ def make_step(t, model, device):
         scaler.update()
         if model.momentum_encoder:
             model.momentum_update(0.99)
+        guard.after(loss)
     return step
 
 
 # bench flags that are train.py's too: given here, they win over --config (as they would on train.py's line)
 TRAIN_FLAGS = ("method", "dataset", "data", "subset", "beton", "batch_size", "small_stem", "stem_stride", "amp",
                "channels_last", "compile", "compile_augment", "workers", "device_max_fraction", "dali_hw_load",
-               "dali_branchless", "dali_pipes", "dali_concurrent", "dali_augment")
+               "dali_branchless", "dali_pipes", "dali_concurrent", "dali_augment", "nonfinite_limit")
 
 
 def train_args(a, arch=None, res=None):
@@ -296,7 +301,7 @@ def bench_config(a, source, device, arch, res, variant, names):
     out = {"arch": arch, "res": res, "variant": variant, "loaders": {},
            "train": {k: getattr(t, k) for k in ("method", "batch_size", "amp", "channels_last", "compile",
                                                 "compile_augment", "small_stem", "stem_stride", "proj_hidden",
-                                                "proj_dim", "pred_hidden", "optimizer", "workers")}
+                                                "proj_dim", "pred_hidden", "optimizer", "workers", "nonfinite_limit")}
            | {"recipe": recipe}}
     for name in names + ["synthetic-noaug"]:
         if name == "tvpil" and variant != "plain":
@@ -415,6 +420,8 @@ def build_parser():
                    help="dali: pipeline | device (DALI crops only)")
     p.add_argument("--device-max-fraction", type=float, default=None,
                    help="device: the dataset's share of free device memory at most")
+    p.add_argument("--nonfinite-limit", type=int, default=None, help="as train.py (0: the step without the "
+                   "non-finite guard, to measure what the guard costs)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="bar chart (default: the --json path with .png)")
     return p
