@@ -4,7 +4,8 @@
 # .beton, and benchmark every loader against the synthetic ceiling in one run per model. Results in $OUT.
 # SWEEP=1: first time the DALI pipeline's stages and settings (scripts/sweep_dali.py); BENCH_ARGS: more flags
 # for eval.bench (e.g. "--dali-branchless --dali-hw-load 0.9"); BEST=1: add the flags of the sweep's fastest
-# row (kept in /tmp while the machine is warm, so a later call can follow the sweep); CFGS="" skips the benchmarks.
+# row (kept in /tmp while the machine is warm, so a later call can follow the sweep); CFGS="" skips the benchmarks;
+# REPEATS / BUDGET: timed windows per loader and the seconds a window may take (the slow tvpil baseline).
 # SMALL=1: the small-data part (--loader device vs torch vs synthetic, ResNet-18 on Fashion-MNIST at 28 px, and
 # a short training run for the seconds per epoch); Fashion-MNIST's idx files travel in $FM (default .fm:
 # mkdir .fm && cp /usr/share/datasets/fashion-mnist/* .fm && echo /.fm/ >> .git/info/exclude; carry .fm).
@@ -26,7 +27,7 @@ if [ "${SMALL:-0}" = 1 ]; then
   FM=${FM:-.fm}
   timeout 120 python3 -m pytest -q -m gpu tests/test_device.py -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/gpu_tests_device.txt"
   timeout ${SMALL_TIMEOUT:-280} python3 -m eval.bench --loader device,torch,synthetic --dataset fashion-mnist --data "$FM" \
-    --arch resnet18 --res 28 --batch-size 256 --workers 16 --steps "${STEPS:-50}" --warmup 10 --compile-augment \
+    --arch resnet18 --res 28 --batch-size 256 --workers 16 --steps "${STEPS:-50}" --warmup 10 --compile-augment --repeats "${REPEATS:-3}" --budget-s "${BUDGET:-15}" \
     ${BENCH_ARGS:-} --json "$OUT/bench_fashion_device.json" > "$OUT/bench_fashion_device.txt" 2>&1
   tail -9 "$OUT/bench_fashion_device.txt"
   # seconds per 60k-image epoch in training (study preset, compiled augmentation): 60000 / the img/s printed
@@ -50,6 +51,7 @@ for cfg in ${CFGS-resnet50:224 resnet18:128}; do
   set -- ${cfg/:/ }
   timeout 280 python3 -m eval.bench --loader "${LOADERS:-dali,ffcv,torch,tvpil}" --dataset imagefolder --data /tmp/inet \
     --beton /tmp/inet.beton --arch "$1" --res "$2" --batch-size 256 --workers 16 --steps "${STEPS:-30}" --warmup 5 \
+    --repeats "${REPEATS:-2}" --budget-s "${BUDGET:-15}" \
     ${BENCH_ARGS:-} --json "$OUT/bench_$1_$2.json" > "$OUT/bench_$1_$2.txt" 2>&1
   tail -9 "$OUT/bench_$1_$2.txt"
 done
