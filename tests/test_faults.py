@@ -102,6 +102,15 @@ def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(loader, tmp_
             "--batch-size", "64", "--log-every", "1", "--lr", "0.3"]
     saved = signal_and_resume_equals_uninterrupted(args, tmp_path, 5, expect_batch=(0, 6))
     assert saved["ranks"] and len(saved["ranks"]) == 1
+    if loader == "torch":   # --ckpt-every-min: checkpoints inside the epochs change nothing in the training
+        r = run(args + ["--ckpt-every-min", "1e-6", "--out", str(tmp_path / "often")])
+        assert r.returncode == 0, r.stderr[-2000:]
+        prev = torch.load(tmp_path / "often" / "last.prev.pt", weights_only=False)
+        assert (prev["epoch"], prev["batch"]) == (1, 7)          # the last mid-epoch one, before the epoch's end
+        a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
+        b = torch.load(tmp_path / "often" / "last.pt", weights_only=False)["model"]
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 @pytest.mark.slow
@@ -159,14 +168,16 @@ def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_train(tmp_path):
 
 @pytest.mark.slow
 def test_elastic_restart_after_a_lost_worker_resumes_and_ends_as_the_uninterrupted_run(tmp_path):
-    """torchrun --max-restarts 1: the last rank dies in epoch 2 (step 10 of 8 an epoch); torchrun restarts the
+    """torchrun --max-restarts: the last rank dies in epoch 2 (step 10 of 8 an epoch); torchrun restarts the
     group, which resumes from epoch 1's checkpoint (--resume auto) and finishes with the weights of a run that
     lost nothing."""
     args = ["train.py", *TINY, "--subset", "512", "--epochs", "3", "--batch-size", "64", "--lr", "0.3",
             "--resume", "auto"]
     ref = run(args + ["--out", str(tmp_path / "ref")], torchrun=2)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    r = run(["--max-restarts=1", *args, "--out", str(tmp_path / "elastic"), "--fault-exit-step", "10"],
+    # 2 restarts allowed: the lost worker takes one; under load a restarted gloo group can time out while
+    # connecting (seen once in CI), and a second try is what torchrun's restarts are for
+    r = run(["--max-restarts=2", *args, "--out", str(tmp_path / "elastic"), "--fault-exit-step", "10"],
             torchrun=2, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout and "at epoch 1" in r.stdout, r.stdout[-2000:]
