@@ -85,16 +85,14 @@ def load_resume(path: str, need=("model", "optimizer", "epoch")) -> tuple[dict, 
     predecessor, with a warning on stderr; neither: one error line."""
     errors = []
     for p in (path, previous(path)):
-        if not os.path.isfile(p):
-            errors.append(f"{p}: no such file")
-            continue
         try:
-            state = torch.load(p, map_location="cpu", weights_only=False)
-            missing = [k for k in need if k not in state]
-            if missing:
-                raise KeyError(f"no {', '.join(missing)}")
-        except Exception as e:
-            errors.append(f"{p}: {type(e).__name__} {e}".strip()[:200])
+            state = load(p)
+        except UsageError as e:
+            errors.append(str(e))
+            continue
+        missing = [k for k in need if k not in state]
+        if missing:
+            errors.append(f"checkpoint {p}: holds no {', '.join(missing)}")
             continue
         if p != path and int(os.environ.get("RANK", "0")) == 0:
             print(f"warning: {errors[0]}; resuming from the previous checkpoint {p}", file=sys.stderr, flush=True)

@@ -24,13 +24,16 @@ class NonFiniteGuard:
         self.model, self.opt, self.limit = model, opt, limit
         zero = lambda: torch.zeros((), dtype=torch.int64, device=device)   # noqa: E731
         self.skipped, self.run, self.longest = zero(), zero(), zero()
-        self.before_ids, self.snap = None, None
+        self.ts, self.snap, self.n_state = None, None, -1
 
     def _tensors(self) -> list[torch.Tensor]:
-        ts = list(self.model.state_dict(keep_vars=True).values())   # the objects themselves: stable ids
-        for state in self.opt.state.values():
-            ts += [v for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
-        return ts
+        """The model's parameters and buffers, then the optimizer's state tensors (appended as they appear)."""
+        if self.ts is None or len(self.opt.state) != self.n_state:   # not per step: state_dict() is slow
+            ts = list(self.model.state_dict(keep_vars=True).values())   # the objects themselves
+            for state in self.opt.state.values():
+                ts += [v for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+            self.ts, self.n_state = ts, len(self.opt.state)
+        return self.ts
 
     @torch.no_grad()
     def before(self):
@@ -38,9 +41,8 @@ class NonFiniteGuard:
         if not self.limit:
             return
         ts = self._tensors()
-        ids = [id(t) for t in ts]
-        if ids != self.before_ids:   # the first step, or optimizer state that appeared since
-            self.snap, self.before_ids = [t.clone() for t in ts], ids
+        if self.snap is None or len(self.snap) != len(ts):   # the first step, or optimizer state that appeared
+            self.snap = [t.detach().clone() for t in ts]
         else:
             torch._foreach_copy_(self.snap, ts)
 
@@ -54,10 +56,9 @@ class NonFiniteGuard:
             flag = bad.to(torch.int32)
             torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
             bad = flag.bool()
-        old = dict(zip(self.before_ids, self.snap))
-        for t in self._tensors():
-            prev = old.get(id(t))
-            t.copy_(torch.where(bad, prev if prev is not None else torch.zeros_like(t), t))
+        for i, t in enumerate(self._tensors()):   # the snapshot covers the first len(snap) of them
+            prev = self.snap[i] if i < len(self.snap) else torch.zeros_like(t)
+            t.copy_(torch.where(bad, prev, t))
         self.skipped += bad
         self.run = torch.where(bad, self.run + 1, torch.zeros_like(self.run))
         self.longest = torch.maximum(self.longest, self.run)
