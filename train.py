@@ -233,9 +233,11 @@ def train_step(r: Run, batch, step: int):
     """Forward under autocast, loss, backward, update, momentum update; a non-finite loss leaves no trace."""
     if step == r.args.fault_signal_step and r.main_rank:   # tests: a preemption notice at a known step
         os.kill(os.getpid(), signal.SIGTERM)
-    if (step == r.args.fault_exit_step and r.rank == r.world - 1
-            and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
-        os._exit(17)   # tests: a worker lost mid-epoch, in the first attempt only
+    if step == r.args.fault_exit_step and r.rank == r.world - 1:   # tests: a worker lost mid-epoch, once
+        marker = os.path.join(r.args.out, "fault-exit-step.done")
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(17)
     for g in r.opt.param_groups:
         g["lr"] = r.lr_s[step]
     if r.sepp is not None:

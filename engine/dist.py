@@ -16,8 +16,28 @@ def init(device_kind: str) -> tuple[int, int, int]:
     local = int(os.environ.get("LOCAL_RANK", 0))
     if device_kind == "cuda":
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    backend, timeout = "nccl" if device_kind == "cuda" else "gloo", timedelta(minutes=30)
+    store = elastic_store(timeout)
+    if store is None:
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), local
+
+
+def elastic_store(timeout):
+    """torchrun's agent lends its TCPStore to the workers (TORCHELASTIC_USE_AGENT_STORE) and keeps it across
+    --max-restarts, so a restarted group would read the dead group's addresses (pytorch issue 135712: it hangs
+    or is refused). Each attempt gets its own key space; None where torchrun lends no store (the default path).
+    TORCHELASTIC_RESTART_COUNT agrees on every node where every agent restarts on the failure (one node, or
+    static rendezvous); a multi-node c10d job should also export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (a new
+    store each round), as the README says."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"ssl/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def init_device(name: str) -> tuple[torch.device, int, int]:

@@ -2,7 +2,9 @@
 V random-resized crops of it (uint8) -> the device -> the shared device augmentation. Works anywhere."""
 from __future__ import annotations
 
+import os
 import signal
+import threading
 
 import numpy as np
 import torch
@@ -54,11 +56,25 @@ class EpochBatches:
         return num_steps(self.n, self.batch, self.world, self.drop_last)
 
 
-def _ignore_stop_signals(_worker_id):
-    """Workers leave SIGTERM / SIGUSR1 (a cluster's preemption notice) to the main process, which checkpoints
-    and then shuts them down; a worker killed by it would end the run with a DataLoader error instead."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
+def _stop_signals_to_the_main_process(_worker_id):
+    """A preemption notice (SIGTERM / SIGUSR1 to the whole process group, from torchrun or SLURM) is the main
+    process's: it finishes its step, checkpoints, then shuts its workers down; a worker killed by the notice
+    would end the run with a DataLoader error instead. A SIGTERM from the main process itself (multiprocessing
+    terminates its workers on the way out, as after an exception) still ends the worker: a worker deaf to it
+    would hold the main process's exit until something kills both. The signals are blocked and read by a
+    thread that knows who sent them."""
+    signals, parent = {signal.SIGTERM, signal.SIGUSR1}, os.getppid()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # not the main process's handler, inherited by the fork
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+    def listen():
+        while True:
+            got = signal.sigwaitinfo(signals)
+            if got.si_signo == signal.SIGTERM and got.si_pid == parent:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=listen, name="stop-signals", daemon=True).start()
 
 
 class TorchLoader:
@@ -75,7 +91,7 @@ class TorchLoader:
         self.loader = DataLoader(MultiCrop(source, opts.res, [a.crop_scale for a in recipe], seed),
                                  batch_sampler=self.sampler, num_workers=workers, pin_memory=pin,
                                  persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                                 generator=gen, worker_init_fn=_ignore_stop_signals if workers else None)
+                                 generator=gen, worker_init_fn=_stop_signals_to_the_main_process if workers else None)
 
     def set_epoch(self, epoch: int, skip: int = 0):
         """The next iteration is `epoch`'s, from its batch `skip` on (a mid-epoch resume)."""
