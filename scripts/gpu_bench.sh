@@ -7,7 +7,8 @@
 # row (kept in /tmp while the machine is warm, so a later call can follow the sweep); CFGS="" skips the benchmarks;
 # REPEATS / BUDGET: timed windows per loader and the seconds a window may take (the slow tvpil baseline).
 # SMALL=1: the small-data part (--loader device vs torch vs synthetic, ResNet-18 on Fashion-MNIST at 28 px, and
-# a short training run for the seconds per epoch); Fashion-MNIST's idx files travel in $FM (default .fm:
+# a short training run for the seconds per epoch, and the non-finite guard's cost: the step with
+# --nonfinite-limit 20 and 0); Fashion-MNIST's idx files travel in $FM (default .fm:
 # mkdir .fm && cp /usr/share/datasets/fashion-mnist/* .fm && echo /.fm/ >> .git/info/exclude; carry .fm).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -30,6 +31,13 @@ if [ "${SMALL:-0}" = 1 ]; then
     --arch resnet18 --res 28 --batch-size 256 --workers 16 --steps "${STEPS:-50}" --warmup 10 --compile-augment --repeats "${REPEATS:-3}" --budget-s "${BUDGET:-15}" \
     ${BENCH_ARGS:-} --json "$OUT/bench_fashion_device.json" > "$OUT/bench_fashion_device.txt" 2>&1
   tail -9 "$OUT/bench_fashion_device.txt"
+  # the non-finite guard's cost (issue 20): the study preset's step, synthetic loader, guard on (default) and off
+  for lim in 20 0; do
+    timeout ${GUARD_TIMEOUT:-120} python3 -m eval.bench --config configs/fashion_study.yaml --data "$FM" --loader synthetic \
+      --steps "${STEPS:-50}" --warmup 10 --repeats "${REPEATS:-3}" --nonfinite-limit $lim \
+      --json "$OUT/bench_guard_$lim.json" > "$OUT/bench_guard_$lim.txt" 2>&1
+    echo "--nonfinite-limit $lim:"; tail -3 "$OUT/bench_guard_$lim.txt"
+  done
   # seconds per 60k-image epoch in training (study preset, compiled augmentation): 60000 / the img/s printed
   timeout 200 python3 train.py --config configs/fashion_study.yaml --data "$FM" --epochs "${SMALL_EPOCHS:-3}" \
     --out /tmp/fm_epochs --no-progress 2>&1 | grep -E "^(epoch|done)" | tee "$OUT/fashion_epochs.txt"
