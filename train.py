@@ -6,9 +6,10 @@
 main() reads in named parts, each one screen: setup (devices, data, model, optimizer, schedules, resume,
 logs), then per epoch run_epoch (begin_epoch: seeds, SePP refresh, loader position; per batch train_step:
 forward under autocast, loss, backward, step, momentum update; log_step; mid_epoch_checkpoint) and end_epoch
-(checkpoint, kNN monitor), then finish. A checkpoint every epoch (and every --ckpt-every-min inside one). SIGTERM or SIGUSR1 (a cluster's preemption notice): the ranks agree at the next
-log step, rank 0 writes a checkpoint, and the run exits with code 3 (EXIT_STOPPED); --resume auto goes on at
-the next batch.
+(checkpoint, kNN monitor), then finish. A checkpoint every epoch (and every --ckpt-every-min inside one).
+SIGTERM or SIGUSR1 (a cluster's preemption notice): the ranks agree at the next log step, rank 0 writes a
+checkpoint, and the run exits with code 3 (EXIT_STOPPED); --resume auto goes on at the next batch. Under
+torchrun --max-restarts a lost worker's group restarts and resumes from the last checkpoint.
 """
 from __future__ import annotations
 

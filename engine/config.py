@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
       "guard, a non-finite loss at a log step stops the run)")
     a("--fault-nonfinite", default="", help=argparse.SUPPRESS)   # tests: global steps whose loss is made NaN
     a("--fault-signal-step", type=int, default=-1, help=argparse.SUPPRESS)   # tests: rank 0 SIGTERMs itself there
-    a("--fault-exit-step", type=int, default=-1, help=argparse.SUPPRESS)   # tests: the last rank dies there (once: a marker in --out)
+    a("--fault-exit-step", type=int, default=-1, help=argparse.SUPPRESS)   # tests: the last rank dies there, once
     a("--log-every", type=int, default=10)
     a("--no-progress", action="store_true")
     return p

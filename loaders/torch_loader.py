@@ -62,7 +62,9 @@ def _stop_signals_to_the_main_process(_worker_id):
     would end the run with a DataLoader error instead. A SIGTERM from the main process itself (multiprocessing
     terminates its workers on the way out, as after an exception) still ends the worker: a worker deaf to it
     would hold the main process's exit until something kills both. The signals are blocked and read by a
-    thread that knows who sent them."""
+    thread that knows who sent them (Linux; elsewhere the notice ends the workers too)."""
+    if not hasattr(signal, "sigwaitinfo"):
+        return
     signals, parent = {signal.SIGTERM, signal.SIGUSR1}, os.getppid()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)   # not the main process's handler, inherited by the fork
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
@@ -91,7 +93,8 @@ class TorchLoader:
         self.loader = DataLoader(MultiCrop(source, opts.res, [a.crop_scale for a in recipe], seed),
                                  batch_sampler=self.sampler, num_workers=workers, pin_memory=pin,
                                  persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                                 generator=gen, worker_init_fn=_stop_signals_to_the_main_process if workers else None)
+                                 generator=gen,
+                                 worker_init_fn=_stop_signals_to_the_main_process if workers else None)
 
     def set_epoch(self, epoch: int, skip: int = 0):
         """The next iteration is `epoch`'s, from its batch `skip` on (a mid-epoch resume)."""
