@@ -209,15 +209,15 @@ def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_train(tmp_path):
     assert state["config"]["world"] == 2 and state["epoch"] == 1
 
 
-ELASTIC = ["train.py", *TINY, "--subset", "512", "--epochs", "3", "--batch-size", "64", "--lr", "0.3",
+TWO_RANKS = ["train.py", *TINY, "--subset", "512", "--epochs", "3", "--batch-size", "64", "--lr", "0.3",
            "--resume", "auto"]
 
 
 @pytest.fixture(scope="module")
-def elastic_reference(tmp_path_factory):
-    """The uninterrupted 2-rank run the elastic runs must end as (weights of its last.pt)."""
-    out = tmp_path_factory.mktemp("elastic_ref")
-    ref = run(ELASTIC + ["--out", str(out)], torchrun=2)
+def two_rank_reference(tmp_path_factory):
+    """The uninterrupted 2-rank run the interrupted ones must end as (weights of its last.pt)."""
+    out = tmp_path_factory.mktemp("two_rank_ref")
+    ref = run(TWO_RANKS + ["--out", str(out)], torchrun=2)
     assert ref.returncode == 0, ref.stderr[-2000:]
     return torch.load(out / "last.pt", weights_only=False)["model"]
 
@@ -225,7 +225,7 @@ def elastic_reference(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("rendezvous", ["static", "c10d-2-agents"])
 def test_elastic_restart_after_a_lost_worker_resumes_and_ends_as_the_uninterrupted_run(rendezvous, tmp_path,
-                                                                                       elastic_reference):
+                                                                                       two_rank_reference):
     """torchrun --max-restarts 1: the last rank dies in epoch 2 (step 10 of 8 an epoch); torchrun restarts the
     group, which resumes from epoch 1's checkpoint (--resume auto) and finishes with the weights of a run that
     lost nothing. One agent keeps its store across the restart (static rendezvous here; --standalone, c10d,
@@ -235,7 +235,7 @@ def test_elastic_restart_after_a_lost_worker_resumes_and_ends_as_the_uninterrupt
     whose collective failed, exits at once: its loader's worker ends on the main process's SIGTERM."""
     import os
     import time
-    fault = [*ELASTIC, "--out", str(tmp_path / "elastic"), "--fault-exit-step", "10"]
+    fault = [*TWO_RANKS, "--out", str(tmp_path / "elastic"), "--fault-exit-step", "10"]
     port = 29700 + os.getpid() % 100
     t = time.monotonic()
     if rendezvous == "c10d-2-agents":
@@ -253,12 +253,13 @@ def test_elastic_restart_after_a_lost_worker_resumes_and_ends_as_the_uninterrupt
     print(f"elastic run ({rendezvous}): {time.monotonic() - t:.0f} s")
     b = torch.load(tmp_path / "elastic" / "last.pt", weights_only=False)
     assert b["epoch"] == 3
-    for k, v in elastic_reference.items():
+    for k, v in two_rank_reference.items():
         torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_torchrun_agent_reaches_the_workers_which_checkpoint_and_resume(tmp_path):
+def test_sigterm_to_the_torchrun_agent_reaches_the_workers_which_checkpoint_and_resume(tmp_path,
+                                                                                        two_rank_reference):
     """The SLURM path: SIGTERM to torchrun (not to the workers) at a random moment of training; torchrun
     forwards it, the workers agree, checkpoint and stop; the resume ends with the uninterrupted run's weights."""
     import os
@@ -267,10 +268,7 @@ def test_sigterm_to_the_torchrun_agent_reaches_the_workers_which_checkpoint_and_
     import sys
     import time
     from tests.helpers import ROOT
-    args = ["train.py", *TINY, "--subset", "512", "--epochs", "3", "--batch-size", "64", "--log-every", "1",
-            "--lr", "0.3"]
-    ref = run(args + ["--out", str(tmp_path / "ref")], torchrun=2)
-    assert ref.returncode == 0, ref.stderr[-2000:]
+    args = [*TWO_RANKS, "--log-every", "1"]   # --resume auto: a fresh directory starts from scratch
     out = tmp_path / "term"
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
@@ -285,9 +283,8 @@ def test_sigterm_to_the_torchrun_agent_reaches_the_workers_which_checkpoint_and_
     assert "stopped by SIGTERM" in err, err[-3000:]
     saved = torch.load(out / "last.pt", weights_only=False)
     assert (saved["epoch"], saved["batch"]) != (3, 0), "the signal should land mid-run"
-    r = run(args + ["--out", str(out), "--resume", "auto"], torchrun=2)
+    r = run(args + ["--out", str(out)], torchrun=2)
     assert r.returncode == 0, r.stderr[-2000:]
-    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
     b = torch.load(out / "last.pt", weights_only=False)["model"]
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    for k, v in two_rank_reference.items():
+        torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-5, msg=k)
