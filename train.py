@@ -110,6 +110,8 @@ def setup(args) -> Run:
     config.check_world(args, r.world)
     if r.main_rank:
         os.makedirs(args.out, exist_ok=True)
+        print(f"precision: {args.amp} ({args.amp_why}); channels_last {'on' if args.channels_last else 'off'}",
+              flush=True)
     r.ckpt_path = os.path.join(args.out, "last.pt")
     if args.resume == "auto":
         args.resume = r.ckpt_path if ckpt.exists(r.ckpt_path) else None

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from engine.errors import UsageError
+from engine.precision import default_amp
 
 # Per-method defaults (used where a flag is not given): the papers' ImageNet settings, lr per 256 images.
 METHOD_DEFAULTS = {
@@ -21,7 +22,7 @@ METHOD_DEFAULTS = {
     "simsiam": dict(lr=0.05, wd=1e-4, optimizer="sgd", proj_hidden=2048, proj_dim=2048, pred_hidden=512),
 }
 DEFAULT_RES = {"fashion-mnist": 28, "cifar10": 32, "stl10": 96}   # else 224
-MODEL_KEYS = ("arch", "small_stem", "stem_stride", "temperature", "proj_hidden", "proj_dim", "pred_hidden",
+MODEL_KEYS = ("arch", "small_stem", "stem_stride", "width", "temperature", "proj_hidden", "proj_dim", "pred_hidden",
               "queue_size", "bsim_weight", "sepp_weight")
 
 
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--small-stem", action=argparse.BooleanOptionalAction, default=None,
       help="3x3 first conv, no max-pool (default: on when --res <= 96)")
     a("--stem-stride", type=int, default=1)
+    a("--width", type=int, default=64, help="channels of the ResNet's first stage, doubling per stage (torchvision: "
+      "64); 32 halves every stage, about 4x fewer FLOPs")
     a("--res", type=int, default=None, help="crop size (default: 224, 28 for fashion-mnist, 32/96 CIFAR/STL)")
     a("--epochs", type=int, default=100)
     a("--batch-size", type=int, default=256, help="global batch size, split over ranks")
@@ -118,10 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--recipe", default=None, help="augmentation recipe: simclr | byol (default: the method's)")
     a("--out", default="runs/default")
     a("--resume", default=None, help="checkpoint to resume from ('auto': OUT/last.pt if it exists)")
-    a("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPU, off on CPU)")
+    a("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPUs and on CPUs with native bf16, "
+      "AVX512-BF16 or AMX; off elsewhere)")
     a("--compile", action="store_true", help="torch.compile the backbone and heads")
     a("--compile-augment", action="store_true", help="torch.compile the device augmentation (GPU)")
-    a("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(default: on GPU)")
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory format (default: "
+      "on)")
     a("--device", default="auto", help="auto | cpu | cuda")
     a("--seed", type=int, default=0)
     a("--workers", type=int, default=None, help="loader workers per rank (default: cores / ranks, <= 8)")
@@ -235,12 +240,13 @@ def resolve_device(args) -> torch.device:
         raise UsageError("--device cuda: no CUDA device is visible (use --device cpu)")
     dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     dev = "cpu" if dev == "auto" else dev
+    args.amp_why = "--amp"
     if args.amp is None:
-        args.amp = "bf16" if dev == "cuda" else "off"
+        args.amp, args.amp_why = default_amp(dev)
     if args.amp == "fp16" and dev == "cpu":
         raise UsageError("--amp fp16 needs a GPU (fp16 + GradScaler); on CPU use --amp bf16 or off")
-    if args.channels_last is None:
-        args.channels_last = dev == "cuda"
+    if args.channels_last is None:   # faster or the same everywhere we measured (docs/BENCHMARKS.md)
+        args.channels_last = True
     return torch.device(dev)
 
 

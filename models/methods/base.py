@@ -15,9 +15,10 @@ class Method(nn.Module):
     momentum_encoder = False
     recipe = "simclr"      # augmentation recipe (loaders/augment.py RECIPES)
 
-    def __init__(self, arch="resnet18", small_stem=False, stem_stride=1, bsim_weight=1.0, sepp_weight=1.0, **_):
+    def __init__(self, arch="resnet18", small_stem=False, stem_stride=1, width=64, bsim_weight=1.0, sepp_weight=1.0,
+                 **_):
         super().__init__()
-        self.backbone, self.feat_dim = build_backbone(arch, small_stem, stem_stride)
+        self.backbone, self.feat_dim = build_backbone(arch, small_stem, stem_stride, width=width)
         self.bsim_weight = bsim_weight   # total = L_method + w * L_mix (BSIM)
         self.sepp_weight = sepp_weight   # BYOL/SimSiam: total += w * L_sepp (semantic positives)
 
