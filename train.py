@@ -27,10 +27,9 @@ from tqdm import tqdm
 
 from engine import ckpt, config, dist
 from engine.errors import UsageError, cli_main
-from engine.guard import NonFiniteGuard, all_finite
+from engine.guard import all_finite
 from engine.log import RunLog, Throughput
-from engine.optim import build_optimizer
-from engine.sched import momentum_schedule, warmup_cosine
+from engine.step import build_step
 from eval.knn import knn_accuracy
 from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES, DeviceAugment
@@ -65,15 +64,14 @@ class StopSignals:
         self.got = signal.Signals(signum).name
 
 
-def save_checkpoint(path, model, opt, scaler, args, cfg, epoch, batch=0, ranks=None):
+def save_checkpoint(path, step, args, cfg, epoch, batch=0, ranks=None):
     """Atomic, keeping the previous one. epoch: epochs done; batch > 0: that many batches of the next epoch
     done too, with every rank's RNG state and partial loss (`ranks`) to go on exactly there."""
-    if not all_finite(model):   # only without the guard (--nonfinite-limit 0)
+    if not all_finite(step.model):   # only without the guard (--nonfinite-limit 0)
         raise UsageError(f"the weights are not finite at epoch {epoch + 1}: no checkpoint written "
                          f"({path} keeps the previous one); lower --lr, or try --amp off")
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-             "epoch": epoch, "batch": batch, "ranks": ranks, "method": args.method, "rng": ckpt.rng_state(),
-             "config": cfg}
+    state = step.state_dict() | {"epoch": epoch, "batch": batch, "ranks": ranks, "method": args.method,
+                                 "rng": ckpt.rng_state(), "config": cfg}
     ckpt.save_keeping_previous(state, path)
 
 
@@ -126,40 +124,32 @@ def setup(args) -> Run:
     if r.steps_per_epoch == 0:
         raise UsageError(f"{len(r.train_src)} training images make no batch of {args.batch_size}: lower --batch-size")
 
-    # ---- model
+    # ---- model, then the step (optimizer, precision, per-iteration schedules, guard, --compile)
     model = config.build_model_from_config(vars(args)).to(device)
-    r.random_init_state = {k: v.clone() for k, v in model.state_dict().items()} if args.knn_random_init else None
-    if r.world > 1 and device.type == "cuda" and model.sync_bn:
+    if config.uses_sync_bn(args, r.world, device.type, model.sync_bn):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     r.model = model
-
-    # ---- optimizer, precision, schedules (per iteration)
-    r.opt = build_optimizer(args.optimizer, model, args.lr, args.wd)
-    r.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    r.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    total = args.epochs * r.steps_per_epoch
-    r.lr_s = warmup_cosine(args.lr * args.batch_size / 256, 0.0, total, int(args.warmup_epochs * r.steps_per_epoch))
-    r.ema_s = momentum_schedule(args.ema, total) if args.method == "byol" else np.full(total, args.ema or 0.0)
+    r.net = torch.nn.parallel.DistributedDataParallel(model) if r.world > 1 else model
+    # after DDP, which copies rank 0's weights to every rank: each rank's share of the kNN monitor is then
+    # embedded by the same network (before it, each rank would keep its own random draw)
+    r.random_init_state = {k: v.clone() for k, v in model.state_dict().items()} if args.knn_random_init else None
+    r.test_src = (open_source(args.dataset, args.data, False, val_split=args.val_split)
+                  if args.knn_every >= 0 else None)
+    r.norm = (getattr(r.loader, "augment", None) or  # None: DALI normalizes in its pipeline
+              DeviceAugment(r.recipe, r.train_src.mean, r.train_src.std, args.channels_last)).plain
+    r.sepp = SePP(args, r.loader, r.train_src, r.norm, device, r.rank, r.world, model) if args.sepp else None
+    faults = NonFiniteFault({int(x) for x in args.fault_nonfinite.split(",") if x.strip()})
+    r.step = build_step(args, model, r.steps_per_epoch, net=r.net, hooks=[h for h in (r.sepp, faults) if h])
+    r.lr_s = r.step.lr
 
     resume(r)
     r.cfg = {k: v for k, v in vars(args).items()} | {"world": r.world, "git_sha": ckpt.git_sha()}
     if r.main_rank:
         with open(os.path.join(args.out, "config.json"), "w") as f:
             json.dump(r.cfg, f, indent=1)
-    if args.compile:
-        for m in model.children():
-            m.compile()
-    r.net = torch.nn.parallel.DistributedDataParallel(model) if r.world > 1 else model
     r.log = RunLog(args.out, r.main_rank)
-    r.test_src = (open_source(args.dataset, args.data, False, val_split=args.val_split)
-                  if args.knn_every >= 0 else None)
-    r.norm = (getattr(r.loader, "augment", None) or  # None: DALI normalizes in its pipeline
-              DeviceAugment(r.recipe, r.train_src.mean, r.train_src.std, args.channels_last)).plain
-    r.sepp = SePP(args, r.loader, r.train_src, r.norm, device, r.rank, r.world, model) if args.sepp else None
-    r.guard = NonFiniteGuard(model, r.opt, args.nonfinite_limit, device)
-    r.faults = {int(x) for x in args.fault_nonfinite.split(",") if x.strip()}
     r.stops, r.stopping, r.last_ckpt = StopSignals(), None, time.monotonic()
     r.meter, r.images, r.time, r.wait, r.last_epoch_s = Throughput(), 0, 0.0, 0.0, 0.0
     return r
@@ -174,9 +164,9 @@ def resume(r: Run):
     state, read = ckpt.load_resume(args.resume)
     if state.get("method") != args.method:
         raise UsageError(f"--resume {args.resume}: a {state.get('method')} checkpoint, not {args.method}")
-    r.model.load_state_dict(state["model"])
-    r.opt.load_state_dict(state["optimizer"])
-    r.scaler.load_state_dict(state["scaler"])
+    for note in r.step.load_state_dict(state):
+        if r.main_rank:
+            print(f"note: {note}", flush=True)
     ckpt.set_rng_state(state["rng"])
     r.start_epoch, r.start_batch, r.resume_ranks = state["epoch"], state.get("batch", 0), state.get("ranks")
     if r.start_batch and not getattr(r.loader, "resumes_mid_epoch", False):
@@ -233,7 +223,7 @@ def begin_epoch(r: Run, epoch: int) -> int:
 
 
 def train_step(r: Run, batch, step: int):
-    """Forward under autocast, loss, backward, update, momentum update; a non-finite loss leaves no trace."""
+    """The step (engine/step.py), and the epoch's loss summed on the device (no sync)."""
     if step == r.args.fault_signal_step and r.main_rank:   # tests: a preemption notice at a known step
         os.kill(os.getpid(), signal.SIGTERM)
     if step == r.args.fault_exit_step and r.rank == r.world - 1:   # tests: a worker lost mid-epoch, once
@@ -241,26 +231,24 @@ def train_step(r: Run, batch, step: int):
         if not os.path.exists(marker):
             open(marker, "w").close()
             os._exit(17)
-    for g in r.opt.param_groups:
-        g["lr"] = r.lr_s[step]
-    if r.sepp is not None:
-        r.sepp.arm()
-    r.guard.before()
-    with torch.autocast(r.device.type, dtype=r.amp_dtype, enabled=r.amp_dtype is not None):
-        out = r.net(batch)
-    if r.sepp is not None:
-        r.sepp.collect(batch)
-    loss = out["loss"] * float("nan") if step in r.faults else out["loss"]
-    r.opt.zero_grad(set_to_none=True)
-    r.scaler.scale(loss).backward()
-    r.scaler.step(r.opt)
-    r.scaler.update()
-    if r.model.momentum_encoder:
-        r.model.momentum_update(float(r.ema_s[step]))
-    r.guard.after(loss)
+    loss, out = r.step(batch, step)
     good = torch.isfinite(loss.detach())
     r.epoch_loss, r.epoch_good = r.epoch_loss + torch.where(good, loss.detach(), 0.0), r.epoch_good + good
     return loss, out
+
+
+class NonFiniteFault:
+    """tests (--fault-nonfinite): the loss of these global steps is made NaN after the forward."""
+
+    def __init__(self, steps: set[int]):
+        self.steps = steps
+
+    def __bool__(self):
+        return bool(self.steps)
+
+    def after_forward(self, batch, out, it):
+        if it in self.steps:
+            out["loss"] = out["loss"] * float("nan")
 
 
 def log_step(r: Run, epoch: int, it: int, step: int, loss, out, bar) -> bool:
@@ -268,7 +256,7 @@ def log_step(r: Run, epoch: int, it: int, step: int, loss, out, bar) -> bool:
     (a signal) or to checkpoint (--ckpt-every-min). -> whether a mid-epoch checkpoint is due."""
     args = r.args
     lv = dist.all_reduce_mean(loss.detach()).item()
-    skipped, longest = r.guard.read()
+    skipped, longest = r.step.guard.read()
     if not math.isfinite(lv) and not args.nonfinite_limit:
         raise UsageError(f"loss is {lv} at epoch {epoch + 1} step {it}: lower --lr, or try --amp off")
     if args.nonfinite_limit and longest >= args.nonfinite_limit:
@@ -294,7 +282,7 @@ def mid_epoch_checkpoint(r: Run, epoch: int, done: int):
     """`done` batches of `epoch` trained: every rank's RNG state and partial loss go in with the weights."""
     ranks = dist.gather_objects({"rng": ckpt.rng_state(), "loss_sum": float(r.epoch_loss), "good": int(r.epoch_good)})
     if r.main_rank:
-        save_checkpoint(r.ckpt_path, r.model, r.opt, r.scaler, r.args, r.cfg, epoch, done, ranks)
+        save_checkpoint(r.ckpt_path, r.step, r.args, r.cfg, epoch, done, ranks)
     r.last_ckpt = time.monotonic()
 
 
@@ -333,7 +321,7 @@ def end_epoch(r: Run, epoch: int) -> dict:
     args = r.args
     mean_loss = dist.all_reduce_mean(r.epoch_loss / max(1, r.epoch_good)).item()
     if r.main_rank:
-        save_checkpoint(r.ckpt_path, r.model, r.opt, r.scaler, args, r.cfg, epoch + 1)
+        save_checkpoint(r.ckpt_path, r.step, args, r.cfg, epoch + 1)
     r.last_ckpt = time.monotonic()
     row = {"epoch": epoch + 1, "loss": mean_loss, "knn_top1": ""}
     last = epoch + 1 == args.epochs

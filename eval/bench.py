@@ -27,8 +27,7 @@ import torch
 from engine import config
 from engine.config import parser_error_one_line
 from engine.errors import UsageError, cli_main
-from engine.guard import NonFiniteGuard
-from engine.optim import build_optimizer
+from engine.step import build_step
 from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES
 from loaders.dali import AUGMENT_MODES
@@ -237,26 +236,12 @@ def measure(a, ld, device, step):
             "data_wait": e2e["wait"], "peak_gpu_mb": gpu, "peak_host_mb": host.peak}
 
 
-def make_step(t, model, device):
-    """train.py's step: its optimizer, precision (autocast, GradScaler for fp16), momentum update and the
-    non-finite guard's snapshot and restore (--nonfinite-limit 0: none)."""
-    opt = build_optimizer(t.optimizer, model, t.lr, t.wd)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
-    guard = NonFiniteGuard(model, opt, t.nonfinite_limit, device)
-
-    def step(batch):
-        guard.before()
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = model(batch)["loss"]
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        if model.momentum_encoder:
-            model.momentum_update(0.99)
-        guard.after(loss)
-    return step
+def make_step(t, model, steps_per_epoch: int):
+    """train.py's step (engine/step.py) for the flags `t`: its optimizer, precision, schedules from the first
+    iteration, momentum update and non-finite guard (--nonfinite-limit 0: none), and --compile."""
+    step = build_step(t, model, steps_per_epoch)
+    it = iter(range(10 ** 9))
+    return lambda batch: step(batch, next(it) % len(step.lr))
 
 
 # bench flags that are train.py's too: given here, they win over --config (as they would on train.py's line)
@@ -287,9 +272,6 @@ def bench_model(a, arch, res, device):
     model = config.build_model_from_config(vars(t)).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if t.compile:
-        for m in model.children():
-            m.compile()
     return t, model, t.recipe or METHODS[t.method].recipe
 
 
@@ -297,7 +279,7 @@ def bench_config(a, source, device, arch, res, variant, names):
     """One arch x resolution x variant: every loader, the ceilings, ratios. -> result dict."""
     t, model, recipe = bench_model(a, arch, res, device)
     t.bsim, t.sepp = "bsim" in variant, "sepp" in variant
-    step = make_step(t, model, device)
+    step = make_step(t, model, max(1, len(source) // t.batch_size))
     out = {"arch": arch, "res": res, "variant": variant, "loaders": {},
            "train": {k: getattr(t, k) for k in ("method", "batch_size", "amp", "channels_last", "compile",
                                                 "compile_augment", "small_stem", "stem_stride", "proj_hidden",

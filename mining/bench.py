@@ -36,19 +36,18 @@ def embeddings(n, d, device, seed=0, clusters=1000):
 
 def refresh_cost(a, dev, search_s):
     """Step pairs/s and embedding img/s of --refresh-arch on synthetic data; a refresh against an epoch."""
-    from engine.config import METHOD_DEFAULTS, model_kwargs
+    from engine import config
+    from engine.step import build_step
     from loaders.batch import Batch
-    from models.methods import build_method
-    cfg = METHOD_DEFAULTS["simclr"] | {"arch": a.refresh_arch, "small_stem": a.refresh_res <= 96}
-    model = build_method("simclr", **model_kwargs(cfg)).to(dev).to(memory_format=torch.channels_last)
-    if a.compile:
-        for m in model.children():
-            m.compile()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    from mining.sepp import TrainBank
     B, R = a.batch_size, a.refresh_res
+    args = config.parse(["--method", "simclr", "--arch", a.refresh_arch, "--res", str(R), "--batch-size", str(B),
+                         "--device", dev.type] + (["--compile"] if a.compile else []))
+    config.resolve_device(args)
+    model = config.build_model_from_config(vars(args)).to(dev).to(memory_format=torch.channels_last)
     views = torch.randn(2, B, 3, R, R, device=dev)
     batch = Batch(views, torch.arange(B, device=dev), torch.zeros(B, dtype=torch.long, device=dev))
-    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def rate(fn, steps):
@@ -61,25 +60,21 @@ def refresh_cost(a, dev, search_s):
         sync()
         return steps * B / (time.perf_counter() - t)
 
+    train_step = build_step(args, model, max(1, a.n // B))     # train.py's step (engine/step.py)
+    tb = TrainBank(a.n, model.backbone, dev)                   # --sepp-bank train: the step keeps its embeddings
+
     def step():
-        with torch.autocast(**amp):
-            loss = model(batch)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(batch, 0)
+
+    def step_tb():
+        train_step.hooks = [tb]
+        train_step(batch, 0)
+        train_step.hooks = []
 
     @torch.no_grad()
     def embed():
         with torch.autocast(**amp):
             torch.nn.functional.normalize(model.backbone(views[0]).float(), dim=1).half()
-
-    from mining.sepp import TrainBank
-    tb = TrainBank(a.n, model.backbone, dev)     # --sepp-bank train: the step keeps its embeddings
-
-    def step_tb():
-        tb.arm()
-        step()
-        tb.collect(batch.index)
 
     steps = 40 if dev.type == "cuda" else 2
     model.train()

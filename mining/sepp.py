@@ -44,6 +44,12 @@ class TrainBank:
     def arm(self):
         self.out, self.armed = None, True
 
+    def before_forward(self, batch, it):   # the step's hooks (engine/step.py)
+        self.arm()
+
+    def after_forward(self, batch, out, it):
+        self.collect(batch.index)
+
     @torch.no_grad()
     def collect(self, index: torch.Tensor):
         if self.out is None:
@@ -130,14 +136,14 @@ class SePP:
             print(f"SePP pairs from {path} ({meta.get('encoder_desc', {}).get('kind')} encoder, k={a.sepp_k} of "
                   f"{ids.shape[1]}): {got:.0%} of samples paired, {agree:.1%} of pairs share a label", flush=True)
 
-    def arm(self):
-        """Before the step's forward: the bank's network output of this step is kept (--sepp-bank train)."""
+    def before_forward(self, batch, it):
+        """The step's hooks (engine/step.py): the bank's network output of this step is kept (--sepp-bank train)."""
         if self.train_bank is not None:
-            self.train_bank.arm()
+            self.train_bank.before_forward(batch, it)
 
-    def collect(self, batch):
+    def after_forward(self, batch, out, it):
         if self.train_bank is not None:
-            self.train_bank.collect(batch.index)
+            self.train_bank.after_forward(batch, out, it)
 
     def space(self, backbone, projector):
         """The network whose L2-normalised output is the bank: the backbone, or backbone + projector."""

@@ -1,0 +1,104 @@
+"""The training step, once: train.py runs it and eval.bench and mining.bench time it.
+
+    step = build_step(args, model, steps_per_epoch)        # or Step(model, optimizer, amp=..., lr=..., ...)
+    loss, out = step(batch, it)                            # it: the global iteration (indexes the schedules)
+
+One call: the iteration's learning rate and momentum from per-iteration schedules (DINO's arrays), the
+extensions' before_forward, the forward under autocast, their after_forward (which may add loss terms), backward
+through the fp16 GradScaler where it is on, the optimizer step, the momentum encoder's update, and the
+non-finite guard around all of it (engine/guard.py). Nothing in it waits for the device: tests/test_device_check.py
+runs it on a fake CUDA device and fails on any sync.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from engine.guard import NonFiniteGuard
+from engine.optim import build_optimizer
+from engine.precision import amp_dtype, grad_scaler, load_scaler_state
+from engine.sched import momentum_schedule, warmup_cosine
+
+
+class Step:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, amp: str = "off",
+                 lr: np.ndarray | None = None, momentum: np.ndarray | None = None, nonfinite_limit: int = 20,
+                 net: nn.Module | None = None, hooks=()):
+        """model: the method (its forward(batch) -> dict with 'loss'); net: what runs the forward (a DDP wrapper
+        of model), model itself by default; lr / momentum: per-iteration arrays (None: left as they are);
+        hooks: objects with before_forward(batch, it) and/or after_forward(batch, out, it) (which may change
+        out['loss'])."""
+        self.model, self.opt, self.net = model, optimizer, net or model
+        device = next(model.parameters()).device
+        self.device_type, self.amp, self.dtype = device.type, amp, amp_dtype(amp)
+        self.scaler = grad_scaler(device.type, amp)
+        self.guard = NonFiniteGuard(model, optimizer, nonfinite_limit, device)
+        self.lr, self.momentum, self.hooks = lr, momentum, list(hooks)
+
+    def __call__(self, batch, it: int = 0):
+        """One update from `batch` at global iteration `it`. -> (loss tensor, the forward's output dict)."""
+        if self.lr is not None:
+            for g in self.opt.param_groups:
+                g["lr"] = float(self.lr[it])
+        for h in self.hooks:
+            getattr(h, "before_forward", _nothing)(batch, it)
+        self.guard.before()
+        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.net(batch)
+        for h in self.hooks:
+            getattr(h, "after_forward", _nothing)(batch, out, it)
+        loss = out["loss"]
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        if getattr(self.model, "momentum_encoder", False):
+            self.model.momentum_update(float(self.momentum[it]) if self.momentum is not None else 0.99)
+        self.guard.after(loss)
+        return loss, out
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> list[str]:
+        """Weights, optimizer and loss scale of a checkpoint. -> notes for the user (a scale started afresh)."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.amp == "fp16" and not load_scaler_state(self.scaler, state.get("scaler")):
+            return ["the checkpoint was saved without fp16: the loss scale starts afresh"]
+        return []
+
+
+def _nothing(*_):
+    pass
+
+
+def compile_parts(model: nn.Module, backend: str = "inductor"):
+    """torch.compile each part the forward calls: the model's children, and the members of a ModuleList child
+    (the momentum encoder's copies, which the forward indexes rather than calls as a whole)."""
+    for child in model.children():
+        for m in (child if isinstance(child, nn.ModuleList) else [child]):
+            m.compile(backend=backend)
+
+
+def schedules(args, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lr, momentum) per iteration from the flags: lr per 256 images scaled to the global batch, warmed up
+    linearly then cosine to 0; momentum constant (MoCo) or BYOL's cosine from --ema to 1."""
+    total = args.epochs * steps_per_epoch
+    lr = warmup_cosine(args.lr * args.batch_size / 256, 0.0, total, int(args.warmup_epochs * steps_per_epoch))
+    ema = momentum_schedule(args.ema, total) if args.method == "byol" else np.full(total, args.ema or 0.0)
+    return lr, ema
+
+
+def build_step(args, model: nn.Module, steps_per_epoch: int, net: nn.Module | None = None, hooks=(),
+               compile_backend: str = "inductor") -> Step:
+    """The Step that train.py runs for the resolved flags `args` (engine/config.py): its optimizer, precision,
+    schedules, guard, and --compile. eval.bench and mining.bench build theirs here too."""
+    opt = build_optimizer(args.optimizer, model, args.lr, args.wd)
+    lr, ema = schedules(args, steps_per_epoch)
+    if getattr(args, "compile", False):
+        compile_parts(model, compile_backend)
+    return Step(model, opt, amp=args.amp, lr=lr, momentum=ema, nonfinite_limit=args.nonfinite_limit, net=net,
+                hooks=hooks)
