@@ -31,11 +31,15 @@ def rng_state() -> dict:
 
 
 def set_rng_state(s: dict):
+    """Restore rng_state()'s streams. CUDA: one state per visible device when saved; a run resumed where fewer
+    devices are visible restores the first ones (each process trains on its own device, its local rank), and
+    more devices than saved keep their own streams."""
     random.setstate(s["python"])
     np.random.set_state(s["numpy"])
     torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+    if s.get("cuda") and torch.cuda.is_available():
+        for i, state in enumerate(s["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, i)
 
 
 def save_atomic(obj: dict, path: str):

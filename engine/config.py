@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPUs and on CPUs with native bf16, "
       "AVX512-BF16 or AMX; off elsewhere)")
     a("--compile", action="store_true", help="torch.compile the backbone and heads")
+    a("--sync-bn", action=argparse.BooleanOptionalAction, default=None, help="SyncBatchNorm under multi-GPU DDP "
+      "(global-batch statistics; default: the method's choice, on for SimCLR and BYOL); not with --compile")
     a("--compile-augment", action="store_true", help="torch.compile the device augmentation (GPU)")
     a("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory format (default: "
       "on)")
@@ -248,6 +250,19 @@ def resolve_device(args) -> torch.device:
     if args.channels_last is None:   # faster or the same everywhere we measured (docs/BENCHMARKS.md)
         args.channels_last = True
     return torch.device(dev)
+
+
+def uses_sync_bn(args, world: int, device_type: str, method_default: bool) -> bool:
+    """Whether the run converts its BatchNorm to SyncBatchNorm (several GPUs, and the method or --sync-bn asks).
+    Not with --compile: dynamo breaks the graph at every SyncBatchNorm (pytorch#161302: ResNet-50 would run as 54
+    small graphs) and compile + DDP + SyncBatchNorm has open failure reports (pytorch#107372)."""
+    on = method_default if args.sync_bn is None else args.sync_bn
+    use = bool(on) and world > 1 and device_type == "cuda"
+    if use and args.compile:
+        raise UsageError(f"--compile with SyncBatchNorm ({args.method} on {world} GPUs): torch.compile breaks its "
+                         "graph at every SyncBatchNorm (pytorch#161302); drop --compile, or add --no-sync-bn "
+                         "(per-GPU BatchNorm statistics)")
+    return use
 
 
 def check_world(args, world: int):

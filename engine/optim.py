@@ -16,18 +16,25 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
 
 
 class LARS(torch.optim.Optimizer):
-    """LARS (You et al. 2017) as in MoCo v3 / BYOL: trust ratio eta*|w|/|g + wd*w| on groups with lars."""
+    """LARS (You et al. 2017) as in MoCo v3 / BYOL: trust ratio eta*|w|/|g + wd*w| on groups with lars.
+
+    Under fp16 the GradScaler hands it the scale and the found-inf flag (_step_supports_amp_scaling, as the
+    fused optimizers): it unscales the gradients itself and skips the update where they were not finite, on
+    the device. Otherwise the scaler reads that flag on the host (a sync every step)."""
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, lr=0.0, momentum=0.9, weight_decay=0.0, eta=0.001):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
 
     @torch.no_grad()
     def step(self, closure=None):
+        scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         for g in self.param_groups:
             for p in g["params"]:
                 if p.grad is None:
                     continue
-                dp = p.grad.add(p, alpha=g["weight_decay"]) if g["weight_decay"] else p.grad.clone()
+                grad = p.grad if scale is None else p.grad / scale
+                dp = grad.add(p, alpha=g["weight_decay"]) if g["weight_decay"] else grad.clone()
                 if g["lars"]:
                     pn, un = torch.norm(p), torch.norm(dp)
                     q = torch.where((pn > 0) & (un > 0), g["eta"] * pn / un, torch.ones_like(pn))
@@ -35,8 +42,14 @@ class LARS(torch.optim.Optimizer):
                 st = self.state[p]
                 if "mu" not in st:
                     st["mu"] = torch.zeros_like(p)
-                mu = st["mu"].mul_(g["momentum"]).add_(dp)
-                p.add_(mu, alpha=-g["lr"])
+                if found_inf is None:
+                    mu = st["mu"].mul_(g["momentum"]).add_(dp)
+                    p.add_(mu, alpha=-g["lr"])
+                else:   # skipped where the scaled gradients overflowed: momentum and weights kept
+                    skip = found_inf > 0
+                    mu = torch.where(skip, st["mu"], st["mu"] * g["momentum"] + dp)
+                    st["mu"].copy_(mu)
+                    p.copy_(torch.where(skip, p, p - g["lr"] * mu))
 
 
 def build_optimizer(name: str, model, lr: float, weight_decay: float, momentum: float = 0.9):

@@ -14,6 +14,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from engine import dist
+from engine.precision import grad_scaler
 from engine.sched import warmup_cosine
 
 
@@ -88,12 +89,14 @@ class TensorBatches:
 
 
 def fit(clf: Classifier, train, epochs: int, lr: float, wd: float, device, prep=None, amp=None,
-        nesterov: bool = False, progress: bool = False, desc: str = "train", log=None) -> list[float]:
+        nesterov: bool = False, progress: bool = False, desc: str = "train", log=None, scaler=None) -> list[float]:
     """Train the trainable part of `clf` on `train` (an iterable of (x, y) with set_epoch and len, already
-    this rank's share). lr is the peak of the cosine schedule. Returns the mean loss of every epoch."""
+    this rank's share). lr is the peak of the cosine schedule; amp an autocast dtype or None; fp16 scales the
+    loss (a GradScaler: `scaler`, or a new one), else small gradients underflow. -> every epoch's mean loss."""
     params = [p for p in clf.parameters() if p.requires_grad]
     net = torch.nn.parallel.DistributedDataParallel(clf) if dist.world() > 1 else clf
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=nesterov)
+    scaler = scaler or grad_scaler(device.type, "fp16" if amp == torch.float16 else "off")
     steps = len(train)
     lr_s = warmup_cosine(lr, 0.0, max(1, epochs * steps), 0)
     losses = []
@@ -110,8 +113,9 @@ def fit(clf: Classifier, train, epochs: int, lr: float, wd: float, device, prep=
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 loss = nn.functional.cross_entropy(net(x).float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             total += loss.detach()
             n += 1
         mean = dist.all_reduce_mean(total / max(1, n)).item()

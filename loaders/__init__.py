@@ -36,6 +36,7 @@ class LoaderOptions:
     seed: int = 0
     workers: int = 4
     channels_last: bool = False
+    amp: str = "off"                        # the step's precision (dali: fp16 views under autocast, else fp32)
     mix: MixSpec | None = None              # BSIM mixtures, made on the device after the loader
     compile_augment: bool = False
     drop_last: bool = True
@@ -69,7 +70,8 @@ class LoaderOptions:
 def build_loader(opts: LoaderOptions, source, recipe, device, rank=0, world=1):
     """The loader opts.name over `source` (ffcv: over the .beton opts.beton made from it)."""
     name = opts.name
-    aug = DeviceAugment(recipe, source.mean, source.std, opts.channels_last, opts.mix, compile=opts.compile_augment)
+    aug = DeviceAugment(recipe, source.mean, source.std, opts.channels_last, opts.mix, compile=opts.compile_augment,
+                        device=device)
     if opts.res_at is not None and name != "ffcv":
         raise UsageError(f"progressive resolution (--min-res) needs --loader ffcv, not {name}")
     if name == "ffcv":

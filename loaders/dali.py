@@ -5,8 +5,8 @@
 Per view: random-resized crop (area and aspect as torchvision), colour jitter with probability p
 (brightness and contrast around the sample's mean grey level as torchvision does; saturation and hue with
 DALI's linear hsv), grayscale with probability p (hsv saturation 0: the luma), Gaussian blur with
-probability p, solarize with probability p, then flip + normalize in crop_mirror_normalize to fp16 (GPU) or
-fp32 (CPU), CHW. Ops with a probability use DALI conditionals, so a sample that skips an op costs nothing
+probability p, solarize with probability p, then flip + normalize in crop_mirror_normalize to fp16 (GPU, under
+bf16 or fp16 autocast) or fp32 (CPU, or an fp32 step: output_dtype), CHW. Ops with a probability use DALI conditionals, so a sample that skips an op costs nothing
 (no conditional where p = 1, e.g. BYOL's first-view blur).
 One difference from the torch path: jitter's four ops run in a fixed order (torchvision: random order).
 
@@ -151,6 +151,13 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
                                     mean=[m * 255 for m in mean], std=[s * 255 for s in std])
 
 
+def output_dtype(device_type: str, amp: str | None) -> torch.dtype:
+    """The dtype of the views DALI hands over: fp16 on a GPU whose step runs under fp16 or bf16 autocast (half
+    the bytes; autocast casts them for the first conv), fp32 otherwise: an fp32 step given fp16 images fails
+    at its first conv ("Input type (c10::Half) and bias type (float) should be the same")."""
+    return torch.float16 if device_type == "cuda" and amp in ("fp16", "bf16") else torch.float32
+
+
 def check_options(hw_load=None, pipes=1, augment="pipeline", batch_size=None):
     """The DALI flags' values: when the flags are read (engine/config.py) and again by the loader."""
     if augment not in AUGMENT_MODES:
@@ -173,6 +180,7 @@ class DALILoader:
         channels_last, drop_last, skip_files = opts.channels_last, opts.drop_last, opts.skip_files
         roi, hw_load, branchless = opts.dali_roi, opts.dali_hw_load, opts.dali_branchless
         pipes, concurrent = opts.dali_pipes, opts.dali_concurrent
+        self.amp = opts.amp
         self.source, self.res, self.recipe, self.batch = source, res, tuple(recipe), batch_size
         self.device, self.rank, self.world, self.seed = torch.device(device), rank, world, seed
         self.workers, self.channels_last, self.mix, self.prefetch = max(1, workers), channels_last, mix, prefetch
@@ -230,7 +238,7 @@ class DALILoader:
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
         cpu = self.cpu
-        out_dtype = types.FLOAT if cpu else types.FLOAT16
+        out_dtype = types.FLOAT16 if output_dtype(self.device.type, self.amp) == torch.float16 else types.FLOAT
         layout = "HWC" if self.channels_last else "CHW"
         names = [f"view{v}" for v in range(len(self.recipe))] + ["index"]
 
@@ -261,7 +269,8 @@ class DALILoader:
             views = [view_ops(fn, types, images, a, self.res, self.mean, self.std, out_dtype, layout, cpu,
                               jpegs if self.roi else None, self.branchless, dec, self.augment is not None)
                      for a in self.recipe]
-            return (*views, index)
+            # the index rides to the GPU with the views: handed over on the device, no copy in the step
+            return (*views, index if cpu else index.gpu())
 
         self.built_for = epoch
         # per-rank, per-pipe, per-epoch augmentation seed; the reader's own seed is shared by all shards.
@@ -348,6 +357,8 @@ class DALILoader:
             yield self._batch(outs)
 
     def _batch(self, outs):
+        """The device stage: one dict of DALI outputs per pipeline -> Batch (tests/test_device_check.py runs it
+        on a fake GPU)."""
         views = _stack([[o[f"view{v}"] for o in outs] for v in range(len(self.recipe))]).to(self.device)
         index = torch.cat([o["index"].view(-1) for o in outs]).to(self.device, non_blocking=True).long()
         if self.augment is not None:   # uint8 CHW crops -> the shared device stage

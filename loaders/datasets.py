@@ -16,7 +16,8 @@ import torch
 from engine.errors import DataError, UsageError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+# Debian's dataset-fashion-mnist; FASHION_MNIST_DIR names another folder of its idx files (a GPU host has none)
+FASHION_DIR = os.environ.get("FASHION_MNIST_DIR") or "/usr/share/datasets/fashion-mnist"
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 

@@ -37,6 +37,15 @@ def derangement(n: int, device) -> torch.Tensor:
     return partner
 
 
+def beta(alpha: float, n: int, device) -> torch.Tensor:
+    """n draws of Beta(alpha, alpha), made on `device`: X / (X + Y) with X, Y ~ Gamma(alpha). Drawn on the host
+    and copied over, they would make every step wait for the device (a copy from pageable memory); and
+    torch.distributions.Beta validates its arguments with a host-side check, a sync as well."""
+    conc = torch.full((2, n), float(alpha), device=device)
+    g = torch._standard_gamma(conc)
+    return g[0] / (g[0] + g[1]).clamp_min(torch.finfo(g.dtype).tiny)
+
+
 def cutmix_boxes(lam: torch.Tensor, H: int, W: int):
     """Per-sample boxes of area (1 - lam) H W at uniform centres, clipped: -> mask [B, 1, H, W], kept lam."""
     B, dev = lam.shape[0], lam.device
@@ -59,7 +68,7 @@ def make_mix(x: torch.Tensor, spec: MixSpec, lam: torch.Tensor | None = None,
     B, _, H, W = x.shape
     partner = derangement(B, x.device) if partner is None else partner
     if lam is None:
-        lam = torch.distributions.Beta(spec.alpha, spec.alpha).sample((B,)).to(x.device)
+        lam = beta(spec.alpha, B, x.device)
     lam = lam.float()
     xj = x[partner]
     mixed = torch.lerp(xj, x, lam.view(-1, 1, 1, 1).to(x.dtype))          # lam x_i + (1 - lam) x_j

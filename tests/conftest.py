@@ -6,7 +6,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-FASHION = "/usr/share/datasets/fashion-mnist"
+from loaders.datasets import FASHION_DIR as FASHION   # noqa: E402  (FASHION_MNIST_DIR overrides Debian's folder)
 
 
 def pytest_configure(config):
@@ -20,6 +20,15 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+def have_fashion() -> bool:
+    return os.path.isfile(os.path.join(FASHION, "train-images-idx3-ubyte")) or os.path.isfile(
+        os.path.join(FASHION, "train-images-idx3-ubyte.gz"))
+
+
+needs_fashion = pytest.mark.skipif(not have_fashion(), reason=f"no Fashion-MNIST idx files in {FASHION} (set "
+                                   "FASHION_MNIST_DIR to a folder of them)")
 
 
 @pytest.fixture(autouse=True)
