@@ -151,37 +151,55 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) ->
     return x
 
 
+def grey_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """color_jitter on grey images [B, 1, H, W]: saturation and hue leave grey as it is, so only brightness and
+    contrast act, in the order the sample's permutation puts them (4 op evaluations on one channel, not 16 on
+    three). Contrast's reference is the luma mean, as color_jitter computes it on the 3 equal channels."""
+    pos = order.argsort(1)                                   # the slot of each op
+    b_first = (pos[:, 0] < pos[:, 1]).view(-1, 1, 1, 1)
+    luma = float(sum(GRAY))
+    bright = lambda y: brightness(y, factors[:, 0])          # noqa: E731
+    contr = lambda y: _blend(y, luma * y.mean(dim=(-3, -2, -1), keepdim=True), factors[:, 1])   # noqa: E731
+    return torch.where(b_first, contr(bright(x)), bright(contr(x)))
+
+
 def augment_view(u8: torch.Tensor, aug: ViewAug) -> torch.Tensor:
-    """uint8 [B, C, H, W] (C = 1 or 3) -> float [B, 3, H, W] in [0, 1], randomly augmented per sample."""
+    """uint8 [B, C, H, W] (C = 1 or 3) -> float [B, 3, H, W] in [0, 1], randomly augmented per sample.
+    A grey source (C = 1) is augmented on its one channel and expanded at the end: the same draws and, up to
+    float rounding, the same pixels as its three-channel copy (tests/test_augment.py), at a third of the work."""
     B, dev = u8.shape[0], u8.device
     x = u8.float().div_(255)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
+    grey = x.shape[1] == 1
     if aug.flip > 0:
         x = torch.where(_coin(B, aug.flip, dev).view(-1, 1, 1, 1), x.flip(-1), x)
     if aug.jitter > 0:
         p = jitter_params(B, aug, dev)
-        x = torch.where(_coin(B, aug.jitter, dev).view(-1, 1, 1, 1), color_jitter(x, **p), x)
+        x = torch.where(_coin(B, aug.jitter, dev).view(-1, 1, 1, 1), (grey_jitter if grey else color_jitter)(x, **p),
+                        x)
     if aug.gray > 0:
-        x = torch.where(_coin(B, aug.gray, dev).view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+        g = float(sum(GRAY)) * x if grey else grayscale(x).expand_as(x)
+        x = torch.where(_coin(B, aug.gray, dev).view(-1, 1, 1, 1), g, x)
     if aug.blur > 0:
         sig = _uniform(B, *aug.sigma, dev)
         x = torch.where(_coin(B, aug.blur, dev).view(-1, 1, 1, 1), blur(x, sig, blur_size(x.shape[-1])), x)
     if aug.solarize > 0:
         x = torch.where(_coin(B, aug.solarize, dev).view(-1, 1, 1, 1), solarize(x), x)
-    return x
+    return x.expand(-1, 3, -1, -1) if grey else x
 
 
 class DeviceAugment:
     """The shared device stage: RawBatch (uint8 crops) -> Batch (augmented, normalized float views)."""
 
-    def __init__(self, recipe, mean, std, channels_last: bool = False, mix=None, compile: bool = False):
+    def __init__(self, recipe, mean, std, channels_last: bool = False, mix=None, compile: bool | str = False,
+                 device=None):
         self.recipe, self.mix = tuple(recipe), mix   # mix: loaders.mix.MixSpec for BSIM, or None
-        # compile=True: torch.compile fuses the many elementwise passes (jitter evaluates its 4 ops at each of
-        # its 4 random-order slots) into a few kernels; same math, for GPU runs
-        self.view_fn = torch.compile(augment_view, dynamic=False) if compile else augment_view
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        # compile: torch.compile fuses the many elementwise passes (jitter evaluates its 4 ops at each of its 4
+        # random-order slots) into a few kernels; same math, for GPU runs (a string: the compile backend)
+        self.view_fn = (torch.compile(augment_view, dynamic=False, backend=compile if isinstance(compile, str)
+                                      else "inductor") if compile else augment_view)
+        # on the training device from the start: no host-to-device copy inside a step (elsewhere: moved once)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1).to(device or "cpu")
+        self.std = torch.tensor(std).view(1, 3, 1, 1).to(device or "cpu")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

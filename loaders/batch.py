@@ -2,7 +2,7 @@
 
 Shapes and dtypes, declared once like an FFCV operation's output:
   views  float [V, B, C, H, W]  augmented + normalized, on the training device (channels_last per view
-                                when the run uses it)
+                                when the run uses it); float32, or float16 from DALI on a GPU under autocast
   index  int64 [B]              real sample indices into the training set (never fakes: SePP needs them)
   label  int64 [B]              class labels, -1 where the dataset has none
   mix    Mix | None             BSIM mixtures (loaders/mix.py), made on the device from views[0]

@@ -107,6 +107,10 @@ class DeviceLoader:
     def __iter__(self):
         batches, boxes = self.epoch_tables(self.epoch)
         for idx in batches[self.skip:]:
-            imgs = self.images[idx]
-            views = torch.stack([resized_crops(imgs, boxes[v, idx], self.res) for v in range(len(self.scales))])
-            yield self.augment(RawBatch(views, idx, self.labels[idx]))
+            yield self.make_batch(idx, boxes)
+
+    def make_batch(self, idx: torch.Tensor, boxes: torch.Tensor):
+        """One step's batch from the resident images, all on the device: gather, V crops, augmentation."""
+        imgs = self.images[idx]
+        views = torch.stack([resized_crops(imgs, boxes[v, idx], self.res) for v in range(len(self.scales))])
+        return self.augment(RawBatch(views, idx, self.labels[idx]))

@@ -280,9 +280,14 @@ class FFCVLoader:
     def __iter__(self):
         self.decoder.epoch[0] = self.epoch
         self.loader.next_epoch = self.epoch
-        cpu = self.device.type == "cpu"
         for images, label, index in epoch_batches(iter(self.loader)):
-            views = images.permute(1, 0, 4, 2, 3)   # [B, V, H, W, 3] -> [V, B, 3, H, W]
-            if cpu:  # FFCV reuses its buffers a few batches later: keep our own copies of what outlives the step
-                label, index = label.clone(), index.clone()
-            yield self.augment(RawBatch(views, index, label))
+            yield device_batch(images, label, index, self.augment)
+
+
+def device_batch(images, label, index, augment):
+    """The device stage: FFCV's outputs (uint8 [B, V, H, W, 3] crops, labels, indices, on the device after
+    ToDevice) -> Batch."""
+    views = images.permute(1, 0, 4, 2, 3)   # [B, V, H, W, 3] -> [V, B, 3, H, W]
+    if images.device.type == "cpu":   # FFCV reuses its buffers a few batches later: copies of what outlives the step
+        label, index = label.clone(), index.clone()
+    return augment(RawBatch(views, index, label))

@@ -105,7 +105,11 @@ class TorchLoader:
 
     def __iter__(self):
         for views, index, label in self.loader:
-            nb = self.device.type == "cuda"
-            raw = RawBatch(views.to(self.device, non_blocking=nb).transpose(0, 1),
-                           index.to(self.device, non_blocking=nb), label.to(self.device, non_blocking=nb))
-            yield self.augment(raw)
+            yield self.to_device(views, index, label)
+
+    def to_device(self, views, index, label):
+        """The device stage: a worker's batch (pinned on a GPU run) -> Batch, copied without waiting."""
+        nb = self.device.type == "cuda"
+        raw = RawBatch(views.to(self.device, non_blocking=nb).transpose(0, 1),
+                       index.to(self.device, non_blocking=nb), label.to(self.device, non_blocking=nb))
+        return self.augment(raw)

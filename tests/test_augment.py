@@ -73,6 +73,22 @@ def test_parameters_are_drawn_per_sample():
     assert 0.35 < flipped.float().mean() < 0.65
 
 
+@pytest.mark.parametrize("recipe", ["simclr", "byol"])
+def test_grey_images_are_augmented_on_one_channel_as_their_rgb_copy(recipe):
+    """A grey source (Fashion-MNIST) takes the same draws and gives the same pixels on its one channel as its
+    three-channel copy: saturation, hue and grayscale leave grey as it is, brightness and contrast keep their
+    sample's order."""
+    u8 = torch.randint(0, 256, (256, 1, 20, 20), dtype=torch.uint8)
+    for view in A.RECIPES[recipe]:
+        torch.manual_seed(3)
+        grey = A.augment_view(u8, view)
+        torch.manual_seed(3)
+        rgb = A.augment_view(u8.expand(-1, 3, -1, -1).contiguous(), view)
+        assert grey.shape == rgb.shape == (256, 3, 20, 20)
+        torch.testing.assert_close(grey, rgb, atol=1e-4, rtol=0)
+        assert (grey - u8.float() / 255).abs().mean() > 0.05   # and it did augment
+
+
 def test_device_augment_gives_normalized_batch():
     aug = A.DeviceAugment(A.RECIPES["byol"], (0.5,) * 3, (0.25,) * 3)
     raw = RawBatch(torch.full((2, 4, 1, 8, 8), 128, dtype=torch.uint8), torch.arange(4), torch.zeros(4).long())
