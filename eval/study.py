@@ -34,7 +34,7 @@ from eval.runs import read_json
 from eval.stats import mean_std, verdict, welch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ("base", "bsim", "sepp", "bsim+sepp")
+VARIANTS = ("base", "base2x", "bsim", "sepp", "bsim+sepp")
 METRICS = (("knn20", "kNN k=20"), ("knn200", "kNN k=200"), ("linear", "linear top-1"))
 
 
@@ -65,10 +65,18 @@ def plan(a) -> list[Run]:
 
 
 def variant_flags(a, variant: str) -> list[str]:
-    """train.py flags of a variant: the built-in ones, or those of --variant NAME=FLAGS."""
+    """train.py flags of a variant: the built-in ones, or those of --variant NAME=FLAGS. base2x: the base method
+    at twice the epochs (the compute-fair control for sepp, whose miner is a base run)."""
     if variant in a.custom:
         return shlex.split(a.custom[variant])
+    if variant == "base2x":
+        return ["--epochs", str(2 * a.epochs)]
     return (["--bsim"] if "bsim" in variant else []) + (["--sepp"] if "sepp" in variant else [])
+
+
+def units(a, variant: str) -> float:
+    """A run's training in base runs' epochs (the ETA's and the compute column's unit)."""
+    return 2.0 if variant == "base2x" else 1.0
 
 
 def mines_with_base(a, variant: str) -> bool:
@@ -79,11 +87,12 @@ def mines_with_base(a, variant: str) -> bool:
 def train_cmd(a, r: Run) -> list[str]:
     cmd = [sys.executable, os.path.join(ROOT, "train.py")] + (["--config", a.config] if a.config else [])
     cmd += ["--method", r.method, "--seed", str(r.seed), "--out", r.folder, "--resume", "auto", "--no-progress",
-            "--knn-every", "-1"]
-    cmd += variant_flags(a, r.variant)
+            "--knn-every", str(a.curve_every or -1)]
+    flags = variant_flags(a, r.variant)
     if r.base is not None:   # a fixed encoder (the base run's) mines once, at the start of the run
-        cmd += ["--sepp-encoder", os.path.join(r.base.folder, "last.pt")]
-    return cmd + shlex.split(a.extra)
+        flags += ["--sepp-encoder", os.path.join(r.base.folder, "last.pt")]
+    # --extra wins over a variant's flags, except base2x's epochs (twice those of --extra's or the config's)
+    return cmd + (flags + shlex.split(a.extra) if r.variant != "base2x" else shlex.split(a.extra) + flags)
 
 
 def eval_cmds(a, r: Run) -> list[list[str]]:
@@ -93,35 +102,70 @@ def eval_cmds(a, r: Run) -> list[list[str]]:
              "--json", os.path.join(r.folder, "eval_knn.json")] + n
             + (["--n-train", str(a.eval_train)] if a.eval_train else []),
             [sys.executable, "-m", "eval.linear", "--checkpoint", ck, "--epochs", str(a.linear_epochs),
-             "--no-progress", "--json", os.path.join(r.folder, "eval_linear.json")] + n
+             "--batch-size", str(a.linear_batch_size), "--no-progress",
+             "--json", os.path.join(r.folder, "eval_linear.json")] + n
             + (["--n-train", str(a.eval_train)] if a.eval_train else [])]
 
 
+EVALS = ("eval_knn.json", "eval_linear.json")
+
+
 def done(r: Run) -> bool:
-    return all(os.path.isfile(os.path.join(r.folder, f)) for f in ("eval_knn.json", "eval_linear.json"))
+    return all(os.path.isfile(os.path.join(r.folder, f)) for f in EVALS)
 
 
 def execute(a, r: Run, env: dict) -> dict:
-    """Train (resuming whatever is there) and evaluate one run; its output goes to RUN/study.log."""
+    """Train and evaluate one run, skipping what is done: training that finished (summary.json; otherwise
+    train.py --resume auto goes on from its last checkpoint, mid-epoch included) and each evaluation whose
+    result is written. Its output goes to RUN/study.log; the seconds spent, to RUN/study_run.json."""
     if done(r):
         return {"skipped": True, **(read_json(os.path.join(r.folder, "study_run.json")) or {})}
     if r.base is not None and not os.path.isfile(os.path.join(r.base.folder, "last.pt")):
         return {"error": f"its base run {r.base.name} has no checkpoint"}
     os.makedirs(r.folder, exist_ok=True)
-    times = {}
+    times = read_json(os.path.join(r.folder, "study_run.json")) or {}   # what earlier attempts spent
+    steps = [("train_s", train_cmd(a, r), "summary.json")] + [
+        (f"eval{k}_s", c, f) for k, (c, f) in enumerate(zip(eval_cmds(a, r), EVALS))]
     with open(os.path.join(r.folder, "study.log"), "a") as log:
-        for what, cmd in [("train_s", train_cmd(a, r))] + [(f"eval{k}_s", c) for k, c in enumerate(eval_cmds(a, r))]:
+        for what, cmd, result in steps:
+            if os.path.isfile(os.path.join(r.folder, result)):
+                continue
             log.write(f"$ {shlex.join(cmd)}\n")
             log.flush()
             t = time.perf_counter()
             p = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-            times[what] = time.perf_counter() - t
+            times[what] = times.get(what, 0.0) + time.perf_counter() - t
+            with open(os.path.join(r.folder, "study_run.json"), "w") as f:
+                json.dump(times, f)
             if p.returncode:
                 return {"error": f"{what[:-2]} exited {p.returncode} (see {os.path.join(r.folder, 'study.log')})"}
-    out = {"train_s": times["train_s"], "eval_s": times["eval0_s"] + times["eval1_s"]}
+    out = {"train_s": times.get("train_s"), "eval_s": times.get("eval0_s", 0.0) + times.get("eval1_s", 0.0)}
     with open(os.path.join(r.folder, "study_run.json"), "w") as f:
-        json.dump(out, f)
+        json.dump(times | out, f)
     return out
+
+
+def time_left(a, pending: list[Run], finished: list[Run]) -> float | None:
+    """Seconds the pending runs will take, from the runs finished in this session: the same method and variant's
+    mean, else the method's per training unit (units()) times the run's units, else all runs'."""
+    spent = [(r, r.result["train_s"] + r.result["eval_s"]) for r in finished
+             if not r.result.get("skipped") and not r.result.get("error") and r.result.get("train_s")]
+    if not spent:
+        return None
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else None
+    per_unit = mean([s / units(a, r.variant) for r, s in spent])
+    total = 0.0
+    for p in pending:
+        same = mean([s for r, s in spent if (r.method, r.variant) == (p.method, p.variant)])
+        method = mean([s / units(a, r.variant) for r, s in spent if r.method == p.method])
+        total += same if same is not None else (method or per_unit) * units(a, p.variant)
+    return total
+
+
+def _hm(s: float) -> str:
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
 
 
 def run_all(a, runs: list[Run]):
@@ -131,14 +175,20 @@ def run_all(a, runs: list[Run]):
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // a.parallel))
     futures = {}
 
+    finished = []
+
     def job(r: Run):
         if r.base is not None:
             futures[r.base.name].result()
         t = time.perf_counter()
-        res = execute(a, r, env)
-        state = "skipped (evaluated before)" if res.get("skipped") else res.get("error") or "done"
-        print(f"[study] {r.name}: {state} ({time.perf_counter() - t:.0f} s)", flush=True)
-        return res
+        r.result = execute(a, r, env)
+        finished.append(r)
+        state = "skipped (evaluated before)" if r.result.get("skipped") else r.result.get("error") or "done"
+        left = time_left(a, [x for x in runs if x not in finished], finished)
+        eta = f"; about {_hm(left / a.parallel)} left" if left is not None and len(finished) < len(runs) else ""
+        print(f"[study] {len(finished)}/{len(runs)} {r.name}: {state} ({time.perf_counter() - t:.0f} s){eta}",
+              flush=True)
+        return r.result
 
     with ThreadPoolExecutor(max_workers=a.parallel) as pool:
         for r in runs:   # base runs are submitted first, so a waiting sepp run never holds up its base run
@@ -182,13 +232,15 @@ def markdown(a, s: dict, split: str, sha: str) -> str:
     fmt = lambda ms: f"{ms[0]:.2f} ± {ms[1]:.2f}"   # noqa: E731
     lines = [f"Command: `{a.command}`  ", f"Git SHA: `{sha}`; scored on the {split} split; "
              f"{time.strftime('%Y-%m-%d')}.", "",
-             "| method | variant | seeds | " + " | ".join(n for _, n in METRICS) + " | train s/run |",
-             "|---|---|---|" + "---|" * len(METRICS) + "---|"]
+             "| method | variant | seeds | " + " | ".join(n for _, n in METRICS) + " | train s/run | compute s/run |",
+             "|---|---|---|" + "---|" * len(METRICS) + "---|---|"]
+    base_s = {g["method"]: g["train_s"] for g in s["groups"] if g["variant"] == "base"}
     for g in s["groups"]:
         tr = f"{g['train_s']:.0f}" if g["train_s"] is not None else "-"
+        miner = base_s.get(g["method"]) if mines_with_base(a, g["variant"]) else 0.0   # SePP's miner: a base run
+        total = f"{g['train_s'] + miner:.0f}" if g["train_s"] is not None and miner is not None else "-"
         lines.append(f"| {g['method']} | {g['variant']} | {g['seeds']} | "
-                     + " | ".join(fmt(g[k]) for k, _ in METRICS) + f" | {tr} |")
-    base_s = {g["method"]: g["train_s"] for g in s["groups"] if g["variant"] == "base"}
+                     + " | ".join(fmt(g[k]) for k, _ in METRICS) + f" | {tr} | {total} |")
     mining = [v for v in a.variants if mines_with_base(a, v)]
     if mining:
         lines += ["", "SePP's positives are mined once, before training, with the base run's encoder of the same "
@@ -212,6 +264,39 @@ def markdown(a, s: dict, split: str, sha: str) -> str:
         lines.append(f"| {x['method']}-{x['variant']}-s{x['seed']}{err} | {val} | {num(x['train_s'])} | "
                      f"{num(x['eval_s'])} |")
     return "\n".join(lines) + "\n"
+
+
+def curves(a, runs: list[Run], path: str, title: str):
+    """The kNN monitor's curves (--curve-every): one panel per method, the mean over seeds per variant."""
+    import csv
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, axes = plt.subplots(1, len(a.methods), figsize=(5 * len(a.methods), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], a.methods):
+        for v in ("base",) + tuple(x for x in a.variants if x != "base"):
+            points = {}
+            for r in runs:
+                p = os.path.join(r.folder, "knn.csv")
+                if (r.method, r.variant) != (m, v) or not os.path.isfile(p):
+                    continue
+                with open(p) as f:
+                    for row in csv.DictReader(f):
+                        if row.get("what") == "trained":
+                            points.setdefault(int(row["epoch"]), []).append(float(row["knn_top1"]))
+            if points:
+                ep = sorted(points)
+                ax.plot(ep, [np.mean(points[e]) for e in ep], marker=".", label=v)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("kNN top-1 % (monitor subset)")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def chart(s: dict, path: str, title: str):
@@ -267,6 +352,9 @@ def build_parser():
     p.add_argument("--out", default="runs/study")
     p.add_argument("--parallel", type=int, default=1, help="runs side by side (on one GPU, or the CPU)")
     p.add_argument("--linear-epochs", type=int, default=100)
+    p.add_argument("--linear-batch-size", type=int, default=256, help="the linear probe's batch (its lr per 256)")
+    p.add_argument("--curve-every", type=int, default=0, help="the kNN monitor every N epochs of each run (train.py "
+                   "--knn-every, on the config's --knn-train/--knn-test subsets), drawn as curves (0: none)")
     p.add_argument("--eval-train", type=int, default=0, help="training images for kNN/probe (0: all)")
     p.add_argument("--eval-test", type=int, default=0, help="images scored (0: the whole split)")
     return p
@@ -294,6 +382,8 @@ def parse(argv=None):
         raise UsageError(f"--parallel {a.parallel}: must be >= 1")
     a.config = os.path.abspath(a.config) if a.config else None
     a.out = os.path.abspath(a.out)
+    from engine import config as train_flags   # the runs' epochs: base2x trains twice as many
+    a.epochs = train_flags.parse((["--config", a.config] if a.config else []) + shlex.split(a.extra)).epochs
     return a
 
 
@@ -315,6 +405,9 @@ def main(argv=None):
         json.dump({"command": a.command, "git_sha": sha, "split": split} | s, f, indent=1)
     if s["groups"]:
         chart(s, os.path.join(a.out, "study.png"), f"{', '.join(a.methods)}; {split} split; mean ± std over seeds")
+    if a.curve_every:
+        curves(a, runs, os.path.join(a.out, "study_curves.png"), f"kNN monitor during training, mean over seeds "
+               f"({split} split subset)")
     print(open(os.path.join(a.out, "study.md")).read(), flush=True)
     failed = [r.name for r in runs if r.result.get("error")]
     if failed:

@@ -100,3 +100,41 @@ def test_study_ablation_variants_add_their_flags_and_mine_with_the_base_encoder(
     for bad in ("nameless", "sepp=--sepp", "a/b=--bsim"):
         r = run(["-m", "eval.study", "--variant", bad, "--out", str(tmp_path)])
         assert r.returncode == 2 and "expected NAME=TRAIN FLAGS" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_an_interrupted_study_goes_on_where_it_stopped(tmp_path):
+    """Killed while a run trains: called again, the finished run is not retrained, an evaluation already written
+    is not redone (one is deleted here: only it runs again), and the killed run resumes from its checkpoint
+    (mid-epoch: --ckpt-every-min). base2x trains twice the epochs; each finished run prints the time left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+    out = tmp_path / "study"
+    extra = " ".join(TINY + ["--subset", "512", "--epochs", "2", "--batch-size", "32", "--ckpt-every-min", "0.002"])
+    args = ["-m", "eval.study", "--methods", "simclr", "--variants", "base,base2x", "--seeds", "0", "--out",
+            str(out), "--linear-epochs", "2", "--eval-test", "200", "--extra", extra]
+    p = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    twice = out / "runs" / "simclr-base2x-s0"
+    deadline = time.time() + 600
+    while not (twice / "last.pt").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)   # the study and its training process, mid-run
+    first = p.communicate()[0]
+    assert "1/2 simclr-base-s0: done" in first and "left" in first, first[-2000:]
+    base = out / "runs" / "simclr-base-s0"
+    (base / "eval_linear.json").unlink()
+    r = run(args, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    log = (base / "study.log").read_text()
+    assert log.count("train.py") == 1 and log.count("eval.knn") == 1 and log.count("eval.linear") == 2, log
+    log = (twice / "study.log").read_text()
+    assert log.count("train.py") == 2 and "resumed from" in log, log[-3000:]
+    assert json.loads((twice / "config.json").read_text())["epochs"] == 4
+    rows = json.loads((out / "study.json").read_text())["rows"]
+    assert len(rows) == 2 and not any(x["error"] for x in rows) and all("linear" in x for x in rows)
