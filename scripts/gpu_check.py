@@ -45,6 +45,8 @@ def sync(dev):
 
 
 def timed(fn, n: int, dev, repeats: int = 3) -> float:
+    if not n:
+        return float("nan")
     """Median seconds per call of fn over `repeats` windows of n calls (the device synchronised around each)."""
     out = []
     for _ in range(repeats):
@@ -73,7 +75,8 @@ def model_and_step(t, dev, steps_per_epoch=100, tiny=False):
 
 
 def study_argv(a, extra=()):
-    tiny = ["--arch", "resnet10", "--subset", "1024", "--batch-size", "64"] if a.tiny else []
+    tiny = ["--arch", "resnet10", "--width", "8", "--res", "16", "--subset", "256", "--batch-size", "32",
+            "--proj-hidden", "64", "--proj-dim", "32", "--pred-hidden", "32", "--queue-size", "256"] if a.tiny else []
     return ["--config", STUDY, "--data", a.data, *tiny, *extra]
 
 
@@ -105,12 +108,12 @@ def device_epoch(a, dev):
 def bare_step(a, dev):
     """pairs/s of the step on one replayed batch (no loader, no augmentation), eager and compiled."""
     sizes = [("resnet50", 224, 256), ("resnet18", 28, 256)] if not a.tiny else [("resnet50", 32, 4),
-                                                                                ("resnet18", 16, 16)]
+                                                                                ("resnet18", 16, 8)]
     out = {}
     for arch, res, bs in sizes:
         for compiled in (False, True):
             t = train_args(a, ["--arch", arch, "--res", str(res), "--batch-size", str(bs)]
-                           + (["--compile"] if compiled else []))
+                           + (["--width", "8"] if a.tiny else []) + (["--compile"] if compiled else []))
             model, step = model_and_step(t, dev, tiny=a.tiny)
             views = torch.stack([torch.randn(bs, 3, res, res, device=dev).contiguous(
                 memory_format=torch.channels_last) for _ in range(2)])
@@ -153,7 +156,7 @@ def addons(a, dev):
 def knn(a, dev):
     from mining import index as mi
     from mining.bench import embeddings
-    n = 20000 if a.tiny else 1_280_000
+    n = 4096 if a.tiny else 1_280_000
     x = embeddings(n, 128, dev)
     keys = x.to(torch.bfloat16) if dev.type == "cuda" else x
     mi.search_torch(x[:4096], keys, 6)   # compiles the kernel
