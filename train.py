@@ -23,17 +23,18 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from engine import ckpt, config, dist
 from engine.errors import UsageError, cli_main
 from engine.guard import all_finite
 from engine.log import RunLog, Throughput
+from engine.progress import progress
 from engine.step import build_step
 from eval.knn import knn_accuracy
 from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES, DeviceAugment
-from loaders.datasets import open_source
+from loaders.datasets import NoLabels, open_source
+from mining.bank import agreement_words
 from mining.sepp import SePP
 from models.methods import METHODS
 
@@ -108,6 +109,7 @@ def setup(args) -> Run:
     config.check_world(args, r.world)
     if r.main_rank:
         os.makedirs(args.out, exist_ok=True)
+        print(f"data: {args.data_found}", flush=True)
         print(f"precision: {args.amp} ({args.amp_why}); channels_last {'on' if args.channels_last else 'off'}",
               flush=True)
     r.ckpt_path = os.path.join(args.out, "last.pt")
@@ -135,8 +137,7 @@ def setup(args) -> Run:
     # after DDP, which copies rank 0's weights to every rank: each rank's share of the kNN monitor is then
     # embedded by the same network (before it, each rank would keep its own random draw)
     r.random_init_state = {k: v.clone() for k, v in model.state_dict().items()} if args.knn_random_init else None
-    r.test_src = (open_source(args.dataset, args.data, False, val_split=args.val_split)
-                  if args.knn_every >= 0 else None)
+    r.test_src = monitor_split(args, r.main_rank) if args.knn_every >= 0 else None
     r.norm = (getattr(r.loader, "augment", None) or  # None: DALI normalizes in its pipeline
               DeviceAugment(r.recipe, r.train_src.mean, r.train_src.std, args.channels_last)).plain
     r.sepp = SePP(args, r.loader, r.train_src, r.norm, device, r.rank, r.world, model) if args.sepp else None
@@ -153,6 +154,17 @@ def setup(args) -> Run:
     r.stops, r.stopping, r.last_ckpt = StopSignals(), None, time.monotonic()
     r.meter, r.images, r.time, r.wait, r.last_epoch_s = Throughput(), 0, 0.0, 0.0, 0.0
     return r
+
+
+def monitor_split(args, main_rank: bool):
+    """The kNN monitor's labelled split; None, said once, for unlabelled images (nothing to score against)."""
+    try:
+        return open_source(args.dataset, args.data, False, val_split=args.val_split)
+    except NoLabels:
+        if main_rank:
+            print("kNN monitor off: unlabelled images have no labels to score against (evaluate with eval.knn "
+                  "--data LABELLED_SET)", flush=True)
+        return None
 
 
 def resume(r: Run):
@@ -206,8 +218,8 @@ def begin_epoch(r: Run, epoch: int) -> int:
             r.log.write("sepp", info, epoch)
             cost = (f" = {info['of_epoch']:.1%} of an epoch ({info['of_epoch_amortized']:.1%} per epoch at "
                     f"--sepp-every {args.sepp_every})") if r.last_epoch_s else ""
-            print(f"SePP refresh: {info['paired']:.0%} of samples paired, {info['label_agreement']:.1%} of "
-                  f"pairs share a label, {info['refresh_s']:.1f} s (search {info['search_s']:.1f} s){cost}",
+            print(f"SePP refresh: {info['paired']:.0%} of samples paired, {agreement_words(info['label_agreement'])}, "
+                  f"{info['refresh_s']:.1f} s (search {info['search_s']:.1f} s){cost}",
                   flush=True)
     if r.sepp is not None:
         r.sepp.start_epoch(epoch)
@@ -290,8 +302,8 @@ def run_epoch(r: Run, epoch: int):
     """The epoch's batches from its first to run; stops early, after a checkpoint, on an agreed signal."""
     args, world = r.args, r.world
     skip = begin_epoch(r, epoch)
-    bar = tqdm(total=r.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{args.epochs}",
-               disable=not r.main_rank or args.no_progress, dynamic_ncols=True, file=sys.stdout)
+    bar = progress(total=r.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{args.epochs}",
+                   enabled=r.main_rank and not args.no_progress, file=sys.stdout)
     t_epoch = t_wait = time.perf_counter()
     for it, batch in enumerate(r.loader, start=skip):
         if r.sepp is not None:

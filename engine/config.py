@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device-max-fraction", type=float, default=0.5, help="--loader device: the training set may take at "
       "most this share of the free device memory")
     a("--method", default="simclr", help="simclr | moco | byol | simsiam")
-    a("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | filelist | cifar10 | stl10")
-    a("--data", default=None, help="dataset root (fashion-mnist: /usr/share/datasets/fashion-mnist)")
+    a("--dataset", default=None, help="fashion-mnist | imagefolder | images (unlabelled) | filelist | cifar10 | stl10 "
+      "(default: what --data holds; without --data, fashion-mnist)")
+    a("--data", default=None, help="dataset root or file list (fashion-mnist: /usr/share/datasets/fashion-mnist)")
     a("--subset", type=int, default=0, help="train on a fixed random subset of N images (0: all; with ffcv: "
       "the subset the .beton was written with, prepare --subset N --seed S)")
     a("--val-split", type=int, default=0, help="hold out N training samples (the same for every --seed) as the "
@@ -194,6 +195,8 @@ def resolve(args):
     for k, v in METHOD_DEFAULTS[args.method].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    from loaders.datasets import recognise
+    args.dataset, args.data_found = recognise(args.dataset, args.data)
     if args.res is None:
         args.res = DEFAULT_RES.get(args.dataset, 224)
     if args.small_stem is None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from engine import dist
+from engine.progress import progress as bar
 
 
 def feature_dim(encoder, res: int) -> int:
@@ -49,7 +49,7 @@ def extract_sharded(encoder, source, res, normalize, device, indices=None, batch
     was = encoder.training
     encoder.eval()
     feats, labels = [], []
-    for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False, total=-(-len(mine) // batch)):
+    for x, y in bar(batches, desc=desc, enabled=progress, leave=False, total=-(-len(mine) // batch)):
         f = encoder(normalize(x.to(device, non_blocking=True))).float()
         feats.append(F.normalize(f, dim=1) if l2 else f)
         labels.append(y.to(device))

@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from engine import dist
 from engine.precision import grad_scaler
+from engine.progress import progress as progress_bar
 from engine.sched import warmup_cosine
 
 
@@ -104,7 +104,8 @@ def fit(clf: Classifier, train, epochs: int, lr: float, wd: float, device, prep=
         train.set_epoch(epoch) if hasattr(train, "set_epoch") else train.sampler.set_epoch(epoch)
         clf.train()
         total, n = torch.zeros((), device=device), 0
-        bar = tqdm(train, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False, file=sys.stdout)
+        bar = progress_bar(train, desc=f"{desc} {epoch + 1}/{epochs}", enabled=progress, leave=False,
+                           file=sys.stdout)
         for it, (x, y) in enumerate(bar):
             for g in opt.param_groups:
                 g["lr"] = lr_s[epoch * steps + it]

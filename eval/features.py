@@ -32,8 +32,17 @@ def eval_sources(cfg: dict, dataset: str | None = None, data: str | None = None)
     A run trained with --val-split is scored on its validation split (the rest of the training set trains
     the kNN / probe), never on the test split."""
     from loaders.augment import DeviceAugment
-    from loaders.datasets import open_source
-    dataset, data = dataset or cfg["dataset"], data or cfg["data"]
+    from loaders.datasets import open_source, recognise
+    if data is not None:   # another set: what it holds, unless --dataset says
+        dataset, found = recognise(dataset, data)
+    else:
+        dataset, data = dataset or cfg["dataset"], cfg["data"]
+        found = f"{dataset} in {data}" if data else dataset
+    if dataset == "images":
+        raise UsageError(f"scoring needs labels, and {data} holds unlabelled images: point --data at a labelled "
+                         "set (class folders, Fashion-MNIST, CIFAR-10, STL-10, a file list)")
+    if dist.rank() == 0:
+        print(f"data: {found}", flush=True)
     split = cfg.get("val_split", 0) if dataset == cfg["dataset"] else 0   # a run tuned on a validation split
     train, test = open_source(dataset, data, True, val_split=split), open_source(dataset, data, False, val_split=split)
     return train, test, DeviceAugment([], train.mean, train.std).plain

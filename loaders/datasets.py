@@ -1,5 +1,6 @@
 """Image sources on disk: Fashion-MNIST (Debian idx files or torchvision raw layout), ImageFolder/ImageNet
-layout, CIFAR-10 and STL-10 (torchvision layouts, when present). Nothing is downloaded.
+layout, a folder of unlabelled images (any depth), a file list, CIFAR-10 and STL-10 (torchvision layouts, when
+present). Nothing is downloaded. `recognise` tells which of them a --data path holds.
 
 A source gives `load(i) -> (uint8 tensor [C, H, W], label)`, `len()`, `labels` (np.int64 [N]),
 `num_classes`, and the normalization constants of the dataset.
@@ -68,6 +69,23 @@ class FolderSource:
         except Exception as e:  # torchvision raises RuntimeError for corrupt/truncated data
             raise DataError(f"cannot decode {path}: {str(e).splitlines()[0]} "
                             f"(remove it, or list bad files with: python -m loaders.prepare --check --data DIR)")
+
+
+class UnlabelledSource(FolderSource):
+    """Images at any depth under root, without labels (label -1): what self-supervised training needs."""
+
+    def __init__(self, root: str):
+        self.files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
+                            if f.lower().endswith(IMAGE_EXT))
+        if not self.files:
+            raise UsageError(f"--data {root}: no images found ({', '.join(IMAGE_EXT)}, at any depth)")
+        self.labels = np.full(len(self.files), -1, dtype=np.int64)
+        self.classes, self.num_classes = [], 0
+        self.mean, self.std, self.name = IMAGENET_MEAN, IMAGENET_STD, "images"
+
+
+class NoLabels(UsageError):
+    """An unlabelled source was asked for its labelled (test) split."""
 
 
 class FileListSource(FolderSource):
@@ -154,6 +172,12 @@ def folder(root: str, train: bool) -> FolderSource:
     return FolderSource(sub if os.path.isdir(sub) else root)
 
 
+def images(root: str, train: bool) -> UnlabelledSource:
+    if not train:
+        raise NoLabels(f"--data {root}: unlabelled images have no labels to score against")
+    return UnlabelledSource(root)
+
+
 def filelist(path: str, train: bool) -> FileListSource:
     """--data LIST.txt (train) ; the test split is LIST with 'train' replaced by 'val' when that file exists."""
     if not train:
@@ -162,9 +186,68 @@ def filelist(path: str, train: bool) -> FileListSource:
     return FileListSource(path)
 
 
-DATASETS = {"fashion-mnist": fashion_mnist, "imagefolder": folder, "filelist": filelist, "cifar10": cifar10,
-            "stl10": stl10}
+DATASETS = {"fashion-mnist": fashion_mnist, "imagefolder": folder, "images": images, "filelist": filelist,
+            "cifar10": cifar10, "stl10": stl10}
 DEFAULT_DATA = {"fashion-mnist": FASHION_DIR}
+# what recognise() looks for, in its order
+LOOKED_FOR = ("Fashion-MNIST idx files", "CIFAR-10 batches (cifar-10-batches-py/)", "STL-10 binaries (stl10_binary/)",
+              "an ImageNet layout (train/ and val/)", "class folders of images", "images at the top level "
+              "(unlabelled, read at any depth)", "a file list")
+
+
+def _has_image(root: str) -> bool:
+    for _, _, names in os.walk(root):
+        if any(f.lower().endswith(IMAGE_EXT) for f in names):
+            return True
+    return False
+
+
+def detect(path: str) -> tuple[str, str]:
+    """(dataset, what was found) for a --data path. Images directly in the folder make it unlabelled (read at
+    any depth); a folder whose images all sit in subfolders is a class-per-folder tree (--dataset images reads
+    such a tree without its labels)."""
+    if os.path.isfile(path):
+        return "filelist", "a file list"
+    if not os.path.isdir(path):
+        raise UsageError(f"--data {path}: no such file or directory")
+    if _find_idx(path, "train-images-idx3-ubyte") or _find_idx(path, "t10k-images-idx3-ubyte"):
+        return "fashion-mnist", "Fashion-MNIST idx files"
+    if os.path.isdir(os.path.join(path, "cifar-10-batches-py")):
+        return "cifar10", "CIFAR-10 batches"
+    if os.path.isdir(os.path.join(path, "stl10_binary")):
+        return "stl10", "STL-10 binaries"
+    entries = sorted(os.scandir(path), key=lambda e: e.name)
+    if any(e.is_file() and e.name.lower().endswith(IMAGE_EXT) for e in entries):
+        nested = any(e.is_dir() for e in entries)
+        return "images", f"unlabelled images ({'nested' if nested else 'flat'}: label -1)"
+    dirs = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+    if "train" in dirs and _has_image(os.path.join(path, "train")):
+        return "imagefolder", "an ImageNet layout (train/" + (" and val/" if "val" in dirs else "") + ")"
+    classes = [d for d in dirs if _has_image(os.path.join(path, d))]
+    if classes:
+        return "imagefolder", f"a class-per-folder tree ({len(classes)} classes)"
+    raise UsageError(f"--data {path}: no dataset recognised (looked for {'; '.join(LOOKED_FOR)})")
+
+
+def recognise(dataset: str | None, data: str | None) -> tuple[str, str]:
+    """(dataset, what --data holds, in words) for --dataset/--data: the dataset --data holds when --dataset is
+    not given; an explicit --dataset that disagrees with it is one error line saying what was found."""
+    if dataset is not None and dataset not in DATASETS:
+        raise UsageError(f"--dataset {dataset}: unknown (choose from {', '.join(DATASETS)})")
+    if data is None:
+        dataset = dataset or "fashion-mnist"
+        return dataset, f"{dataset} in {DEFAULT_DATA[dataset]}" if dataset in DEFAULT_DATA else dataset
+    if dataset is None:
+        found, what = detect(data)
+        return found, f"{what} in {data}"
+    try:
+        found, what = detect(data)
+    except UsageError:   # nothing recognised: the named dataset's own reader says what it expected
+        return dataset, f"{dataset} in {data}"
+    if found != dataset and (dataset, found) != ("images", "imagefolder"):
+        raise UsageError(f"--dataset {dataset}, but --data {data} holds {what}: drop --dataset to use it as "
+                         f"{found}, or point --data at {dataset} data")
+    return dataset, f"{what} in {data}" + (", read without its labels" if dataset != found else "")
 
 
 def open_source(dataset: str, root: str | None, train: bool = True, subset: int = 0, seed: int = 0,

@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.config import parser_error_one_line
 from engine.errors import UsageError, cli_main
-from loaders.datasets import FolderSource, Subset, open_source
+from loaders.datasets import FolderSource, Subset, open_source, recognise
 
 WRITE_MODES = ("jpg", "raw", "proportion", "smart")
 
@@ -61,11 +61,11 @@ def check(src, workers: int, progress: bool = True) -> list[tuple[int, str, str]
         return []
     paths = [_path(src, i) for i in range(len(src))]
     bad = []
-    from tqdm import tqdm
+    from engine.progress import progress as bar
     with mp.get_context("fork").Pool(max(1, workers)) as pool:
         results = pool.imap(_check_one, paths, chunksize=64)
-        for i, reason in enumerate(tqdm(results, total=len(paths), desc="check", disable=not progress,
-                                        unit="img", smoothing=0.05)):
+        for i, reason in enumerate(bar(results, total=len(paths), desc="check", enabled=progress, unit="img",
+                                       smoothing=0.05)):
             if reason is not None:
                 bad.append((i, paths[i], reason))
     return bad
@@ -99,8 +99,11 @@ def write_beton(samples: Samples, out: str, write_mode: str, max_resolution: int
     import ffcv.writer
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
-    from tqdm import tqdm
-    ffcv.writer.tqdm = functools.partial(tqdm, disable=not progress, desc="write", unit="img")
+    from tqdm.contrib.concurrent import thread_map
+
+    from engine.progress import progress as bar
+    ffcv.writer.tqdm = functools.partial(bar, enabled=progress, desc="write", unit="img")
+    ffcv.writer.thread_map = functools.partial(thread_map, disable=True)   # a second of counting: no bar
     fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution,
                                      jpeg_quality=jpeg_quality, compress_probability=compress_probability,
                                      smart_threshold=max_resolution and max_resolution ** 2 * 3 // 2),
@@ -112,7 +115,8 @@ def build_parser():
     p = argparse.ArgumentParser(description="Write a dataset to an FFCV .beton (or check its images).")
     parser_error_one_line(p)
     a = p.add_argument
-    a("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | cifar10 | stl10")
+    a("--dataset", default=None, help="fashion-mnist | imagefolder | images (unlabelled) | filelist | cifar10 | "
+      "stl10 (default: what --data holds; without --data, fashion-mnist)")
     a("--data", default=None, help="dataset root (ImageNet layout: DIR/train/<class>/*.JPEG or DIR/<class>/*)")
     a("--split", default="train", help="train | val")
     a("--out", default=None, help="FILE.beton to write")
@@ -167,6 +171,8 @@ def main(argv=None):
             raise UsageError(f"--out {args.out}: exists (add --force to overwrite)")
     workers = args.workers or os.cpu_count() or 1
     progress = not args.no_progress
+    args.dataset, found = recognise(args.dataset, args.data)
+    print(f"data: {found}", flush=True)
     src = open_source(args.dataset, args.data, args.split == "train", args.subset, args.seed)
 
     t0 = time.perf_counter()

@@ -20,8 +20,16 @@ def embed_all(encoder, source, res, normalize, device, rank=0, world=1, batch=25
 
 
 def label_agreement(labels: np.ndarray, partner: np.ndarray) -> tuple[float, float]:
-    """(share of samples that got a positive, share of those whose positive has the same label)."""
+    """(share of samples that got a positive, share of those whose positive has the same label); the second is
+    NaN for unlabelled images (label -1: nothing to compare)."""
     has = partner >= 0
     if not has.any():
         return 0.0, 0.0
-    return float(has.mean()), float((labels[has] == labels[partner[has]]).mean())
+    labelled = has & (labels >= 0)
+    labelled[has] &= labels[partner[has]] >= 0
+    agree = float((labels[labelled] == labels[partner[labelled]]).mean()) if labelled.any() else float("nan")
+    return float(has.mean()), agree
+
+
+def agreement_words(agree: float) -> str:
+    return "no labels to check them against" if agree != agree else f"{agree:.1%} of pairs share a label"

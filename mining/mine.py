@@ -25,7 +25,7 @@ from engine.config import DEFAULT_RES, parser_error_one_line
 from engine.embed import extract_sharded
 from engine.errors import UsageError, cli_main
 from loaders.augment import DeviceAugment
-from loaders.datasets import fingerprint, open_source
+from loaders.datasets import fingerprint, open_source, recognise
 from mining.encoders import load_encoder
 from mining.index import BACKENDS, center, search_whole_set
 
@@ -79,7 +79,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
     p.add_argument("--encoder", required=True, help="RUN/last.pt[:momentum] or a ResNet state dict file")
-    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--dataset", default=None, help="as train.py (default: what --data holds)")
     p.add_argument("--data", default=None)
     p.add_argument("--subset", type=int, default=0, help="as train.py: the same --subset and --seed")
     p.add_argument("--seed", type=int, default=0)
@@ -109,7 +109,10 @@ def main(argv=None):
                          f"projector, an index of {' | '.join(BACKENDS)}")
     if not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
         raise UsageError(f"--out {a.out}: no such directory")
+    a.dataset, found = recognise(a.dataset, a.data)
     device, rank, world = dist.init_device(a.device)
+    if rank == 0:
+        print(f"data: {found}", flush=True)
     source = open_source(a.dataset, a.data, True, a.subset, a.seed, a.val_split)
     res = a.res or DEFAULT_RES.get(a.dataset, 224)
     small = res <= 96 if a.small_stem is None else a.small_stem

@@ -10,7 +10,7 @@ import torch
 
 from engine import dist
 from engine.errors import UsageError
-from mining.bank import embed_all, label_agreement
+from mining.bank import agreement_words, embed_all, label_agreement
 from mining.index import center, search_whole_set
 from mining.sampler import PairPlan
 
@@ -134,7 +134,7 @@ class SePP:
         got, agree = label_agreement(np.asarray(self.source.labels), self.plan.plan(0)[1])
         if self.rank == 0:
             print(f"SePP pairs from {path} ({meta.get('encoder_desc', {}).get('kind')} encoder, k={a.sepp_k} of "
-                  f"{ids.shape[1]}): {got:.0%} of samples paired, {agree:.1%} of pairs share a label", flush=True)
+                  f"{ids.shape[1]}): {got:.0%} of samples paired, {agreement_words(agree)}", flush=True)
 
     def before_forward(self, batch, it):
         """The step's hooks (engine/step.py): the bank's network output of this step is kept (--sepp-bank train)."""
