@@ -13,18 +13,34 @@ from engine.errors import UsageError
 
 
 def load_run(checkpoint: str, random_init: bool = False):
-    """-> (config dict, method model on the CPU) of a train.py checkpoint; random_init: same arch, untrained."""
+    """-> (config dict, method model on the CPU) of a train.py checkpoint; random_init: same arch, untrained.
+    Foreign ResNet weights (torchvision, timm, MoCo, solo-learn, lightly: mining/encoders.py) give a config of
+    what they hold and a model with only a backbone."""
     from engine import ckpt
     from engine.config import build_model_from_config
     state = ckpt.load(checkpoint)
-    cfg = state.get("config")
+    cfg = state.get("config") if isinstance(state, dict) else None
     if cfg is None or "model" not in state:
-        raise UsageError(f"{checkpoint}: no config/model inside; is it a checkpoint of this project's train.py?")
+        return foreign_run(checkpoint, random_init)
     torch.manual_seed(cfg.get("seed", 0))
     model = build_model_from_config(cfg)
     if not random_init:
         model.load_state_dict(state["model"])
     return cfg, model
+
+
+def foreign_run(path: str, random_init: bool):
+    from types import SimpleNamespace
+
+    from mining.encoders import load_encoder
+    from models.backbones import build_backbone
+    enc, desc = load_encoder(path, flag="--checkpoint")
+    if random_init:
+        torch.manual_seed(0)
+        enc, _ = build_backbone(desc["arch"], desc["small_stem"], width=desc["width"])
+    cfg = {"dataset": None, "data": None, "res": None, "seed": 0, "val_split": 0, "method": "none (foreign weights)",
+           "arch": desc["arch"]}
+    return cfg, SimpleNamespace(backbone=enc)
 
 
 def eval_sources(cfg: dict, dataset: str | None = None, data: str | None = None):
@@ -33,11 +49,9 @@ def eval_sources(cfg: dict, dataset: str | None = None, data: str | None = None)
     the kNN / probe), never on the test split."""
     from loaders.augment import DeviceAugment
     from loaders.datasets import open_source, recognise
-    if data is not None:   # another set: what it holds, unless --dataset says
-        dataset, found = recognise(dataset, data)
-    else:
+    if data is None:   # the run's own set
         dataset, data = dataset or cfg["dataset"], cfg["data"]
-        found = f"{dataset} in {data}" if data else dataset
+    dataset, found = recognise(dataset, data)
     if dataset == "images":
         raise UsageError(f"scoring needs labels, and {data} holds unlabelled images: point --data at a labelled "
                          "set (class folders, Fashion-MNIST, CIFAR-10, STL-10, a file list)")

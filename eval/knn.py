@@ -16,8 +16,9 @@ import os
 import numpy as np
 import torch
 
-from engine.errors import UsageError, cli_main
+from engine.config import DEFAULT_RES
 from engine.embed import extract_sharded
+from engine.errors import UsageError, cli_main
 from eval.features import eval_sources, load_run
 from mining.index import BACKENDS, search
 
@@ -93,7 +94,7 @@ def main(argv=None):
     device, rank, world = dist.init_device(a.device)
     cfg, _ = load_run(a.checkpoint)
     train_src, test_src, norm = eval_sources(cfg, a.dataset, a.data)
-    res = a.res or cfg["res"]
+    res = a.res or cfg["res"] or DEFAULT_RES.get(train_src.name, 224)
     rng = np.random.default_rng(cfg.get("seed", 0))
     pick = lambda n, N: np.sort(rng.permutation(N)[:n]) if 0 < n < N else None  # noqa: E731
     i_tr, i_te = pick(a.n_train, len(train_src)), pick(a.n_test, len(test_src))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from engine import dist
-from engine.config import parser_error_one_line
+from engine.config import DEFAULT_RES, parser_error_one_line
 from engine.errors import UsageError, cli_main
 from eval.classify import Classifier, Standardize, TensorBatches, evaluate, fit
 from engine.embed import extract_sharded, feature_dim
@@ -90,7 +90,7 @@ def setup(a):
         raise UsageError(f"--aug {a.aug}: choose from auto, rrc, crop, none")
     cfg, _ = load_run(a.checkpoint)
     train_src, test_src, norm = eval_sources(cfg, a.dataset, a.data)
-    a.res = a.res or cfg["res"]
+    a.res = a.res or cfg["res"] or DEFAULT_RES.get(train_src.name, 224)
     a.aug = a.aug if a.aug != "auto" else ("rrc" if a.res >= 96 else "crop")
     a.amp = a.amp or ("bf16" if device.type == "cuda" else "off")
     if a.amp in ("bf16", "fp16") and device.type != "cuda":

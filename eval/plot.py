@@ -2,10 +2,12 @@
 
     python -m eval.plot runs/simclr                         # -> runs/simclr/curves.png
     python -m eval.plot runs/simclr runs/simclr_bsim --out compare.png     # several runs, one figure
+    python -m eval.plot --embedding runs/simclr/last.pt      # the test set's features in 2-D (eval/embedding.py)
 """
 from __future__ import annotations
 
 import os
+import sys
 
 from engine.errors import UsageError, cli_main
 from eval.runs import num, parse_runs
@@ -51,6 +53,9 @@ def plot_runs(runs: list, path: str):
 
 @cli_main
 def main(argv=None):
+    if "--embedding" in (sys.argv[1:] if argv is None else argv):   # the embedding's picture (eval/embedding.py)
+        from eval.embedding import main as embedding_main
+        return embedding_main(argv)
     a, runs = parse_runs(argv, __doc__, "PNG path (default: RUN/curves.png for one run, compare.png)")
     if not any(r["train"] for r in runs):
         raise UsageError("no train.csv rows in " + ", ".join(a.runs) + ": nothing to plot")

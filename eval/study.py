@@ -327,6 +327,24 @@ def chart(s: dict, path: str, title: str):
     plt.close(fig)
 
 
+def embeddings(a, runs: list[Run]) -> list[str]:
+    """Per method, the test set's embedding of the first seed's base run beside each add-on's (eval/embedding.py):
+    study_embedding_METHOD.png."""
+    import torch
+
+    from eval.embedding import embedding_figure
+    out, seed = [], min(a.seeds)
+    for m in a.methods:
+        got = [r for r in runs if (r.method, r.seed) == (m, seed) and os.path.isfile(os.path.join(r.folder, "last.pt"))]
+        if len(got) < 2:
+            continue
+        path = os.path.join(a.out, f"study_embedding_{m}.png")
+        embedding_figure([os.path.join(r.folder, "last.pt") for r in got], [f"{m} {r.variant} (seed {seed})"
+                         for r in got], path, a.embedding_n, device="cuda" if torch.cuda.is_available() else "cpu")
+        out.append(path)
+    return out
+
+
 def csv_list(s: str, flag: str, kind=str, choices=None) -> list:
     try:
         out = [kind(x.strip()) for x in s.split(",") if x.strip()]
@@ -357,6 +375,8 @@ def build_parser():
                    "--knn-every, on the config's --knn-train/--knn-test subsets), drawn as curves (0: none)")
     p.add_argument("--eval-train", type=int, default=0, help="training images for kNN/probe (0: all)")
     p.add_argument("--eval-test", type=int, default=0, help="images scored (0: the whole split)")
+    p.add_argument("--embedding-n", type=int, default=2000, help="test images in the embedding pictures of seed "
+                   "0's base beside each add-on (0: no picture)")
     return p
 
 
@@ -408,6 +428,9 @@ def main(argv=None):
     if a.curve_every:
         curves(a, runs, os.path.join(a.out, "study_curves.png"), f"kNN monitor during training, mean over seeds "
                f"({split} split subset)")
+    if a.embedding_n:
+        for path in embeddings(a, runs):
+            print(f"[study] embedding: {path}", flush=True)
     print(open(os.path.join(a.out, "study.md")).read(), flush=True)
     failed = [r.name for r in runs if r.result.get("error")]
     if failed:

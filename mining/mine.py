@@ -89,9 +89,10 @@ def build_parser():
     p.add_argument("--space", default="backbone", help="backbone | projector (our checkpoints)")
     p.add_argument("--center", action="store_true", help="centred cosines: subtract the set's mean embedding "
                    "before normalising (spreads post-ReLU similarities over [-1, 1]; train.py --sepp-center)")
-    p.add_argument("--arch", default="resnet50", help="the ResNet of foreign weights (ours: from the checkpoint)")
-    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--stem-stride", type=int, default=1)
+    p.add_argument("--arch", default=None, help="only to check: the network is read from the weights")
+    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None, help="only to check (as --arch)")
+    p.add_argument("--stem-stride", type=int, default=1, help="foreign weights with a small stem: its stride (not "
+                   "in the weights)")
     p.add_argument("--res", type=int, default=None, help="image size (default: the dataset's)")
     p.add_argument("--index", default="auto", help=" | ".join(BACKENDS))
     p.add_argument("--batch-size", type=int, default=256)
@@ -115,8 +116,7 @@ def main(argv=None):
         print(f"data: {found}", flush=True)
     source = open_source(a.dataset, a.data, True, a.subset, a.seed, a.val_split)
     res = a.res or DEFAULT_RES.get(a.dataset, 224)
-    small = res <= 96 if a.small_stem is None else a.small_stem
-    encoder, desc = load_encoder(a.encoder, a.arch, small, a.stem_stride, a.space)
+    encoder, desc = load_encoder(a.encoder, a.arch, a.small_stem, a.stem_stride, a.space)
     norm = DeviceAugment([], source.mean, source.std).plain
     feats, _ = extract_sharded(encoder.to(device), source, res, norm, device, batch=a.batch_size,
                                workers=a.workers, progress=rank == 0 and not a.no_progress, desc="embedding")

@@ -97,8 +97,8 @@ class SePP:
         self.encoder = None
         if args.sepp_encoder:   # fixed: embedded once, at the start of the run (mining/encoders.py: its forms)
             from mining.encoders import load_encoder
-            self.encoder = load_encoder(args.sepp_encoder, args.arch, args.small_stem, args.stem_stride,
-                                        args.sepp_space)[0].to(device)
+            self.encoder = load_encoder(args.sepp_encoder, stem_stride=args.stem_stride, space=args.sepp_space,
+                                        flag="--sepp-encoder")[0].to(device)
         self.fixed = False   # --sepp-pairs: one plan for the whole run
         if args.sepp_pairs:
             self.use_pairs(args.sepp_pairs)

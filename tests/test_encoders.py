@@ -54,11 +54,11 @@ def test_foreign_resnet_weights_give_the_features_of_their_model(reference, fmt,
 def test_unmappable_weights_and_our_checkpoints(reference, tmp_path):
     bad = tmp_path / "vit.pth"
     torch.save({"state_dict": {"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}}, bad)
-    with pytest.raises(UsageError, match=r"cannot map its keys .*found 1 keys, e.g. blocks.0.attn.qkv.weight"):
+    with pytest.raises(UsageError, match=r"no ResNet weights found \(found 1 keys, e.g. blocks.0.attn.qkv.weight"):
         load_encoder(str(bad), arch="resnet18")
     wrong = tmp_path / "tv.pth"
     torch.save(reference[0].state_dict(), wrong)
-    with pytest.raises(UsageError, match="check --arch"):
+    with pytest.raises(UsageError, match="holds a resnet18, width 64, 7x7 ImageNet stem; drop --arch"):
         load_encoder(str(wrong), arch="resnet50")
     from engine.config import build_model_from_config
     cfg = {"method": "byol", "arch": "resnet10", "small_stem": True, "stem_stride": 2, "proj_hidden": 32,

@@ -38,7 +38,7 @@ def test_study_on_a_tiny_grid_writes_table_chart_and_skips_finished_runs(tmp_pat
     extra = " ".join(TINY + ["--subset", "256", "--epochs", "1", "--batch-size", "64", "--sepp-threshold", "0"])
     args = ["-m", "eval.study", "--methods", "simclr", "--variants", "base,sepp", "--seeds", "0,1",
             "--out", str(out), "--parallel", "2", "--linear-epochs", "2", "--eval-train", "400",
-            "--eval-test", "200", "--extra", extra]
+            "--eval-test", "200", "--embedding-n", "200", "--extra", extra]
     r = run(args, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert r.stdout.count(": done (") == 4
@@ -59,6 +59,7 @@ def test_study_on_a_tiny_grid_writes_table_chart_and_skips_finished_runs(tmp_pat
     md = (out / "study.md").read_text()
     assert "| simclr | sepp | 2 |" in md and "Welch" in md and "git" in md.lower() and "test split" in md
     assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "study_embedding_simclr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"   # base beside sepp
     again = run(args, timeout=300)   # a second call skips the finished runs
     assert again.returncode == 0 and again.stdout.count("skipped (evaluated before)") == 4, again.stdout[-2000:]
     assert json.loads((out / "study.json").read_text())["rows"] == s["rows"]

@@ -1,0 +1,112 @@
+"""A picture of the embedding: the test set's backbone features projected to 2-D (UMAP where umap-learn is
+installed, otherwise t-SNE from scikit-learn, or PCA), coloured by label, one panel per checkpoint.
+
+    python -m eval.plot --embedding RUN/last.pt                       # -> RUN/embedding.png
+    python -m eval.plot --embedding runs/base/last.pt --embedding runs/bsim/last.pt --out side_by_side.png
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+
+from engine.config import DEFAULT_RES, parser_error_one_line
+from engine.errors import UsageError
+
+METHODS = ("auto", "umap", "tsne", "pca")
+
+
+def project(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
+    """[N, D] features -> ([N, 2], the method used). auto: UMAP if installed, else t-SNE, else PCA."""
+    if method in ("auto", "umap"):
+        try:
+            import umap
+            return umap.UMAP(n_components=2, random_state=seed).fit_transform(x), "UMAP"
+        except ImportError:
+            if method == "umap":
+                raise UsageError("--method umap: umap-learn is not installed (pip install umap-learn)")
+    if method in ("auto", "tsne"):
+        try:
+            from sklearn.manifold import TSNE
+            return TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, len(x) - 1)
+                        ).fit_transform(x), "t-SNE"
+        except ImportError:
+            if method == "tsne":
+                raise UsageError("--method tsne: scikit-learn is not installed (pip install scikit-learn)")
+    x = x - x.mean(0)   # PCA by SVD: the two leading directions
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T, "PCA"
+
+
+def test_features(checkpoint: str, n: int, dataset=None, data=None, device="cpu", progress=False):
+    """(features [n, D] of n seeded test images, their labels, class names) of a checkpoint's backbone."""
+    from engine.embed import extract_sharded
+    from eval.features import eval_sources, load_run
+    cfg, model = load_run(checkpoint)
+    _, test, norm = eval_sources(cfg, dataset, data)
+    idx = np.sort(np.random.default_rng(0).permutation(len(test))[:n]) if 0 < n < len(test) else None
+    res = cfg["res"] or DEFAULT_RES.get(test.name, 224)
+    f, y = extract_sharded(model.backbone.to(device), test, res, norm, torch.device(device), idx, progress=progress,
+                           desc="test features")
+    names = getattr(test, "classes", None) or getattr(getattr(test, "src", None), "classes", None)
+    return f.float().cpu().numpy(), y.cpu().numpy(), names
+
+
+def draw(panels: list[tuple[str, np.ndarray, np.ndarray]], names, path: str, method: str):
+    """One scatter per (title, [N, 2] points, labels), in a row."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
+    for ax, (title, xy, y) in zip(axes[0], panels):
+        for c in np.unique(y):
+            m = y == c
+            label = names[c] if names is not None and 0 <= c < len(names) else str(c)
+            ax.scatter(xy[m, 0], xy[m, 1], s=3, alpha=0.7, label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(fontsize=6, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(f"test-set backbone features, {method}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def embedding_figure(checkpoints: list[str], titles: list[str], path: str, n: int = 2000, method: str = "auto",
+                     dataset=None, data=None, device="cpu", progress=False) -> str:
+    panels, names, used = [], None, method
+    for ck, title in zip(checkpoints, titles):
+        f, y, names = test_features(ck, n, dataset, data, device, progress)
+        xy, used = project(f, method)
+        panels.append((title, xy, y))
+    draw(panels, names, path, used)
+    return used
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m eval.plot --embedding", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser_error_one_line(p)
+    p.add_argument("--embedding", action="append", required=True, metavar="CHECKPOINT",
+                   help="RUN/last.pt or ResNet weights (repeat for panels side by side)")
+    p.add_argument("--title", action="append", default=None, help="a panel's title (default: the run folder)")
+    p.add_argument("--n", type=int, default=2000, help="test images drawn (seeded; 0: all)")
+    p.add_argument("--method", default="auto", help=" | ".join(METHODS))
+    p.add_argument("--data", default=None, help="another labelled set (default: the run's)")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/embedding.png)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    if a.method not in METHODS:
+        raise UsageError(f"--method {a.method}: choose from {', '.join(METHODS)}")
+    titles = a.title or [os.path.basename(os.path.dirname(os.path.abspath(c))) for c in a.embedding]
+    if len(titles) != len(a.embedding):
+        raise UsageError(f"{len(titles)} --title for {len(a.embedding)} --embedding: give one per panel, or none")
+    out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.embedding[0])), "embedding.png")
+    used = embedding_figure(a.embedding, titles, out, a.n, a.method, a.dataset, a.data, a.device, not a.no_progress)
+    print(f"embedding ({used}): {out}", flush=True)
+    return out
