@@ -20,6 +20,8 @@ METHODS = ("auto", "umap", "tsne", "pca")
 
 def project(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
     """[N, D] features -> ([N, 2], the method used). auto: UMAP if installed, else t-SNE, else PCA."""
+    if len(x) < 10:   # too few points for a neighbourhood embedding
+        method = "pca"
     if method in ("auto", "umap"):
         try:
             import umap
@@ -40,13 +42,14 @@ def project(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndar
     return x @ vt[:2].T, "PCA"
 
 
-def test_features(checkpoint: str, n: int, dataset=None, data=None, device="cpu", progress=False):
+def set_features(checkpoint: str, n: int, dataset=None, data=None, device="cpu", progress=False):
     """(features [n, D] of n seeded test images, their labels, class names) of a checkpoint's backbone."""
     from engine.embed import extract_sharded
     from eval.features import eval_sources, load_run
+    from eval.linear import seeded_pick
     cfg, model = load_run(checkpoint)
     _, test, norm = eval_sources(cfg, dataset, data)
-    idx = np.sort(np.random.default_rng(0).permutation(len(test))[:n]) if 0 < n < len(test) else None
+    idx = seeded_pick(n, len(test), 0)
     res = cfg["res"] or DEFAULT_RES.get(test.name, 224)
     f, y = extract_sharded(model.backbone.to(device), test, res, norm, torch.device(device), idx, progress=progress,
                            desc="test features")
@@ -79,7 +82,7 @@ def embedding_figure(checkpoints: list[str], titles: list[str], path: str, n: in
                      dataset=None, data=None, device="cpu", progress=False) -> str:
     panels, names, used = [], None, method
     for ck, title in zip(checkpoints, titles):
-        f, y, names = test_features(ck, n, dataset, data, device, progress)
+        f, y, names = set_features(ck, n, dataset, data, device, progress)
         xy, used = project(f, method)
         panels.append((title, xy, y))
     draw(panels, names, path, used)

@@ -51,11 +51,6 @@ def torchvision_state(sd: dict, dim: int) -> dict:
     return {**sd, "fc.weight": torch.zeros(1000, dim), "fc.bias": torch.zeros(1000)}
 
 
-def timm_state(sd: dict) -> dict:
-    """timm's ResNets name their weights as torchvision does; with num_classes=0 there is no fc."""
-    return dict(sd)
-
-
 def detectron2_key(k: str) -> str:
     """torchvision ResNet name -> detectron2's (as MoCo's convert-pretrain-to-detectron2 renames them)."""
     if not k.startswith("layer"):
@@ -115,7 +110,8 @@ def main(argv=None):
         with open(a.out, "wb") as f:
             pickle.dump(detectron2_state(sd), f)
     else:
-        torch.save(torchvision_state(sd, dim) if a.format == "torchvision" else timm_state(sd), a.out)
+        # timm's ResNets name their weights as torchvision does; with num_classes=0 there is no fc
+        torch.save(torchvision_state(sd, dim) if a.format == "torchvision" else sd, a.out)
     print(f"wrote {a.out}: the {a.network} {cfg['arch']} backbone of a {cfg['method']} run, {a.format} format "
           f"({len(sd)} tensors)", flush=True)
     for n in loader_notes(cfg, a.format):

@@ -49,8 +49,9 @@ def eval_sources(cfg: dict, dataset: str | None = None, data: str | None = None)
     the kNN / probe), never on the test split."""
     from loaders.augment import DeviceAugment
     from loaders.datasets import open_source, recognise
-    if data is None:   # the run's own set
+    if data is None:   # the run's own set (a class tree trained --dataset images has its labels back)
         dataset, data = dataset or cfg["dataset"], cfg["data"]
+        dataset = None if dataset == "images" else dataset
     dataset, found = recognise(dataset, data)
     if dataset == "images":
         raise UsageError(f"scoring needs labels, and {data} holds unlabelled images: point --data at a labelled "

@@ -53,7 +53,7 @@ def plot_runs(runs: list, path: str):
 
 @cli_main
 def main(argv=None):
-    if "--embedding" in (sys.argv[1:] if argv is None else argv):   # the embedding's picture (eval/embedding.py)
+    if any(x.startswith("--embedding") for x in (sys.argv[1:] if argv is None else argv)):   # the embedding's picture (eval/embedding.py)
         from eval.embedding import main as embedding_main
         return embedding_main(argv)
     a, runs = parse_runs(argv, __doc__, "PNG path (default: RUN/curves.png for one run, compare.png)")

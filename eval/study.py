@@ -339,8 +339,12 @@ def embeddings(a, runs: list[Run]) -> list[str]:
         if len(got) < 2:
             continue
         path = os.path.join(a.out, f"study_embedding_{m}.png")
-        embedding_figure([os.path.join(r.folder, "last.pt") for r in got], [f"{m} {r.variant} (seed {seed})"
-                         for r in got], path, a.embedding_n, device="cuda" if torch.cuda.is_available() else "cpu")
+        try:   # a picture that fails is said, and the study's table still comes
+            embedding_figure([os.path.join(r.folder, "last.pt") for r in got], [f"{m} {r.variant} (seed {seed})"
+                             for r in got], path, a.embedding_n, device="cuda" if torch.cuda.is_available() else "cpu")
+        except Exception as e:
+            print(f"[study] embedding of {m} skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+            continue
         out.append(path)
     return out
 
@@ -375,8 +379,8 @@ def build_parser():
                    "--knn-every, on the config's --knn-train/--knn-test subsets), drawn as curves (0: none)")
     p.add_argument("--eval-train", type=int, default=0, help="training images for kNN/probe (0: all)")
     p.add_argument("--eval-test", type=int, default=0, help="images scored (0: the whole split)")
-    p.add_argument("--embedding-n", type=int, default=2000, help="test images in the embedding pictures of seed "
-                   "0's base beside each add-on (0: no picture)")
+    p.add_argument("--embedding-n", type=int, default=2000, help="test images in the embedding pictures of the "
+                   "first seed's base beside each add-on (0: no picture)")
     return p
 
 

@@ -75,8 +75,8 @@ class UnlabelledSource(FolderSource):
     """Images at any depth under root, without labels (label -1): what self-supervised training needs."""
 
     def __init__(self, root: str):
-        self.files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
-                            if f.lower().endswith(IMAGE_EXT))
+        self.files = sorted(os.path.join(d, f) for d, _, names in os.walk(root, followlinks=True) for f in names
+                            if f.lower().endswith(IMAGE_EXT) and not f.startswith("."))
         if not self.files:
             raise UsageError(f"--data {root}: no images found ({', '.join(IMAGE_EXT)}, at any depth)")
         self.labels = np.full(len(self.files), -1, dtype=np.int64)
@@ -95,16 +95,19 @@ class FileListSource(FolderSource):
     def __init__(self, path: str):
         base = os.path.dirname(os.path.abspath(path))
         self.files, labels = [], []
-        with open(path) as f:
-            for n, line in enumerate(f, 1):
-                line = line.split("#")[0].strip()
-                if not line:
-                    continue
-                parts = line.rsplit(maxsplit=1)
-                if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                    raise UsageError(f"--data {path}: line {n} is not 'path label': {line[:80]}")
-                self.files.append(os.path.join(base, parts[0]))
-                labels.append(int(parts[1]))
+        with open(path, errors="replace") as f:
+            lines = f.read().splitlines()
+        if any("\ufffd" in x for x in lines[:100]):
+            raise UsageError(f"--data {path}: not a text file list ('path label' lines)")
+        for n, line in enumerate(lines, 1):
+            line = line.split("#")[0].strip()
+            if not line:
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise UsageError(f"--data {path}: line {n} is not 'path label': {line[:80]}")
+            self.files.append(os.path.join(base, parts[0]))
+            labels.append(int(parts[1]))
         if not self.files:
             raise UsageError(f"--data {path}: the file list is empty")
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -116,8 +119,11 @@ class FileListSource(FolderSource):
 def read_idx(path: str) -> np.ndarray:
     """An idx file (optionally gzipped), as used by (Fashion-)MNIST."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:   # a damaged .gz
+        raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})")
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise DataError(f"{path}: not an idx file of uint8")
     ndim = data[3]
@@ -169,6 +175,9 @@ def stl10(root: str, train: bool) -> ArraySource:
 
 def folder(root: str, train: bool) -> FolderSource:
     sub = os.path.join(root, "train" if train else "val")
+    if not train and not os.path.isdir(sub) and os.path.isdir(os.path.join(root, "train")):
+        raise UsageError(f"--data {root}: train/ has no val/ beside it to score on (the training images would "
+                         "score themselves): add val/<class>/ images, or turn the kNN monitor off (--knn-every -1)")
     return FolderSource(sub if os.path.isdir(sub) else root)
 
 
@@ -189,15 +198,15 @@ def filelist(path: str, train: bool) -> FileListSource:
 DATASETS = {"fashion-mnist": fashion_mnist, "imagefolder": folder, "images": images, "filelist": filelist,
             "cifar10": cifar10, "stl10": stl10}
 DEFAULT_DATA = {"fashion-mnist": FASHION_DIR}
-# what recognise() looks for, in its order
-LOOKED_FOR = ("Fashion-MNIST idx files", "CIFAR-10 batches (cifar-10-batches-py/)", "STL-10 binaries (stl10_binary/)",
-              "an ImageNet layout (train/ and val/)", "class folders of images", "images at the top level "
-              "(unlabelled, read at any depth)", "a file list")
+# what detect() looks for, in its order
+LOOKED_FOR = ("a file list", "Fashion-MNIST idx files", "CIFAR-10 batches (cifar-10-batches-py/)",
+              "STL-10 binaries (stl10_binary/)", "images at the top level (unlabelled, read at any depth)",
+              "an ImageNet layout (train/ and val/)", "class folders of images")
 
 
 def _has_image(root: str) -> bool:
-    for _, _, names in os.walk(root):
-        if any(f.lower().endswith(IMAGE_EXT) for f in names):
+    for _, _, names in os.walk(root, followlinks=True):
+        if any(f.lower().endswith(IMAGE_EXT) and not f.startswith(".") for f in names):
             return True
     return False
 
@@ -212,12 +221,15 @@ def detect(path: str) -> tuple[str, str]:
         raise UsageError(f"--data {path}: no such file or directory")
     if _find_idx(path, "train-images-idx3-ubyte") or _find_idx(path, "t10k-images-idx3-ubyte"):
         return "fashion-mnist", "Fashion-MNIST idx files"
-    if os.path.isdir(os.path.join(path, "cifar-10-batches-py")):
-        return "cifar10", "CIFAR-10 batches"
-    if os.path.isdir(os.path.join(path, "stl10_binary")):
-        return "stl10", "STL-10 binaries"
+    for name, folder_name, marker, what in (("cifar10", "cifar-10-batches-py", "data_batch_1", "CIFAR-10 batches"),
+                                            ("stl10", "stl10_binary", "train_X.bin", "STL-10 binaries")):
+        if os.path.isdir(os.path.join(path, folder_name)):
+            return name, what
+        if os.path.isfile(os.path.join(path, marker)):
+            raise UsageError(f"--data {path}: holds {what} itself: point --data at the folder above it (it reads "
+                             f"DIR/{folder_name})")
     entries = sorted(os.scandir(path), key=lambda e: e.name)
-    if any(e.is_file() and e.name.lower().endswith(IMAGE_EXT) for e in entries):
+    if any(e.is_file() and e.name.lower().endswith(IMAGE_EXT) and not e.name.startswith(".") for e in entries):
         nested = any(e.is_dir() for e in entries)
         return "images", f"unlabelled images ({'nested' if nested else 'flat'}: label -1)"
     dirs = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
@@ -265,6 +277,8 @@ def open_source(dataset: str, root: str | None, train: bool = True, subset: int 
             raise UsageError(f"--data {root}: no such file (a list of 'path label' lines)")
     elif not os.path.isdir(root):
         raise UsageError(f"--data {root}: no such directory")
+    if dataset == "images" and not train:   # a validation split of unlabelled images has no labels either
+        raise NoLabels(f"--data {root}: unlabelled images have no labels to score against")
     src = DATASETS[dataset](root, train or val_split > 0)
     if val_split > 0:
         if val_split >= len(src):

@@ -23,7 +23,7 @@ from engine.errors import UsageError
 
 # lightly's examples: backbone = nn.Sequential(*list(resnet.children())[:-1]) -> indices of torchvision names
 SEQUENTIAL = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
-PREFIXES = ("module.encoder_q.", "encoder_q.", "module.backbone.", "backbone.", "module.encoder.", "encoder.",
+PREFIXES = ("module.encoder_q.", "encoder_q.", "module.base_encoder.", "base_encoder.", "module.backbone.", "backbone.", "module.encoder.", "encoder.",
             "module.", "model.", "")
 
 

@@ -45,9 +45,9 @@ def sync(dev):
 
 
 def timed(fn, n: int, dev, repeats: int = 3) -> float:
+    """Median seconds per call of fn over `repeats` windows of n calls (the device synchronised around each)."""
     if not n:
         return float("nan")
-    """Median seconds per call of fn over `repeats` windows of n calls (the device synchronised around each)."""
     out = []
     for _ in range(repeats):
         sync(dev)

@@ -52,8 +52,9 @@ def test_unlabelled_folder_reads_every_image_at_any_depth_with_label_minus_one(f
         ref = np.array(Image.open(files[i]).convert("RGB"))
         assert label == -1 and img.shape == (3, *ref.shape[:2])
         assert np.abs(img.permute(1, 2, 0).numpy().astype(int) - ref).max() <= 2   # libjpeg-turbo vs PIL
-    with pytest.raises(NoLabels, match="no labels"):
-        open_source("images", root, False)
+    for split in (0, 4):   # the test split, or a validation split carved from the images: no labels either way
+        with pytest.raises(NoLabels, match="no labels"):
+            open_source("images", root, False, val_split=split)
 
 
 @pytest.mark.parametrize("kind", ["flat", "nested"])
@@ -166,16 +167,29 @@ def test_a_dataset_that_disagrees_with_data_is_one_line(tmp_path):
     with pytest.raises(UsageError, match="--dataset cifar10, but --data .* holds Fashion-MNIST idx files"):
         recognise("cifar10", str(d["fashion-mnist"][0]))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UsageError, match=r"no dataset recognised \(looked for Fashion-MNIST idx files; CIFAR-10 "
-                       r".*; class folders of images; images at the top level .*; a file list\)"):
+    with pytest.raises(UsageError, match=r"no dataset recognised \(looked for a file list; Fashion-MNIST idx files; "
+                       r"CIFAR-10 .*; images at the top level .*; an ImageNet layout .*; class folders of images\)"):
         recognise(None, str(tmp_path / "empty"))
-    for argv in (["train.py", "--dataset", "imagefolder", "--data", str(d["flat"][0])],
-                 ["-m", "loaders.prepare", "--dataset", "stl10", "--data", str(d["tree"][0]), "--out", "x.beton"],
-                 ["-m", "mining.mine", "--encoder", "x.pt", "--dataset", "cifar10", "--data", str(d["flat"][0]),
-                  "--out", str(tmp_path / "p.pt")],
-                 ["train.py", "--data", str(tmp_path / "empty")]):
+    with pytest.raises(UsageError, match="holds CIFAR-10 batches itself: point --data at the folder above it"):
+        (tmp_path / "c10" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
+        recognise(None, str(tmp_path / "c10" / "cifar-10-batches-py"))
+    for argv, said in ((["train.py", "--dataset", "imagefolder", "--data", str(d["flat"][0])], "holds unlabelled"),
+                       (["-m", "loaders.prepare", "--dataset", "stl10", "--data", str(d["tree"][0]), "--out",
+                         str(tmp_path / "x.beton")], "holds a class-per-folder tree (2 classes)"),
+                       (["-m", "mining.mine", "--encoder", "x.pt", "--dataset", "cifar10", "--data", str(d["flat"][0]),
+                         "--out", str(tmp_path / "p.pt")], "--dataset cifar10, but --data"),
+                       (["train.py", "--data", str(tmp_path / "empty")], "no dataset recognised")):
         r = run(argv)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (argv, r.stderr)
+        assert said in r.stderr, (argv, r.stderr)
+
+
+def test_a_train_folder_without_val_is_never_scored_on_itself(tmp_path):
+    write_jpegs([str(tmp_path / "inet" / "train" / c / "a.jpg") for c in ("n01", "n02")])
+    assert recognise(None, str(tmp_path / "inet"))[0] == "imagefolder"
+    assert len(open_source("imagefolder", str(tmp_path / "inet"), True)) == 2
+    with pytest.raises(UsageError, match="train/ has no val/ beside it to score on"):
+        open_source("imagefolder", str(tmp_path / "inet"), False)
 
 
 @needs_fashion
@@ -228,14 +242,22 @@ def test_an_evaluation_writes_no_bar_redraws_to_a_file(tmp_path):
     assert "\r" not in e.stdout + e.stderr and len(e.stdout + e.stderr) < 2000, e.stdout + e.stderr
 
 
-def test_unreadable_images_in_an_unlabelled_folder_are_reported_and_skipped(tmp_path):
+def test_unreadable_images_in_an_unlabelled_folder_are_reported_and_skipped(tmp_path, capsys):
     files = write_jpegs([str(tmp_path / "u" / f"{i}.jpg") for i in range(6)])
     shutil.copy(files[0], tmp_path / "u" / "zz_cut.jpg")
     with open(tmp_path / "u" / "zz_cut.jpg", "r+b") as f:
         f.truncate(200)
     from loaders import prepare
-    src = open_source("images", str(tmp_path / "u"), True)
-    bad = prepare.check(src, 1, False)
-    assert [os.path.basename(p) for _, p, _ in bad] == ["zz_cut.jpg"]
+    beton = tmp_path / "u.beton"
+    assert prepare.main(["--data", str(tmp_path / "u"), "--out", str(beton), "--workers", "1", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "checked 7 images: 1 unreadable" in said and "6 images" in said and "skipped 1" in said
+    assert "zz_cut.jpg" in open(f"{beton}.report.txt").read()
+
+
+def test_a_missing_path_and_a_binary_file_list_are_one_line(tmp_path):
     r = run(["train.py", "--data", str(tmp_path / "nothing_here")])
     assert r.returncode == 2 and r.stderr == f"error: --data {tmp_path / 'nothing_here'}: no such file or directory\n"
+    (tmp_path / "x.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UsageError, match="not a text file list"):
+        open_source(recognise(None, str(tmp_path / "x.bin"))[0], str(tmp_path / "x.bin"), True)

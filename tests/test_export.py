@@ -187,7 +187,7 @@ def test_mine_and_the_evaluations_take_torchvision_weights_without_arch(tmp_path
     from eval import knn
     out = knn.main(["--checkpoint", str(tmp_path / "resnet18.pth"), "--n-train", "200", "--n-test", "100",
                     "--res", "32", "--no-progress", "--json", str(tmp_path / "k.json")])
-    assert 10 < out["trained"]["k20"] <= 100 and out["n_test"] == 100
+    assert 35 < out["trained"]["k20"] <= 100 and out["n_test"] == 100   # random ResNet-18 features: ~60%, chance 10%
 
 
 def test_projection_separates_clusters_and_auto_falls_back_to_tsne():
