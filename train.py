@@ -138,7 +138,7 @@ def setup(args) -> Run:
     # embedded by the same network (before it, each rank would keep its own random draw)
     r.random_init_state = {k: v.clone() for k, v in model.state_dict().items()} if args.knn_random_init else None
     r.test_src = monitor_split(args, r.main_rank) if args.knn_every >= 0 else None
-    r.norm = (getattr(r.loader, "augment", None) or  # None: DALI normalizes in its pipeline
+    r.norm = (r.loader.augment or  # None: DALI normalizes in its pipeline
               DeviceAugment(r.recipe, r.train_src.mean, r.train_src.std, args.channels_last)).plain
     r.sepp = SePP(args, r.loader, r.train_src, r.norm, device, r.rank, r.world, model) if args.sepp else None
     faults = NonFiniteFault({int(x) for x in args.fault_nonfinite.split(",") if x.strip()})
@@ -181,7 +181,7 @@ def resume(r: Run):
             print(f"note: {note}", flush=True)
     ckpt.set_rng_state(state["rng"])
     r.start_epoch, r.start_batch, r.resume_ranks = state["epoch"], state.get("batch", 0), state.get("ranks")
-    if r.start_batch and not getattr(r.loader, "resumes_mid_epoch", False):
+    if r.start_batch and not r.loader.resumes_mid_epoch:
         if r.main_rank:
             print(f"note: --loader {args.loader} cannot start an epoch at a batch: epoch {r.start_epoch + 1} "
                   f"restarts at its first batch (its first {r.start_batch} batches are trained on twice)", flush=True)

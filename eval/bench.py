@@ -209,7 +209,7 @@ def build(a, t, name, source, device, recipe, res, variant):
         return SeppTagged(ld)
     from mining.sampler import PairPlan
     from mining.sepp import attach
-    n = getattr(ld, "n", len(source))
+    n = ld.order.n if ld.order is not None else len(source)   # DALI's files: those it reads
     plan = PairPlan(np.random.default_rng(0).integers(0, n, (n, 5)), seed=0)
     attach(ld, plan)
     return SeppTagged(ld, torch.as_tensor(plan.plan(0)[1], device=device))

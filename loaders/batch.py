@@ -11,8 +11,13 @@ Shapes and dtypes, declared once like an FFCV operation's output:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    from loaders.augment import DeviceAugment
+    from loaders.order import EpochOrder
 
 
 @dataclass
@@ -42,3 +47,34 @@ class RawBatch:
     views: torch.Tensor
     index: torch.Tensor
     label: torch.Tensor
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """What train.py, SePP, eval.bench and the evaluations know of a back end (torch, device, ffcv, dali,
+    synthetic), and all they use: no caller asks which back end it is.
+
+    order             EpochOrder | None: the sample order it consumes (loaders/order.py), None where the back end
+                      keeps its own (FFCV's quasi-random order, DALI's file reader, synthetic batches)
+    resumes_mid_epoch set_epoch(epoch, skip) starts at batch `skip`; False: a resume restarts the epoch
+    augment          the shared device stage (loaders/augment.py), None where the back end normalizes itself
+    """
+    order: "EpochOrder | None"
+    resumes_mid_epoch: bool
+    augment: "DeviceAugment | None"
+
+    def __len__(self) -> int: ...                        # this rank's batches per epoch
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None: ...   # the next iteration is epoch's, from batch skip
+
+    def set_plan(self, plan: Callable[[int], object] | None) -> None: ...   # SePP: the plan becomes the order
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+def set_plan(loader, plan) -> None:
+    """The default set_plan: the plan (epoch -> order) becomes the loader's order; a back end that keeps its
+    own order cannot take one."""
+    if loader.order is None:
+        raise ValueError(f"{type(loader).__name__} keeps its own sample order, so it cannot follow a sample plan")
+    loader.order.plan = plan

@@ -40,7 +40,7 @@ from engine.errors import DataError, UsageError
 from loaders.augment import GRAY, blur_size
 from loaders.batch import Batch, RawBatch
 from loaders.datasets import FolderSource, Subset
-from loaders.order import epoch_permutation, num_steps, rank_batches
+from loaders.order import EpochOrder
 
 RATIO = [3 / 4, 4 / 3]
 AUGMENT_MODES = ("pipeline", "device")   # --dali-augment
@@ -215,23 +215,25 @@ class DALILoader:
                 raise UsageError("--dali-pipes > 1 needs a folder or file list of images (DALI's file reader)")
             self.labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
             self.n = len(source)
-            self.steps = num_steps(self.n, batch_size, world, drop_last)
+        # our order: in-memory sources always, files once a plan is set (the reader shuffles them otherwise)
+        self.order = EpochOrder(self.n, batch_size, rank, world, seed, drop_last)
+        if self.files is None:
+            self.steps = len(self.order)
         self.labels = self.labels.to(self.device)
-        self.epoch, self.built_for, self.it, self._plan = 0, None, None, None
+        self.epoch, self.built_for, self.it = 0, None, None
 
     @property
-    def plan(self):
-        return self._plan
+    def _plan(self):
+        return self.order.plan
 
-    @plan.setter
-    def plan(self, fn):
+    def set_plan(self, plan):
         """A sample plan (SePP: each anchor next to its positive): files are then fed in that order through an
         external source (encoded bytes, still decoded by DALI on the GPU) instead of DALI's shuffling reader."""
-        self._plan, self.it = fn, None
-        if self.files is not None and fn is not None and not self.drop_last:
-            raise UsageError("a sample plan with DALI needs drop_last")
-        if fn is not None and self.pipes > 1:
-            raise UsageError("a sample plan (SePP) with DALI runs one pipeline: drop --dali-pipes")
+        if self.files is not None and plan is not None and not self.drop_last:
+            raise ValueError("a sample plan with DALI's file reader needs drop_last")
+        if plan is not None and self.pipes > 1:
+            raise ValueError(f"a sample plan with DALI runs one pipeline, not {self.pipes}")
+        self.order.plan, self.it = plan, None
 
     # ---- pipeline
     def _build(self, epoch):
@@ -317,11 +319,8 @@ class DALILoader:
     def _rank_order(self, epoch):
         """This rank's samples of `epoch` (computed once per epoch: the callback asks for every sample)."""
         key = (epoch, self._plan)
-        if getattr(self, "_order_key", None) != key:
-            order = self._plan(epoch) if self._plan else epoch_permutation(self.n, self.seed, epoch)
-            parts = rank_batches(np.asarray(order), self.batch, self.rank, self.world, self.drop_last)
-            self._order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-            self._order_key = key
+        if getattr(self, "_order_key", None) != key:   # from batch 0: a DALI epoch always starts at its beginning
+            self._order, self._order_key = self.order.samples(epoch, skip=0), key
         return self._order
 
     # ---- loader interface
@@ -334,6 +333,7 @@ class DALILoader:
             print(f"note: DALI cannot restore a reader's position: epoch {epoch} starts with a fresh shuffle "
                   f"of the file list (seed {self.seed}, epoch {epoch})", flush=True)
         self.epoch = epoch
+        self.order.set_epoch(epoch)   # no skip: a DALI epoch restarts
 
     def __len__(self):
         return self.steps

@@ -16,10 +16,10 @@ import torch
 
 from engine.errors import UsageError
 from loaders.augment import DeviceAugment
-from loaders.batch import RawBatch
+from loaders.batch import RawBatch, set_plan
 from loaders.crops import crop_boxes
 from loaders.datasets import array_rows
-from loaders.order import epoch_permutation, num_steps, rank_batches
+from loaders.order import EpochOrder
 
 
 def resample_weights(start: torch.Tensor, length: torch.Tensor, size: int, out: int) -> torch.Tensor:
@@ -79,34 +79,35 @@ class DeviceLoader:
 
     def __init__(self, source, recipe, opts, device, augment: DeviceAugment, rank=0, world=1):
         self.device, self.augment, self.res = torch.device(device), augment, opts.res
-        self.batch, self.rank, self.world, self.seed = opts.batch_size, rank, world, opts.seed
-        self.drop_last, self.scales = opts.drop_last, [a.crop_scale for a in recipe]
+        self.seed, self.scales = opts.seed, [a.crop_scale for a in recipe]
         images, labels = resident_images(source)
         check_fits(images.nbytes, self.device, opts.device_max_fraction)
         self.n, (_, _, self.H, self.W) = len(images), images.shape
         self.images = torch.from_numpy(images).to(self.device)   # once
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
-        self.epoch, self.plan, self.skip = 0, None, 0   # plan: SePP's epoch -> order (mining/sampler.py)
+        self.order = EpochOrder(self.n, opts.batch_size, rank, world, opts.seed, opts.drop_last)
+
+    set_plan = set_plan
 
     def set_epoch(self, epoch: int, skip: int = 0):
         """The next iteration is `epoch`'s, from its batch `skip` on (a mid-epoch resume)."""
-        self.epoch, self.skip = epoch, skip
+        self.order.set_epoch(epoch, skip)
 
     def __len__(self):
-        return num_steps(self.n, self.batch, self.world, self.drop_last)
+        return len(self.order)
 
     def epoch_tables(self, epoch: int):
-        """This rank's batches [steps, B] and every sample's boxes [V, N, 4] of an epoch, on the device."""
-        order = self.plan(epoch) if self.plan else epoch_permutation(self.n, self.seed, epoch)
-        parts = rank_batches(np.asarray(order), self.batch, self.rank, self.world, self.drop_last)
+        """This rank's batches [steps, B] (from the resumed batch on) and every sample's boxes [V, N, 4] of an
+        epoch, on the device."""
+        parts = self.order.batches(epoch)
         flat = torch.as_tensor(np.concatenate(parts) if parts else np.zeros(0, np.int64), device=self.device)
         boxes = np.stack([crop_boxes(self.seed, epoch, np.arange(self.n), v, self.H, self.W, s)
                           for v, s in enumerate(self.scales)])
         return flat.split([len(p) for p in parts]), torch.as_tensor(boxes, device=self.device)
 
     def __iter__(self):
-        batches, boxes = self.epoch_tables(self.epoch)
-        for idx in batches[self.skip:]:
+        batches, boxes = self.epoch_tables(self.order.epoch)
+        for idx in batches:
             yield self.make_batch(idx, boxes)
 
     def make_batch(self, idx: torch.Tensor, boxes: torch.Tensor):

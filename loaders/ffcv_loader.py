@@ -37,7 +37,7 @@ from engine.errors import DataError, UsageError
 from loaders.augment import DeviceAugment
 from loaders.batch import RawBatch
 from loaders.crops import LOG_RATIO, crop_box
-from loaders.order import epoch_permutation, num_steps, rank_batches
+from loaders.order import EpochOrder
 
 @intrinsic
 def _int64_ptr(typingctx, addr):
@@ -121,11 +121,10 @@ def _rank_order_class():
     from ffcv.traversal_order.base import TraversalOrder
 
     class RankOrder(TraversalOrder):
-        """This rank's samples of an epoch: the shared global permutation (or a SePP plan) split by rank."""
+        """FFCV's view of our EpochOrder: this rank's samples of an epoch, from the resumed batch on."""
 
-        def __init__(self, n, batch, rank, world, seed, drop_last):
-            self.n, self.batch, self.rank, self.world, self.seed_, self.drop_last = n, batch, rank, world, seed, drop_last
-            self.plan, self.skip = None, 0
+        def __init__(self, order: EpochOrder):
+            self.order = order
 
         def __call__(self, loader):  # ffcv 1.0.2 calls the order it was given with the loader
             self.loader, self.indices, self.seed = loader, loader.indices, loader.seed
@@ -133,9 +132,7 @@ def _rank_order_class():
             return self
 
         def sample_order(self, epoch):
-            order = self.plan(epoch) if self.plan else epoch_permutation(self.n, self.seed_, epoch)
-            parts = rank_batches(np.asarray(order), self.batch, self.rank, self.world, self.drop_last)[self.skip:]
-            return np.concatenate(parts).astype(np.uint64) if parts else np.zeros(0, np.uint64)
+            return self.order.samples(epoch).astype(np.uint64)
 
     return RankOrder
 
@@ -222,16 +219,17 @@ class FFCVLoader:
         self.decoder = _decoder_class()(res, [a.crop_scale for a in recipe], seed)
         # auto: under torchrun our rank split; on one process FFCV's RANDOM, or QUASI_RANDOM when os_cache is
         # off (what it is for: it reads a few pages at a time, so batches come from few pages)
-        self.order = order if order != "auto" else ("ours" if world > 1 else "random" if os_cache else "quasi_random")
-        if world > 1 and self.order != "ours":
+        self.order_name = order if order != "auto" else ("ours" if world > 1 else "random" if os_cache
+                                                         else "quasi_random")
+        if world > 1 and self.order_name != "ours":
             raise UsageError(f"--ffcv-order {order}: under torchrun only 'ours' (the rank split of one global "
                              "permutation) gives every sample once per epoch")
-        if self.order == "ours":
-            self.rank_order = _rank_order_class()(self.n, batch_size, rank, world, seed, drop_last)
-            ffcv_order = self.rank_order
-        elif self.order in ("random", "quasi_random"):
-            self.rank_order = None
-            ffcv_order = OrderOption.RANDOM if self.order == "random" else OrderOption.QUASI_RANDOM
+        if self.order_name == "ours":
+            self.order = EpochOrder(self.n, batch_size, rank, world, seed, drop_last)
+            ffcv_order = _rank_order_class()(self.order)
+        elif self.order_name in ("random", "quasi_random"):
+            self.order = None   # FFCV's own order: it cannot skip to a batch, nor follow a plan
+            ffcv_order = OrderOption.RANDOM if self.order_name == "random" else OrderOption.QUASI_RANDOM
         else:
             raise UsageError(f"--ffcv-order {order}: choose auto, quasi_random, random or ours")
         nb = self.device.type == "cuda"
@@ -244,27 +242,23 @@ class FFCVLoader:
         self.loader = Loader(path, batch_size=batch_size, num_workers=workers, os_cache=os_cache,
                              order=ffcv_order, distributed=False, seed=seed, drop_last=drop_last,
                              pipelines=pipelines, batches_ahead=opts.batches_ahead)
-        self.steps = num_steps(self.n, batch_size, world, drop_last) if self.rank_order else len(self.loader)
+        self.steps = len(self.order) if self.order is not None else len(self.loader)
         self.epoch = 0
 
-    @property
-    def plan(self):
-        return self.rank_order.plan if self.rank_order else None
-
-    @plan.setter
-    def plan(self, fn):
-        if self.rank_order is None:
-            raise UsageError("a sample plan (SePP) needs --ffcv-order ours")
-        self.rank_order.plan = fn
+    def set_plan(self, plan):
+        if self.order is None:
+            raise ValueError(f"FFCV's own order ({self.order_name}) cannot follow a sample plan; ours (the rank "
+                             "split of one global permutation) can")
+        self.order.plan = plan
 
     @property
     def resumes_mid_epoch(self) -> bool:
-        return self.rank_order is not None   # our order (--ffcv-order ours); FFCV's own orders cannot skip
+        return self.order is not None   # our order; FFCV's own orders cannot skip
 
     def set_epoch(self, epoch: int, skip: int = 0):
         """The next iteration is `epoch`'s, from its batch `skip` on (a mid-epoch resume: our order only)."""
-        if self.rank_order is not None:
-            self.rank_order.skip = skip
+        if self.order is not None:
+            self.order.set_epoch(epoch, skip)
         self.epoch = epoch
         self.decoder.epoch[0] = epoch
         self.loader.next_epoch = epoch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from loaders.augment import DeviceAugment
-from loaders.batch import RawBatch
+from loaders.batch import RawBatch, set_plan
 
 
 class SyntheticLoader:
@@ -20,7 +20,9 @@ class SyntheticLoader:
         self.base, self.stride = torch.arange(batch_size, device=device) + rank * batch_size, batch_size * world
 
     resumes_mid_epoch = True
+    order = None   # the same pool of batches every epoch
     skip = 0
+    set_plan = set_plan
 
     def set_epoch(self, epoch: int, skip: int = 0):
         self.skip = skip

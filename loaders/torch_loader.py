@@ -6,15 +6,14 @@ import os
 import signal
 import threading
 
-import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
 from loaders.augment import DeviceAugment
-from loaders.batch import RawBatch
+from loaders.batch import RawBatch, set_plan
 from loaders.crops import view_box
-from loaders.order import epoch_permutation, num_steps, rank_batches
+from loaders.order import EpochOrder
 
 
 class MultiCrop(Dataset):
@@ -38,22 +37,18 @@ class MultiCrop(Dataset):
 
 
 class EpochBatches:
-    """Batch sampler: this rank's batches of the current epoch, each item tagged with the epoch. `plan`
-    (mining/sampler.py) may replace the global order of an epoch."""
+    """Batch sampler over the loader's EpochOrder: this rank's batches of the current epoch (from the resumed
+    batch on), each item tagged with the epoch."""
 
-    def __init__(self, n, batch, rank, world, seed, drop_last):
-        self.n, self.batch, self.rank, self.world, self.seed, self.drop_last = n, batch, rank, world, seed, drop_last
-        self.epoch, self.plan, self.skip = 0, None, 0
-
-    def order(self) -> np.ndarray:
-        return self.plan(self.epoch) if self.plan else epoch_permutation(self.n, self.seed, self.epoch)
+    def __init__(self, order: EpochOrder):
+        self.order = order
 
     def __iter__(self):
-        for b in rank_batches(self.order(), self.batch, self.rank, self.world, self.drop_last)[self.skip:]:
-            yield [(int(i), self.epoch) for i in b]
+        for b in self.order.batches():
+            yield [(int(i), self.order.epoch) for i in b]
 
     def __len__(self):
-        return num_steps(self.n, self.batch, self.world, self.drop_last)
+        return len(self.order)
 
 
 def _stop_signals_to_the_main_process(_worker_id):
@@ -85,7 +80,8 @@ class TorchLoader:
     def __init__(self, source, recipe, opts, device, augment: DeviceAugment, rank=0, world=1):
         self.source, self.device, self.augment = source, torch.device(device), augment
         seed, workers = opts.seed, opts.workers
-        self.sampler = EpochBatches(len(source), opts.batch_size, rank, world, seed, opts.drop_last)
+        self.order = EpochOrder(len(source), opts.batch_size, rank, world, seed, opts.drop_last)
+        self.sampler = EpochBatches(self.order)
         pin = self.device.type == "cuda"
         # Its own generator: creating an iterator must not draw from the global RNG, which the device
         # augmentation uses (a resumed run creates its iterator at another point of that stream).
@@ -96,9 +92,11 @@ class TorchLoader:
                                  generator=gen,
                                  worker_init_fn=_stop_signals_to_the_main_process if workers else None)
 
+    set_plan = set_plan
+
     def set_epoch(self, epoch: int, skip: int = 0):
         """The next iteration is `epoch`'s, from its batch `skip` on (a mid-epoch resume)."""
-        self.sampler.epoch, self.sampler.skip = epoch, skip
+        self.order.set_epoch(epoch, skip)
 
     def __len__(self):
         return len(self.sampler)

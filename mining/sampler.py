@@ -64,8 +64,8 @@ def pair_order(neighbours: np.ndarray, seed: int, epoch: int):
 
 
 class PairPlan:
-    """Callable plan for the loaders (torch: EpochBatches.plan; ffcv: FFCVLoader.plan; dali in-memory:
-    DALILoader.plan): epoch -> order, and the partner table of the last epoch planned."""
+    """Callable plan for the loaders (Loader.set_plan: it becomes their EpochOrder's plan): epoch -> order, and the
+    partner table of the last epoch planned."""
 
     def __init__(self, neighbours: np.ndarray, seed: int):
         self.neighbours, self.seed = np.asarray(neighbours), seed

@@ -16,14 +16,11 @@ from mining.sampler import PairPlan
 
 
 def attach(loader, plan):
-    """Install `plan` (epoch -> order) as the loader's sample order."""
-    name = type(loader).__name__
-    if name == "TorchLoader":
-        loader.sampler.plan = plan
-    elif name in ("FFCVLoader", "DALILoader", "DeviceLoader"):
-        loader.plan = plan
-    else:
-        raise UsageError(f"--sepp needs a loader that takes a sample order (torch, device, ffcv or dali), not {name}")
+    """Install `plan` (epoch -> order) as the loader's sample order (loaders/batch.py, Loader.set_plan)."""
+    try:
+        loader.set_plan(plan)
+    except ValueError as e:
+        raise UsageError(f"--sepp: {e} (torch, device, dali and ffcv with --ffcv-order ours take a plan)")
 
 
 class TrainBank:
@@ -84,8 +81,8 @@ def keep_top(sims: torch.Tensor, ids: torch.Tensor, keep: float):
 
 class SePP:
     def __init__(self, args, loader, source, normalize, device, rank, world, model=None):
-        if getattr(loader, "n", len(source)) != len(source):
-            raise UsageError(f"--sepp: the loader holds {loader.n} samples, --dataset/--data/--subset give "
+        if loader.order is not None and loader.order.n != len(source):
+            raise UsageError(f"--sepp: the loader holds {loader.order.n} samples, --dataset/--data/--subset give "
                              f"{len(source)}; mining needs the same samples (write the .beton from the same "
                              "data and --subset, with no unreadable images)")
         if args.batch_size // world % 2:

@@ -287,7 +287,7 @@ def test_sample_plan_over_files_keeps_pairs_in_one_batch(tmp_path):
     nb[nb == np.arange(32)[:, None]] = -1
     loader = build_loader(LoaderOptions("dali", 16, 8, workers=1), src, RECIPES["simclr"], "cpu")
     plan = PairPlan(nb, seed=0)
-    loader.plan = plan
+    loader.set_plan(plan)
     for epoch in range(2):
         loader.set_epoch(epoch)
         seen = []

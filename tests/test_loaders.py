@@ -66,6 +66,39 @@ def test_epoch_order_splits_ranks_disjointly(n, batch, world, drop):
         assert len(seen) == (n // (batch * world)) * batch * world
 
 
+def test_epoch_order_is_the_permutation_or_the_plan_split_by_rank_from_the_resumed_batch():
+    from loaders.order import EpochOrder
+    orders = [EpochOrder(50, 4, rank=r, world=2, seed=3, drop_last=True) for r in range(2)]
+    for o in orders:
+        o.set_epoch(2, skip=1)
+    for r, o in enumerate(orders):
+        ref = rank_batches(epoch_permutation(50, 3, 2), 4, r, 2, True)
+        assert len(o) == 6 and [b.tolist() for b in o.batches()] == [b.tolist() for b in ref[1:]]
+        assert o.samples(skip=0).tolist() == np.concatenate(ref).tolist()
+    plan = lambda epoch: np.arange(50)[::-1] + 0 * epoch   # noqa: E731
+    orders[1].plan = plan
+    assert orders[1].batches(epoch=5, skip=0)[0].tolist() == [45, 44, 43, 42]   # rank 1: the 2nd slice of 8
+
+
+@pytest.mark.parametrize("name", ["torch", "device", "synthetic"])
+def test_every_loader_declares_the_loader_protocol_and_follows_a_plan(fashion, name):
+    """train.py, SePP and eval.bench see a back end only through loaders/batch.py's Loader: its order, whether
+    it resumes mid-epoch, its device stage, set_epoch and set_plan."""
+    from loaders.batch import Loader
+    ld = build_loader(LoaderOptions(name, 28, 32, workers=0), fashion, RECIPES["simclr"], "cpu")
+    assert isinstance(ld, Loader) and ld.resumes_mid_epoch and ld.augment is not None
+    if name == "synthetic":
+        assert ld.order is None
+        with pytest.raises(ValueError, match="keeps its own sample order"):
+            ld.set_plan(lambda epoch: np.arange(300))
+        return
+    ld.set_plan(lambda epoch: np.arange(300)[::-1])
+    ld.set_epoch(1, skip=2)
+    b = next(iter(ld))
+    assert b.index.tolist() == list(range(300 - 64 - 1, 300 - 96 - 1, -1))   # batch 2 of the plan's order
+    assert torch.equal(b.label, torch.as_tensor(fashion.labels[b.index.numpy()]))
+
+
 @pytest.mark.parametrize("name", ["torch", "device", "synthetic"])
 def test_loader_yields_the_batch_contract(fashion, name):
     ld = build_loader(LoaderOptions(name, 28, 32, workers=0), fashion, RECIPES["simclr"], "cpu")
