@@ -24,7 +24,8 @@ import time
 import numpy as np
 import torch
 
-from engine import ckpt, config, dist
+import flags
+from engine import ckpt, dist
 from engine.errors import UsageError, cli_main
 from engine.guard import all_finite
 from engine.log import RunLog, Throughput
@@ -36,7 +37,7 @@ from loaders.augment import RECIPES, DeviceAugment
 from loaders.datasets import NoLabels, open_source
 from mining.bank import agreement_words
 from mining.sepp import SePP
-from models.methods import METHODS
+from models.methods import METHODS, build_model_from_config
 
 
 def seed_everything(seed: int, epoch: int, rank: int):
@@ -90,7 +91,7 @@ def stop_run(why, epoch, batch, path, main_rank, log):
 
 def knn_monitor(model, args, device, train_src, test_src, norm):
     return knn_accuracy(model.backbone, train_src, test_src, args.res, norm, device, args.knn_k, 0.07,
-                        args.knn_train, args.knn_test, args.seed, workers=min(2, args.workers))
+                        args.knn_train, args.knn_test, workers=min(2, args.workers))   # every run: the same images
 
 
 class Run:
@@ -100,13 +101,13 @@ class Run:
 def setup(args) -> Run:
     """Devices and ranks, data and loader, model, optimizer and schedules, then resume, config and logs."""
     r = Run()
-    r.args, device = args, config.resolve_device(args)
+    r.args, device = args, flags.resolve_device(args)
     r.rank, r.world, local = dist.init(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.backends.cudnn.benchmark = True
     r.device, r.main_rank = device, r.rank == 0
-    config.check_world(args, r.world)
+    flags.check_world(args, r.world)
     if r.main_rank:
         os.makedirs(args.out, exist_ok=True)
         print(f"data: {args.data_found}", flush=True)
@@ -127,8 +128,8 @@ def setup(args) -> Run:
         raise UsageError(f"{len(r.train_src)} training images make no batch of {args.batch_size}: lower --batch-size")
 
     # ---- model, then the step (optimizer, precision, per-iteration schedules, guard, --compile)
-    model = config.build_model_from_config(vars(args)).to(device)
-    if config.uses_sync_bn(args, r.world, device.type, model.sync_bn):
+    model = build_model_from_config(vars(args)).to(device)
+    if flags.uses_sync_bn(args, r.world, device.type, model.sync_bn):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -368,7 +369,7 @@ def finish(r: Run, row: dict):
 
 @cli_main
 def main(argv=None):
-    r = setup(config.parse(argv))
+    r = setup(flags.parse(argv))
     knn_at_random_init(r)
     row = None
     for epoch in range(r.start_epoch, r.args.epochs):

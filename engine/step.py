@@ -94,7 +94,7 @@ def schedules(args, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
 
 def build_step(args, model: nn.Module, steps_per_epoch: int, net: nn.Module | None = None, hooks=(),
                compile_backend: str = "inductor") -> Step:
-    """The Step that train.py runs for the resolved flags `args` (engine/config.py): its optimizer, precision,
+    """The Step that train.py runs for the resolved flags `args` (flags.py): its optimizer, precision,
     schedules, guard, and --compile. eval.bench and mining.bench build theirs here too."""
     opt = build_optimizer(args.optimizer, model, args.lr, args.wd)
     lr, ema = schedules(args, steps_per_epoch)

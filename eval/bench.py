@@ -24,15 +24,15 @@ import time
 import numpy as np
 import torch
 
-from engine import config
-from engine.config import parser_error_one_line
+import flags
+from engine.errors import parser_error_one_line
 from engine.errors import UsageError, cli_main
 from engine.step import build_step
 from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES
 from loaders.dali import AUGMENT_MODES
 from loaders.datasets import open_source
-from models.methods import METHODS
+from models.methods import METHODS, build_model_from_config
 
 
 def sync(device):
@@ -260,16 +260,16 @@ def train_args(a, arch=None, res=None):
         elif v is not None:
             argv += [flag, str(v)]
     argv += (["--arch", arch] if arch else []) + (["--res", str(res)] if res else [])
-    t = config.parse(argv)
-    config.resolve_device(t)
-    config.check_world(t, 1)
+    t = flags.parse(argv)
+    flags.resolve_device(t)
+    flags.check_world(t, 1)
     return t
 
 
 def bench_model(a, arch, res, device):
     """(train.py's flags, the model train.py builds from them, its augmentation recipe) for arch x res."""
     t = train_args(a, arch, res)
-    model = config.build_model_from_config(vars(t)).to(device)
+    model = build_model_from_config(vars(t)).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return t, model, t.recipe or METHODS[t.method].recipe

@@ -12,7 +12,8 @@ import os
 import numpy as np
 import torch
 
-from engine.config import DEFAULT_RES, parser_error_one_line
+from engine.errors import parser_error_one_line
+from loaders.datasets import DEFAULT_RES
 from engine.errors import UsageError
 
 METHODS = ("auto", "umap", "tsne", "pca")
@@ -44,12 +45,12 @@ def project(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndar
 
 def set_features(checkpoint: str, n: int, dataset=None, data=None, device="cpu", progress=False):
     """(features [n, D] of n seeded test images, their labels, class names) of a checkpoint's backbone."""
-    from engine.embed import extract_sharded
+    from loaders.embed import extract_sharded
     from eval.features import eval_sources, load_run
-    from eval.linear import seeded_pick
+    from eval.subset import pick
     cfg, model = load_run(checkpoint)
     _, test, norm = eval_sources(cfg, dataset, data)
-    idx = seeded_pick(n, len(test), 0)
+    idx = pick(n, len(test))
     res = cfg["res"] or DEFAULT_RES.get(test.name, 224)
     f, y = extract_sharded(model.backbone.to(device), test, res, norm, torch.device(device), idx, progress=progress,
                            desc="test features")

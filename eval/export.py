@@ -19,7 +19,7 @@ import pickle
 
 import torch
 
-from engine.config import parser_error_one_line
+from engine.errors import parser_error_one_line
 from engine.errors import UsageError, cli_main
 
 FORMATS = ("torchvision", "timm", "detectron2")
@@ -29,7 +29,7 @@ def backbone_state(checkpoint: str, network: str = "online") -> tuple[dict, dict
     """(the backbone's state dict under torchvision's names, the run's config, its feature dimension) of a
     train.py checkpoint."""
     from engine import ckpt
-    from engine.config import build_model_from_config
+    from models.methods import build_model_from_config
     state = ckpt.load(checkpoint)
     cfg = state.get("config") if isinstance(state, dict) else None
     if cfg is None or "model" not in state:

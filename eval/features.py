@@ -1,6 +1,6 @@
 """What every evaluation needs: a trained run's backbone, its labelled data, and the labelled training views
 (crop + flip) for the linear probe on images and for semi-supervised fine-tuning. Features are extracted by
-engine/embed.py (sharded over ranks; shared with the SePP bank)."""
+loaders/embed.py (sharded over ranks; shared with the SePP bank)."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +17,7 @@ def load_run(checkpoint: str, random_init: bool = False):
     Foreign ResNet weights (torchvision, timm, MoCo, solo-learn, lightly: mining/encoders.py) give a config of
     what they hold and a model with only a backbone."""
     from engine import ckpt
-    from engine.config import build_model_from_config
+    from models.methods import build_model_from_config
     state = ckpt.load(checkpoint)
     cfg = state.get("config") if isinstance(state, dict) else None
     if cfg is None or "model" not in state:

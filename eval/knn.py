@@ -13,13 +13,13 @@ import argparse
 import json
 import os
 
-import numpy as np
 import torch
 
-from engine.config import DEFAULT_RES
-from engine.embed import extract_sharded
+from loaders.datasets import DEFAULT_RES
+from loaders.embed import extract_sharded
 from engine.errors import UsageError, cli_main
 from eval.features import eval_sources, load_run
+from eval.subset import SEED, digest, pick
 from mining.index import BACKENDS, search
 
 
@@ -48,14 +48,12 @@ def knn_scores(train, test, num_classes, ks=(20, 200), temperature=0.07, backend
 
 
 def knn_accuracy(encoder, train_src, test_src, res, normalize, device, k=200, temperature=0.07,
-                 n_train=0, n_test=0, seed=0, workers=2, progress=False, backend="torch"):
-    """Top-1 kNN accuracy (%) of `encoder`, on fixed seeded subsets when n_train / n_test > 0. Under
+                 n_train=0, n_test=0, seed=SEED, workers=2, progress=False, backend="torch"):
+    """Top-1 kNN accuracy (%) of `encoder`, on eval/subset.py's fixed subsets when n_train / n_test > 0. Under
     torchrun every rank must call it: extraction is sharded, every rank gets the answer."""
-    rng = np.random.default_rng(seed)
-    pick = lambda n, N: np.sort(rng.permutation(N)[:n]) if 0 < n < N else None  # noqa: E731
-    tr = extract_sharded(encoder, train_src, res, normalize, device, pick(n_train, len(train_src)),
+    tr = extract_sharded(encoder, train_src, res, normalize, device, pick(n_train, len(train_src), seed),
                          workers=workers, progress=progress, desc="kNN train features")
-    te = extract_sharded(encoder, test_src, res, normalize, device, pick(n_test, len(test_src)),
+    te = extract_sharded(encoder, test_src, res, normalize, device, pick(n_test, len(test_src), seed),
                          workers=workers, progress=progress, desc="kNN test features")
     return knn_scores(tr, te, train_src.num_classes, (k,), temperature, backend)[min(k, len(tr[0]))]
 
@@ -63,7 +61,7 @@ def knn_accuracy(encoder, train_src, test_src, res, normalize, device, k=200, te
 @cli_main
 def main(argv=None):
     from engine import dist
-    from engine.config import parser_error_one_line
+    from engine.errors import parser_error_one_line
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
     p.add_argument("--checkpoint", required=True)
@@ -95,12 +93,11 @@ def main(argv=None):
     cfg, _ = load_run(a.checkpoint)
     train_src, test_src, norm = eval_sources(cfg, a.dataset, a.data)
     res = a.res or cfg["res"] or DEFAULT_RES.get(train_src.name, 224)
-    rng = np.random.default_rng(cfg.get("seed", 0))
-    pick = lambda n, N: np.sort(rng.permutation(N)[:n]) if 0 < n < N else None  # noqa: E731
     i_tr, i_te = pick(a.n_train, len(train_src)), pick(a.n_test, len(test_src))
     out = {"checkpoint": os.path.abspath(a.checkpoint), "temperature": a.temperature, "index": a.index,
            "n_train": len(train_src) if i_tr is None else len(i_tr),
-           "n_test": len(test_src) if i_te is None else len(i_te), "world": world}
+           "n_test": len(test_src) if i_te is None else len(i_te), "test_subset": digest(i_te, len(test_src)),
+           "world": world}
     for name in ["trained"] + (["random-init"] if a.random_init else []):
         _, model = load_run(a.checkpoint, random_init=name == "random-init")
         enc = model.backbone.to(device)

@@ -15,15 +15,16 @@ import argparse
 import json
 import os
 
-import numpy as np
 import torch
 
 from engine import dist
-from engine.config import DEFAULT_RES, parser_error_one_line
+from engine.errors import parser_error_one_line
+from loaders.datasets import DEFAULT_RES
 from engine.errors import UsageError, cli_main
 from eval.classify import Classifier, Standardize, TensorBatches, evaluate, fit
-from engine.embed import extract_sharded, feature_dim
+from loaders.embed import extract_sharded, feature_dim
 from eval.features import eval_sources, labelled_loader, load_run
+from eval.subset import digest, pick
 
 FEATURES_UP_TO = 200_000
 
@@ -75,7 +76,8 @@ def build_parser(description=__doc__):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 2))
     p.add_argument("--n-test", type=int, default=0, help="score a fixed random subset of test images (0: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the probe's initialisation and batch order (the "
+                   "images scored are eval/subset.py's, whatever the seed)")
     p.add_argument("--json", default=None)
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -96,13 +98,8 @@ def setup(a):
     if a.amp in ("bf16", "fp16") and device.type != "cuda":
         raise UsageError(f"--amp {a.amp} needs a GPU; use --amp off on CPU")
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
-    a.test_idx = seeded_pick(a.n_test, len(test_src), a.seed)
+    a.test_idx = pick(a.n_test, len(test_src))   # the images eval.knn --n-test scores too
     return device, rank, world, cfg, train_src, test_src, norm, amp
-
-
-def seeded_pick(n: int, total: int, seed: int):
-    """Sorted indices of a fixed random subset of n of total items, or None for all."""
-    return np.sort(np.random.default_rng([seed, n]).permutation(total)[:n]) if 0 < n < total else None
 
 
 def save(a, name, out):
@@ -124,14 +121,14 @@ def main(argv=None):
     p.add_argument("--n-train", type=int, default=0, help="train on a fixed random subset (0: all)")
     a = p.parse_args(argv)
     device, rank, world, cfg, train_src, test_src, norm, amp = setup(a)
-    train_idx = seeded_pick(a.n_train, len(train_src), a.seed)
+    train_idx = pick(a.n_train, len(train_src))
     mode = a.mode if a.mode != "auto" else ("features" if len(train_src) <= FEATURES_UP_TO else "images")
     if mode not in ("features", "images"):
         raise UsageError(f"--mode {a.mode}: choose from auto, features, images")
     show = rank == 0 and not a.no_progress
     out = {"checkpoint": os.path.abspath(a.checkpoint), "mode": mode, "epochs": a.epochs, "lr": a.lr,
            "batch_size": a.batch_size, "aug": a.aug if mode == "images" else "none", "world": world,
-           "method": cfg["method"], "arch": cfg["arch"]}
+           "method": cfg["method"], "arch": cfg["arch"], "test_subset": digest(a.test_idx, len(test_src))}
     for name in ["trained"] + (["random-init"] if a.random_init else []):
         _, model = load_run(a.checkpoint, random_init=name == "random-init")
         backbone = model.backbone.to(device)

@@ -51,7 +51,7 @@ def read_run(path: str) -> dict:
 def parse_runs(argv, doc: str, out_help: str):
     """The command line of eval.plot / eval.report: run folders and --out -> (args, [read_run(...)])."""
     import argparse
-    from engine.config import parser_error_one_line
+    from engine.errors import parser_error_one_line
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
     p.add_argument("runs", nargs="+", help="train.py --out folders")

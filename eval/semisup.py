@@ -20,7 +20,7 @@ import torch
 from engine import dist
 from engine.errors import UsageError, cli_main
 from eval.classify import Classifier, evaluate, fit
-from engine.embed import feature_dim
+from loaders.embed import feature_dim
 from eval.features import labelled_loader, load_run
 from eval.linear import build_parser, save, setup
 

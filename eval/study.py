@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from engine.config import parser_error_one_line
+from engine.errors import parser_error_one_line
 from engine.errors import UsageError, cli_main
 from eval.runs import read_json
 from eval.stats import mean_std, verdict, welch
@@ -200,6 +200,10 @@ def run_all(a, runs: list[Run]):
 def scores(r: Run) -> dict:
     knn, lin = read_json(os.path.join(r.folder, "eval_knn.json")), read_json(os.path.join(r.folder, "eval_linear.json"))
     if not knn or not lin:
+        return {}
+    if knn.get("test_subset", "?") != lin.get("test_subset", "?"):   # both from eval/subset.py since 2026-12-02
+        print(f"[study] {r.name}: kNN scored {knn.get('test_subset')}, the probe {lin.get('test_subset')}: "
+              "left out; delete its eval_*.json and run again", flush=True)
         return {}
     return {"knn20": knn["trained"]["k20"], "knn200": knn["trained"]["k200"], "linear": lin["trained"]["top1"],
             "n_test": lin["trained"]["n"]}
@@ -406,7 +410,7 @@ def parse(argv=None):
         raise UsageError(f"--parallel {a.parallel}: must be >= 1")
     a.config = os.path.abspath(a.config) if a.config else None
     a.out = os.path.abspath(a.out)
-    from engine import config as train_flags   # the runs' epochs: base2x trains twice as many
+    import flags as train_flags   # the runs' epochs: base2x trains twice as many
     a.epochs = train_flags.parse((["--config", a.config] if a.config else []) + shlex.split(a.extra)).epochs
     return a
 

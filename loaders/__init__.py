@@ -73,7 +73,7 @@ def build_loader(opts: LoaderOptions, source, recipe, device, rank=0, world=1):
     aug = DeviceAugment(recipe, source.mean, source.std, opts.channels_last, opts.mix, compile=opts.compile_augment,
                         device=device)
     if opts.res_at is not None and name != "ffcv":
-        raise UsageError(f"progressive resolution (--min-res) needs --loader ffcv, not {name}")
+        raise UsageError(f"progressive resolution (`min_res`) needs `loader` ffcv, not {name}")
     if name == "ffcv":
         from loaders.ffcv_loader import FFCVLoader
         loader = FFCVLoader(recipe, opts, device, aug, rank, world)
@@ -94,7 +94,7 @@ def build_loader(opts: LoaderOptions, source, recipe, device, rank=0, world=1):
         from loaders.dali import DALILoader
         return DALILoader(source, recipe, opts, device, rank, world,
                           augment=aug if opts.dali_augment == "device" else None)
-    raise UsageError(f"--loader {name}: unknown (choose from {', '.join(LOADERS)})")
+    raise UsageError(f"`loader` {name}: unknown (choose from {', '.join(LOADERS)})")
 
 
 class Plain(Dataset):

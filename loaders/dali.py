@@ -159,15 +159,15 @@ def output_dtype(device_type: str, amp: str | None) -> torch.dtype:
 
 
 def check_options(hw_load=None, pipes=1, augment="pipeline", batch_size=None):
-    """The DALI flags' values: when the flags are read (engine/config.py) and again by the loader."""
+    """The DALI flags' values: when the flags are read (flags.py) and again by the loader."""
     if augment not in AUGMENT_MODES:
-        raise UsageError(f"--dali-augment {augment}: unknown (choose from {', '.join(AUGMENT_MODES)})")
+        raise UsageError(f"`dali_augment` {augment}: unknown (choose from {', '.join(AUGMENT_MODES)})")
     if hw_load is not None and not 0.0 <= hw_load <= 1.0:
-        raise UsageError(f"--dali-hw-load {hw_load}: a fraction in [0, 1]")
+        raise UsageError(f"`dali_hw_load` {hw_load}: a fraction in [0, 1]")
     if pipes < 1:
-        raise UsageError(f"--dali-pipes {pipes}: must be >= 1")
+        raise UsageError(f"`dali_pipes` {pipes}: must be >= 1")
     if batch_size is not None and batch_size % pipes:
-        raise UsageError(f"--dali-pipes {pipes}: must divide the batch size {batch_size}")
+        raise UsageError(f"`dali_pipes` {pipes}: must divide the batch size {batch_size}")
 
 
 class DALILoader:
@@ -175,7 +175,7 @@ class DALILoader:
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
-            raise UsageError("--loader dali: nvidia-dali is not installed (pip install nvidia-dali-cuda130)")
+            raise UsageError("`loader` dali: nvidia-dali is not installed (pip install nvidia-dali-cuda130)")
         res, batch_size, seed, workers, mix = opts.res, opts.batch_size, opts.seed, opts.workers, opts.mix
         channels_last, drop_last, skip_files = opts.channels_last, opts.drop_last, opts.skip_files
         roi, hw_load, branchless = opts.dali_roi, opts.dali_hw_load, opts.dali_branchless
@@ -212,7 +212,7 @@ class DALILoader:
             self.steps = per_shard // sub if drop_last else math.ceil(per_shard / sub)
         else:
             if pipes > 1:
-                raise UsageError("--dali-pipes > 1 needs a folder or file list of images (DALI's file reader)")
+                raise UsageError("`dali_pipes` > 1 needs a folder or file list of images (DALI's file reader)")
             self.labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
             self.n = len(source)
         # our order: in-memory sources always, files once a plan is set (the reader shuffles them otherwise)
@@ -399,4 +399,4 @@ def _read_skip_list(path):
         with open(path) as f:
             return [ln.split("\t")[0] for ln in f if ln.strip() and not ln.startswith("#")]
     except OSError as e:
-        raise UsageError(f"--skip-files {path}: {e.strerror}")
+        raise UsageError(f"`skip_files` {path}: {e.strerror}")

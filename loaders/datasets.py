@@ -39,6 +39,8 @@ class ArraySource:
         a = torch.from_numpy(self.images[i])
         return (a.unsqueeze(0) if a.ndim == 2 else a.permute(2, 0, 1)), int(self.labels[i])
 
+DEFAULT_RES = {"fashion-mnist": 28, "cifar10": 32, "stl10": 96}   # a set's native size; else 224
+
 
 class FolderSource:
     """ImageFolder layout: root/<class>/<image>. Decodes with torchvision.io (libjpeg-turbo) on the CPU."""
@@ -53,7 +55,7 @@ class FolderSource:
                         self.files.append(os.path.join(dirpath, f))
                         labels.append(c)
         if not self.files:
-            raise UsageError(f"--data {root}: no images found (expected {root}/<class>/<image>.jpg)")
+            raise UsageError(f"`data` {root}: no images found (expected {root}/<class>/<image>.jpg)")
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes, self.num_classes = classes, len(classes)
         self.mean, self.std, self.name = IMAGENET_MEAN, IMAGENET_STD, "imagefolder"
@@ -78,7 +80,7 @@ class UnlabelledSource(FolderSource):
         self.files = sorted(os.path.join(d, f) for d, _, names in os.walk(root, followlinks=True) for f in names
                             if f.lower().endswith(IMAGE_EXT) and not f.startswith("."))
         if not self.files:
-            raise UsageError(f"--data {root}: no images found ({', '.join(IMAGE_EXT)}, at any depth)")
+            raise UsageError(f"`data` {root}: no images found ({', '.join(IMAGE_EXT)}, at any depth)")
         self.labels = np.full(len(self.files), -1, dtype=np.int64)
         self.classes, self.num_classes = [], 0
         self.mean, self.std, self.name = IMAGENET_MEAN, IMAGENET_STD, "images"
@@ -98,18 +100,18 @@ class FileListSource(FolderSource):
         with open(path, errors="replace") as f:
             lines = f.read().splitlines()
         if any("\ufffd" in x for x in lines[:100]):
-            raise UsageError(f"--data {path}: not a text file list ('path label' lines)")
+            raise UsageError(f"`data` {path}: not a text file list ('path label' lines)")
         for n, line in enumerate(lines, 1):
             line = line.split("#")[0].strip()
             if not line:
                 continue
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise UsageError(f"--data {path}: line {n} is not 'path label': {line[:80]}")
+                raise UsageError(f"`data` {path}: line {n} is not 'path label': {line[:80]}")
             self.files.append(os.path.join(base, parts[0]))
             labels.append(int(parts[1]))
         if not self.files:
-            raise UsageError(f"--data {path}: the file list is empty")
+            raise UsageError(f"`data` {path}: the file list is empty")
         self.labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = int(self.labels.max()) + 1
         self.classes = [str(c) for c in range(self.num_classes)]
@@ -147,7 +149,7 @@ def fashion_mnist(root: str, train: bool) -> ArraySource:
     split = "train" if train else "t10k"
     img, lab = _find_idx(root, f"{split}-images-idx3-ubyte"), _find_idx(root, f"{split}-labels-idx1-ubyte")
     if img is None or lab is None:
-        raise UsageError(f"--data {root}: no Fashion-MNIST idx files ({split}-images-idx3-ubyte[.gz]); "
+        raise UsageError(f"`data` {root}: no Fashion-MNIST idx files ({split}-images-idx3-ubyte[.gz]); "
                          f"on Debian: apt-get install dataset-fashion-mnist")
     return ArraySource(read_idx(img), read_idx(lab).astype(np.int64), 10, (0.286,) * 3, (0.353,) * 3,
                        "fashion-mnist")
@@ -158,7 +160,7 @@ def cifar10(root: str, train: bool) -> ArraySource:
     try:
         ds = CIFAR10(root, train=train, download=False)
     except RuntimeError:
-        raise UsageError(f"--data {root}: no CIFAR-10 (expected {root}/cifar-10-batches-py)")
+        raise UsageError(f"`data` {root}: no CIFAR-10 (expected {root}/cifar-10-batches-py)")
     return ArraySource(ds.data, np.asarray(ds.targets, np.int64), 10, (0.491, 0.482, 0.447),
                        (0.247, 0.243, 0.262), "cifar10")
 
@@ -168,7 +170,7 @@ def stl10(root: str, train: bool) -> ArraySource:
     try:
         ds = STL10(root, split="train+unlabeled" if train else "test", download=False)
     except RuntimeError:
-        raise UsageError(f"--data {root}: no STL-10 (expected {root}/stl10_binary)")
+        raise UsageError(f"`data` {root}: no STL-10 (expected {root}/stl10_binary)")
     return ArraySource(ds.data.transpose(0, 2, 3, 1), ds.labels.astype(np.int64), 10,
                        (0.441, 0.428, 0.387), (0.268, 0.261, 0.269), "stl10")
 
@@ -176,8 +178,8 @@ def stl10(root: str, train: bool) -> ArraySource:
 def folder(root: str, train: bool) -> FolderSource:
     sub = os.path.join(root, "train" if train else "val")
     if not train and not os.path.isdir(sub) and os.path.isdir(os.path.join(root, "train")):
-        raise UsageError(f"--data {root}: train/ has no val/ beside it to score on (the training images would "
-                         "score themselves): add val/<class>/ images, or turn the kNN monitor off (--knn-every -1)")
+        raise UsageError(f"`data` {root}: train/ has no val/ beside it to score on (the training images would "
+                         "score themselves): add val/<class>/ images, or turn the kNN monitor off (`knn_every` -1)")
     return FolderSource(sub if os.path.isdir(sub) else root)
 
 
@@ -218,7 +220,7 @@ def detect(path: str) -> tuple[str, str]:
     if os.path.isfile(path):
         return "filelist", "a file list"
     if not os.path.isdir(path):
-        raise UsageError(f"--data {path}: no such file or directory")
+        raise UsageError(f"`data` {path}: no such file or directory")
     if _find_idx(path, "train-images-idx3-ubyte") or _find_idx(path, "t10k-images-idx3-ubyte"):
         return "fashion-mnist", "Fashion-MNIST idx files"
     for name, folder_name, marker, what in (("cifar10", "cifar-10-batches-py", "data_batch_1", "CIFAR-10 batches"),
@@ -226,7 +228,7 @@ def detect(path: str) -> tuple[str, str]:
         if os.path.isdir(os.path.join(path, folder_name)):
             return name, what
         if os.path.isfile(os.path.join(path, marker)):
-            raise UsageError(f"--data {path}: holds {what} itself: point --data at the folder above it (it reads "
+            raise UsageError(f"`data` {path}: holds {what} itself: point `data` at the folder above it (it reads "
                              f"DIR/{folder_name})")
     entries = sorted(os.scandir(path), key=lambda e: e.name)
     if any(e.is_file() and e.name.lower().endswith(IMAGE_EXT) and not e.name.startswith(".") for e in entries):
@@ -238,14 +240,14 @@ def detect(path: str) -> tuple[str, str]:
     classes = [d for d in dirs if _has_image(os.path.join(path, d))]
     if classes:
         return "imagefolder", f"a class-per-folder tree ({len(classes)} classes)"
-    raise UsageError(f"--data {path}: no dataset recognised (looked for {'; '.join(LOOKED_FOR)})")
+    raise UsageError(f"`data` {path}: no dataset recognised (looked for {'; '.join(LOOKED_FOR)})")
 
 
 def recognise(dataset: str | None, data: str | None) -> tuple[str, str]:
     """(dataset, what --data holds, in words) for --dataset/--data: the dataset --data holds when --dataset is
     not given; an explicit --dataset that disagrees with it is one error line saying what was found."""
     if dataset is not None and dataset not in DATASETS:
-        raise UsageError(f"--dataset {dataset}: unknown (choose from {', '.join(DATASETS)})")
+        raise UsageError(f"`dataset` {dataset}: unknown (choose from {', '.join(DATASETS)})")
     if data is None:
         dataset = dataset or "fashion-mnist"
         return dataset, f"{dataset} in {DEFAULT_DATA[dataset]}" if dataset in DEFAULT_DATA else dataset
@@ -257,8 +259,8 @@ def recognise(dataset: str | None, data: str | None) -> tuple[str, str]:
     except UsageError:   # nothing recognised: the named dataset's own reader says what it expected
         return dataset, f"{dataset} in {data}"
     if found != dataset and (dataset, found) != ("images", "imagefolder"):
-        raise UsageError(f"--dataset {dataset}, but --data {data} holds {what}: drop --dataset to use it as "
-                         f"{found}, or point --data at {dataset} data")
+        raise UsageError(f"`dataset` {dataset}, but `data` {data} holds {what}: drop `dataset` to use it as "
+                         f"{found}, or point `data` at {dataset} data")
     return dataset, f"{what} in {data}" + (", read without its labels" if dataset != found else "")
 
 
@@ -268,26 +270,26 @@ def open_source(dataset: str, root: str | None, train: bool = True, subset: int 
     val_split > 0 carves a validation split of that many samples out of the training set (the same for
     every --seed): train=True gives the rest, train=False the validation split instead of the test split."""
     if dataset not in DATASETS:
-        raise UsageError(f"--dataset {dataset}: unknown (choose from {', '.join(DATASETS)})")
+        raise UsageError(f"`dataset` {dataset}: unknown (choose from {', '.join(DATASETS)})")
     root = root or DEFAULT_DATA.get(dataset)
     if not root:
-        raise UsageError(f"--dataset {dataset} needs --data DIR")
+        raise UsageError(f"`dataset` {dataset} needs `data` DIR")
     if dataset == "filelist":
         if not os.path.isfile(root):
-            raise UsageError(f"--data {root}: no such file (a list of 'path label' lines)")
+            raise UsageError(f"`data` {root}: no such file (a list of 'path label' lines)")
     elif not os.path.isdir(root):
-        raise UsageError(f"--data {root}: no such directory")
+        raise UsageError(f"`data` {root}: no such directory")
     if dataset == "images" and not train:   # a validation split of unlabelled images has no labels either
         raise NoLabels(f"--data {root}: unlabelled images have no labels to score against")
     src = DATASETS[dataset](root, train or val_split > 0)
     if val_split > 0:
         if val_split >= len(src):
-            raise UsageError(f"--val-split {val_split}: the training set has only {len(src)} samples")
+            raise UsageError(f"`val_split` {val_split}: the training set has only {len(src)} samples")
         held = np.zeros(len(src), bool)
         held[np.random.default_rng([len(src), 17]).permutation(len(src))[:val_split]] = True
         src = Subset(src, np.flatnonzero(~held if train else held))
     if len(src) == 0:
-        raise UsageError(f"--data {root}: the {dataset} {'train' if train else 'test'} split is empty")
+        raise UsageError(f"`data` {root}: the {dataset} {'train' if train else 'test'} split is empty")
     if 0 < subset < len(src):
         src = Subset(src, np.sort(np.random.default_rng(seed).permutation(len(src))[:subset]))
     return src

@@ -54,8 +54,8 @@ def resident_images(source) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [N, C, H, W], labels) of an in-memory source (or a subset of one); else UsageError."""
     images = array_rows(source)
     if images is None:
-        raise UsageError(f"--loader device holds in-memory datasets (fashion-mnist, cifar10, stl10) on the device; "
-                         f"{source.name} is read from files: use --loader ffcv or dali")
+        raise UsageError(f"`loader` device holds in-memory datasets (fashion-mnist, cifar10, stl10) on the device; "
+                         f"{source.name} is read from files: use `loader` ffcv or dali")
     return images, np.asarray(source.labels)
 
 
@@ -69,9 +69,9 @@ def check_fits(nbytes: int, device: torch.device, fraction: float):
         free = psutil.virtual_memory().available
         where = "available host memory"
     if nbytes > fraction * free:
-        raise UsageError(f"--loader device: the training set is {nbytes / 2**30:.2f} GiB, more than "
-                         f"{fraction:.0%} of the {free / 2**30:.2f} GiB of {where} (--device-max-fraction); "
-                         f"use --loader ffcv or dali for data that does not fit")
+        raise UsageError(f"`loader` device: the training set is {nbytes / 2**30:.2f} GiB, more than "
+                         f"{fraction:.0%} of the {free / 2**30:.2f} GiB of {where} (`device_max_fraction`); "
+                         f"use `loader` ffcv or dali for data that does not fit")
 
 
 class DeviceLoader:

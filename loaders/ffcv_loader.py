@@ -178,14 +178,14 @@ def epoch_batches(it, poll: float = 1.0):
 def check_beton(path: str):
     """A .beton that opens: its header, fields and every sample's data inside the file; else UsageError."""
     if not path:
-        raise UsageError("--loader ffcv needs --beton FILE (make one with: python -m loaders.prepare --out FILE)")
+        raise UsageError("`loader` ffcv needs `beton` FILE (make one with: python -m loaders.prepare --out FILE)")
     if not os.path.isfile(path):
-        raise UsageError(f"--beton {path}: no such file (make it with: python -m loaders.prepare --out {path})")
+        raise UsageError(f"`beton` {path}: no such file (make it with: python -m loaders.prepare --out {path})")
     from ffcv.reader import Reader
     from ffcv.types import CURRENT_VERSION, HeaderType
     size = os.path.getsize(path)
     header = np.fromfile(path, dtype=HeaderType, count=1)
-    damaged = UsageError(f"--beton {path}: truncated or damaged FFCV .beton ({size} bytes); remake it with "
+    damaged = UsageError(f"`beton` {path}: truncated or damaged FFCV .beton ({size} bytes); remake it with "
                          "loaders.prepare")
     if len(header) == 1 and header[0]["version"] == CURRENT_VERSION and header[0]["alloc_table_ptr"] > size:
         raise damaged
@@ -194,13 +194,13 @@ def check_beton(path: str):
         ok = len(r.metadata) == r.num_samples and len(r.alloc_table) > 0
         ok = ok and int((r.alloc_table["ptr"] + r.alloc_table["size"]).max()) <= size
     except Exception as e:
-        raise UsageError(f"--beton {path}: not a readable FFCV .beton ({type(e).__name__}: "
+        raise UsageError(f"`beton` {path}: not a readable FFCV .beton ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else 'bad header'}); remake it with loaders.prepare")
     if not ok:
         raise damaged
     missing = {"image", "label", "index"} - set(r.field_names)
     if missing:
-        raise UsageError(f"--beton {path}: has fields {r.field_names}, needs image, label and index "
+        raise UsageError(f"`beton` {path}: has fields {r.field_names}, needs image, label and index "
                          "(write it with python -m loaders.prepare)")
     return r
 
@@ -222,7 +222,7 @@ class FFCVLoader:
         self.order_name = order if order != "auto" else ("ours" if world > 1 else "random" if os_cache
                                                          else "quasi_random")
         if world > 1 and self.order_name != "ours":
-            raise UsageError(f"--ffcv-order {order}: under torchrun only 'ours' (the rank split of one global "
+            raise UsageError(f"`ffcv_order` {order}: under torchrun only 'ours' (the rank split of one global "
                              "permutation) gives every sample once per epoch")
         if self.order_name == "ours":
             self.order = EpochOrder(self.n, batch_size, rank, world, seed, drop_last)
@@ -231,7 +231,7 @@ class FFCVLoader:
             self.order = None   # FFCV's own order: it cannot skip to a batch, nor follow a plan
             ffcv_order = OrderOption.RANDOM if self.order_name == "random" else OrderOption.QUASI_RANDOM
         else:
-            raise UsageError(f"--ffcv-order {order}: choose auto, quasi_random, random or ours")
+            raise UsageError(f"`ffcv_order` {order}: choose auto, quasi_random, random or ours")
         nb = self.device.type == "cuda"
         dev = [ToDevice(self.device, non_blocking=nb)]
         pipelines = {"image": [self.decoder, ToTensor(), *dev],

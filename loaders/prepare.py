@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from engine.config import parser_error_one_line
+from engine.errors import parser_error_one_line
 from engine.errors import UsageError, cli_main
 from loaders.datasets import FolderSource, Subset, open_source, recognise
 

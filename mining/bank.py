@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from engine import dist
-from engine.embed import extract_sharded
+from loaders.embed import extract_sharded
 
 
 @torch.no_grad()

@@ -36,15 +36,16 @@ def embeddings(n, d, device, seed=0, clusters=1000):
 
 def refresh_cost(a, dev, search_s):
     """Step pairs/s and embedding img/s of --refresh-arch on synthetic data; a refresh against an epoch."""
-    from engine import config
+    import flags
+    from models.methods import build_model_from_config
     from engine.step import build_step
     from loaders.batch import Batch
     from mining.sepp import TrainBank
     B, R = a.batch_size, a.refresh_res
-    args = config.parse(["--method", "simclr", "--arch", a.refresh_arch, "--res", str(R), "--batch-size", str(B),
+    args = flags.parse(["--method", "simclr", "--arch", a.refresh_arch, "--res", str(R), "--batch-size", str(B),
                          "--device", dev.type] + (["--compile"] if a.compile else []))
-    config.resolve_device(args)
-    model = config.build_model_from_config(vars(args)).to(dev).to(memory_format=torch.channels_last)
+    flags.resolve_device(args)
+    model = build_model_from_config(vars(args)).to(dev).to(memory_format=torch.channels_last)
     views = torch.randn(2, B, 3, R, R, device=dev)
     batch = Batch(views, torch.arange(B, device=dev), torch.zeros(B, dtype=torch.long, device=dev))
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")

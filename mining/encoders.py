@@ -101,7 +101,7 @@ def load_encoder(spec: str, arch: str | None = None, small_stem: bool | None = N
     except Exception as e:
         raise UsageError(f"{flag} {path}: cannot be read ({type(e).__name__})")
     if isinstance(obj, dict) and "config" in obj and "model" in obj:   # one of our train.py checkpoints
-        from engine.config import build_model_from_config
+        from models.methods import build_model_from_config
         model = build_model_from_config(obj["config"])
         model.load_state_dict(obj["model"])
         if which == "momentum" and not model.momentum_encoder:

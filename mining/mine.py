@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from engine import ckpt, dist
-from engine.config import DEFAULT_RES, parser_error_one_line
-from engine.embed import extract_sharded
+from engine.errors import parser_error_one_line
+from loaders.datasets import DEFAULT_RES
+from loaders.embed import extract_sharded
 from engine.errors import UsageError, cli_main
 from loaders.augment import DeviceAugment
 from loaders.datasets import fingerprint, open_source, recognise

@@ -49,9 +49,9 @@ def build_backbone(arch: str, small_stem: bool = False, stem_stride: int = 1, ze
     resolution once (4x fewer FLOPs: what makes CPU demos at 28 px run at ~300 img/s on 2 cores).
     width: channels of the first stage (torchvision: 64); 32 halves every stage (about 4x fewer FLOPs)."""
     if arch not in ARCHS:
-        raise UsageError(f"--arch {arch}: unknown (choose from {', '.join(ARCHS)})")
+        raise UsageError(f"`arch` {arch}: unknown (choose from {', '.join(ARCHS)})")
     if width < 1:
-        raise UsageError(f"--width {width}: must be >= 1")
+        raise UsageError(f"`width` {width}: must be >= 1")
     net = ARCHS[arch](zero_init_residual=zero_init_residual)
     if width != 64:
         _rewidth(net, width, zero_init_residual)

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from engine import config  # noqa: E402
+import flags  # noqa: E402
 from engine.step import build_step  # noqa: E402
 from loaders import LoaderOptions, build_loader  # noqa: E402
 from loaders.augment import RECIPES  # noqa: E402
 from loaders.batch import Batch  # noqa: E402
+from models.methods import build_model_from_config  # noqa: E402
 from loaders.datasets import open_source  # noqa: E402
 from models.methods import METHODS  # noqa: E402
 
@@ -61,16 +62,16 @@ def timed(fn, n: int, dev, repeats: int = 3) -> float:
 
 def train_args(a, argv):
     """train.py's flags, resolved for this device (as train.py resolves them)."""
-    t = config.parse(argv + ["--device", a.device])
-    config.resolve_device(t)
-    config.check_world(t, 1)
+    t = flags.parse(argv + ["--device", a.device])
+    flags.resolve_device(t)
+    flags.check_world(t, 1)
     if a.tiny:   # the dry run: compiled code is traced, not generated (inductor's C++ build takes minutes)
         t.compile_augment = "aot_eager" if t.compile_augment else False
     return t
 
 
 def model_and_step(t, dev, steps_per_epoch=100, tiny=False):
-    model = config.build_model_from_config(vars(t)).to(dev).to(memory_format=torch.channels_last)
+    model = build_model_from_config(vars(t)).to(dev).to(memory_format=torch.channels_last)
     return model, build_step(t, model, steps_per_epoch, compile_backend="aot_eager" if tiny else "inductor")
 
 

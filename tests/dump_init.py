@@ -9,9 +9,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
-from engine import config, dist  # noqa: E402
+import flags
+from engine import dist  # noqa: E402
 
-r = train.setup(config.parse(sys.argv[1:]))
+r = train.setup(flags.parse(sys.argv[1:]))
 h = hashlib.sha1()
 for k, v in sorted(r.random_init_state.items()):
     h.update(k.encode())

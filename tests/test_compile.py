@@ -6,11 +6,10 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from engine import config
 from engine.step import build_step
 from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES
-from models.methods import METHODS
+from models.methods import METHODS, build_model_from_config
 from tests.test_device_check import B, N, source, train_args
 
 
@@ -19,7 +18,7 @@ def test_step_and_augmentation_compile_without_graph_breaks(method):   # target 
     torch._dynamo.reset()
     counters.clear()
     args = train_args(method, "bsim+sepp", "bf16", extra=["--compile", "--compile-augment"])
-    model = config.build_model_from_config(vars(args)).to(memory_format=torch.channels_last)
+    model = build_model_from_config(vars(args)).to(memory_format=torch.channels_last)
     step = build_step(args, model, steps_per_epoch=4, compile_backend="aot_eager")
     opts = LoaderOptions.from_args(args, B, compile_augment="aot_eager")
     ld = build_loader(opts, source(), RECIPES[METHODS[method].recipe], torch.device("cpu"))

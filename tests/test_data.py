@@ -3,6 +3,7 @@ them, whatever needs labels says so; the dataset is recognised from --data; prog
 import io
 import os
 import shutil
+import re
 
 import numpy as np
 import pytest
@@ -161,16 +162,18 @@ def test_the_dataset_is_recognised_from_data(tmp_path):
 
 def test_a_dataset_that_disagrees_with_data_is_one_line(tmp_path):
     d = layouts(tmp_path)
-    with pytest.raises(UsageError, match=r"^--dataset imagefolder, but --data \S+flat holds unlabelled images \(flat: "
-                       r"label -1\): drop --dataset to use it as images, or point --data at imagefolder data$"):
+    with pytest.raises(UsageError) as e:
         recognise("imagefolder", str(d["flat"][0]))
-    with pytest.raises(UsageError, match="--dataset cifar10, but --data .* holds Fashion-MNIST idx files"):
+    assert re.fullmatch(r"--dataset imagefolder, but --data \S+flat holds unlabelled images \(flat: label -1\): drop "
+                        r"--dataset to use it as images, or point --data at imagefolder data", e.value.for_cli())
+    assert str(e.value).startswith("`dataset` imagefolder, but `data` ")   # a Python caller reads its arguments
+    with pytest.raises(UsageError, match="`dataset` cifar10, but `data` .* holds Fashion-MNIST idx files"):
         recognise("cifar10", str(d["fashion-mnist"][0]))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match=r"no dataset recognised \(looked for a file list; Fashion-MNIST idx files; "
                        r"CIFAR-10 .*; images at the top level .*; an ImageNet layout .*; class folders of images\)"):
         recognise(None, str(tmp_path / "empty"))
-    with pytest.raises(UsageError, match="holds CIFAR-10 batches itself: point --data at the folder above it"):
+    with pytest.raises(UsageError, match="holds CIFAR-10 batches itself: point `data` at the folder above it"):
         (tmp_path / "c10" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
         recognise(None, str(tmp_path / "c10" / "cifar-10-batches-py"))
     for argv, said in ((["train.py", "--dataset", "imagefolder", "--data", str(d["flat"][0])], "holds unlabelled"),

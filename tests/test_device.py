@@ -71,7 +71,7 @@ def test_device_loader_yields_the_batch_contract_and_refuses_what_it_cannot_hold
     assert b.views.shape == (2, 32, 3, 28, 28) and b.views.dtype == torch.float32
     assert torch.equal(b.label, torch.as_tensor(fashion.labels[b.index.numpy()]))
     from engine.errors import UsageError
-    with pytest.raises(UsageError, match="more than 0% of the .* --loader ffcv or dali"):
+    with pytest.raises(UsageError, match="more than 0% of the .* `loader` ffcv or dali"):
         build_loader(LoaderOptions("device", 28, 32, device_max_fraction=1e-9), fashion, RECIPES["simclr"], "cpu")
 
 

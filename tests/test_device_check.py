@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine import config
+import flags
 from engine.step import build_step
 from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES, DeviceAugment
 from loaders.datasets import ArraySource
-from models.methods import METHODS
+from models.methods import METHODS, build_model_from_config
 from tests.fake_cuda import DeviceCheckError, fake_cuda, strict, to_fake_cuda
 
 CUDA = torch.device("cuda", 0)
@@ -29,8 +29,8 @@ def source(channels=1):
 
 
 def train_args(method="simclr", variant="plain", amp="bf16", loader="device", extra=()):
-    a = config.parse(["--method", method, "--loader", loader, *SMALL, *VARIANTS[variant], *extra])
-    a.amp, a.channels_last = amp, True   # as config.resolve_device resolves them on a GPU
+    a = flags.parse(["--method", method, "--loader", loader, *SMALL, *VARIANTS[variant], *extra])
+    a.amp, a.channels_last = amp, True   # as flags.resolve_device resolves them on a GPU
     return a
 
 
@@ -48,7 +48,7 @@ def loader_batches(args, name=None):
 def run_steps(args, batches=loader_batches, steps=2, hooks=()):
     """`steps` training steps of train.py's step for `args` on a fake GPU, each batch from the loader's device
     stage (batches(args) -> a callable giving the next Batch), every op checked. -> the last loss."""
-    model = config.build_model_from_config(vars(args)).to(memory_format=torch.channels_last)
+    model = build_model_from_config(vars(args)).to(memory_format=torch.channels_last)
     with fake_cuda() as mode:
         to_fake_cuda(model, mode)
         step = build_step(args, model, steps_per_epoch=4, hooks=hooks)

@@ -60,7 +60,7 @@ def test_unmappable_weights_and_our_checkpoints(reference, tmp_path):
     torch.save(reference[0].state_dict(), wrong)
     with pytest.raises(UsageError, match="holds a resnet18, width 64, 7x7 ImageNet stem; drop --arch"):
         load_encoder(str(wrong), arch="resnet50")
-    from engine.config import build_model_from_config
+    from models.methods import build_model_from_config
     cfg = {"method": "byol", "arch": "resnet10", "small_stem": True, "stem_stride": 2, "proj_hidden": 32,
            "proj_dim": 16, "pred_hidden": 16}
     model = build_model_from_config(cfg)

@@ -119,6 +119,22 @@ def test_eval_commands_on_a_tiny_run(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_knn_and_linear_probe_score_the_same_test_images(tiny_run, tmp_path):
+    """--n-test N: both evaluations score eval/subset.py's N images (they once drew them with different seeds,
+    so a study's kNN and linear columns scored different images), whatever the probe's --seed."""
+    from eval.subset import digest, pick
+    ck, got = str(tiny_run / "last.pt"), {}
+    for name, args in [("knn", ["-m", "eval.knn", "--n-train", "2000"]),
+                       ("linear", ["-m", "eval.linear", "--epochs", "1", "--n-train", "2000", "--seed", "5"])]:
+        r = run(args + ["--checkpoint", ck, "--n-test", "300", "--workers", "1", "--no-progress",
+                        "--json", str(tmp_path / f"{name}.json")])
+        assert r.returncode == 0, r.stderr[-2000:]
+        got[name] = json.loads((tmp_path / f"{name}.json").read_text())["test_subset"]
+    assert got["knn"] == got["linear"] == digest(pick(300, 10000), 10000), got
+    assert digest(None, 10000) == "all 10000" and pick(300, 10000, seed=1).tolist() != pick(300, 10000).tolist()
+
+
+@pytest.mark.slow
 def test_linear_probe_under_torchrun_equals_one_process(tiny_run, tmp_path):
     """Features mode: sharded extraction + DDP over 2 gloo ranks must train the same classifier as one
     process (fixed feature statistics, the same global batches)."""
@@ -165,15 +181,16 @@ def test_bench_builds_the_model_train_py_trains_from_a_config():
     """eval.bench --config FILE: the model (heads included: the demo's 512-wide projector, not the method's
     default 2048), batch, precision, optimizer, recipe and loader that train.py --config FILE trains; flags
     given to the bench still win."""
-    from engine import config
+    import flags
+    from models.methods import build_model_from_config
     from eval.bench import bench_model, build_parser, train_args
     for cfg in ("configs/fashion_demo.yaml", "configs/fashion_study.yaml"):
         for extra in ([], ["--method", "moco"]):
             a = build_parser().parse_args(["--config", cfg] + extra)
-            t = config.parse(["--config", cfg] + extra)
-            config.resolve_device(t)
+            t = flags.parse(["--config", cfg] + extra)
+            flags.resolve_device(t)
             torch.manual_seed(0)
-            trained = config.build_model_from_config(vars(t))
+            trained = build_model_from_config(vars(t))
             torch.manual_seed(0)
             tb, benched, recipe = bench_model(a, t.arch, t.res, torch.device("cpu"))
             want, got = trained.state_dict(), benched.state_dict()

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from engine.config import build_model_from_config
+from models.methods import build_model_from_config
 from engine.errors import UsageError
 from eval import export
 from mining.encoders import load_encoder

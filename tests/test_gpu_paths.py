@@ -12,13 +12,13 @@ from tests.helpers import TINY, run
 def test_dali_views_are_fp16_only_under_autocast_on_a_gpu():
     """fp16 views met fp32 weights at the first conv with --amp off ("Input type (c10::Half) and bias type
     (float)"): DALI's output dtype follows the step's precision, and the flags carry it to the loader."""
-    from engine import config
+    import flags
     from loaders import LoaderOptions
     from loaders.dali import output_dtype
     assert output_dtype("cuda", "bf16") == output_dtype("cuda", "fp16") == torch.float16
     assert output_dtype("cuda", "off") == output_dtype("cpu", "bf16") == output_dtype("cpu", "off") == torch.float32
-    args = config.parse(["--loader", "dali", "--amp", "off"])
-    config.resolve_device(args)
+    args = flags.parse(["--loader", "dali", "--amp", "off"])
+    flags.resolve_device(args)
     assert LoaderOptions.from_args(args, 64).amp == "off"
 
 
@@ -113,13 +113,13 @@ class Batchless(dict):
 def test_compile_with_sync_batchnorm_is_refused_in_one_line():
     """SyncBatchNorm breaks torch.compile's graph at every BatchNorm (pytorch#161302): several GPUs with SimCLR's
     or BYOL's SyncBatchNorm refuse --compile, saying what to do; --no-sync-bn or one GPU compile."""
-    from engine import config
+    import flags
     from engine.errors import UsageError
     a = argparse.Namespace(method="simclr", compile=True, sync_bn=None)
     with pytest.raises(UsageError, match="drop --compile, or add --no-sync-bn"):
-        config.uses_sync_bn(a, 8, "cuda", True)
-    assert not config.uses_sync_bn(a, 1, "cuda", True)                       # one GPU: no SyncBatchNorm
-    assert not config.uses_sync_bn(argparse.Namespace(method="simclr", compile=True, sync_bn=False), 8, "cuda", True)
-    assert not config.uses_sync_bn(argparse.Namespace(method="moco", compile=True, sync_bn=None), 8, "cuda", False)
-    assert config.uses_sync_bn(argparse.Namespace(method="simclr", compile=False, sync_bn=None), 8, "cuda", True)
-    assert not config.uses_sync_bn(argparse.Namespace(method="simclr", compile=False, sync_bn=None), 2, "cpu", True)
+        flags.uses_sync_bn(a, 8, "cuda", True)
+    assert not flags.uses_sync_bn(a, 1, "cuda", True)                       # one GPU: no SyncBatchNorm
+    assert not flags.uses_sync_bn(argparse.Namespace(method="simclr", compile=True, sync_bn=False), 8, "cuda", True)
+    assert not flags.uses_sync_bn(argparse.Namespace(method="moco", compile=True, sync_bn=None), 8, "cuda", False)
+    assert flags.uses_sync_bn(argparse.Namespace(method="simclr", compile=False, sync_bn=None), 8, "cuda", True)
+    assert not flags.uses_sync_bn(argparse.Namespace(method="simclr", compile=False, sync_bn=None), 2, "cpu", True)

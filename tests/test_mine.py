@@ -62,7 +62,7 @@ def encoder_and_pairs(tmp_path_factory):
 
 @pytest.mark.slow
 def test_mined_neighbours_equal_brute_force(encoder_and_pairs):
-    from engine.embed import extract_sharded
+    from loaders.embed import extract_sharded
     from loaders.augment import DeviceAugment
     from loaders.datasets import fingerprint, open_source
     from mining.encoders import load_encoder
@@ -86,7 +86,7 @@ def test_mined_neighbours_equal_brute_force(encoder_and_pairs):
 
 @pytest.mark.slow
 def test_centred_mining_searches_centred_features(encoder_and_pairs, tmp_path):
-    from engine.embed import extract_sharded
+    from loaders.embed import extract_sharded
     from loaders.augment import DeviceAugment
     from loaders.datasets import open_source
     from mining.encoders import load_encoder

@@ -75,15 +75,15 @@ def test_study_flag_errors(tmp_path):
 def test_study_config_gives_each_method_its_recipe_and_flags_still_win():
     """configs/fashion_study.yaml's per_method sections (solo-learn's CIFAR-10 settings) apply to the run's
     method only; a flag on the command line wins over them."""
-    from engine import config
+    import flags
     cfg = "configs/fashion_study.yaml"
-    got = {m: config.parse(["--config", cfg, "--method", m]) for m in ("simclr", "moco", "byol", "simsiam")}
+    got = {m: flags.parse(["--config", cfg, "--method", m]) for m in ("simclr", "moco", "byol", "simsiam")}
     assert (got["simclr"].optimizer, got["simclr"].lr, got["simclr"].proj_dim) == ("lars", 0.4, 256)
     assert (got["moco"].lr, got["moco"].queue_size, got["moco"].ema) == (0.3, 32768, 0.99)
     assert (got["byol"].lr, got["byol"].wd, got["byol"].pred_hidden) == (1.0, 1e-5, 4096)
     assert (got["simsiam"].optimizer, got["simsiam"].proj_dim) == ("sgd", 2048)
     assert all(a.loader == "device" and a.arch == "resnet18" and a.small_stem for a in got.values())
-    assert config.parse(["--config", cfg, "--method", "moco", "--lr", "0.1"]).lr == 0.1
+    assert flags.parse(["--config", cfg, "--method", "moco", "--lr", "0.1"]).lr == 0.1
 
 
 def test_study_ablation_variants_add_their_flags_and_mine_with_the_base_encoder(tmp_path):

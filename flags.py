@@ -1,15 +1,16 @@
-"""Flags with defaults that work, YAML presets that only set flags, and the checks that turn bad input
-into one line (exit code 2). The resolved config is saved with the run and inside every checkpoint."""
+"""train.py's command line: flags with defaults that work, YAML presets that only set flags, and the checks
+that turn bad input into one line (exit code 2). The resolved config is saved with the run and inside every
+checkpoint. The top layer: it knows every loader, model and add-on; engine/ below it knows none of them."""
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
 import yaml
 
-from engine.errors import UsageError
+from engine.errors import UsageError, parser_error_one_line
+from loaders.datasets import DEFAULT_RES
 from engine.precision import default_amp
 
 # Per-method defaults (used where a flag is not given): the papers' ImageNet settings, lr per 256 images.
@@ -21,18 +22,6 @@ METHOD_DEFAULTS = {
                  ema=0.996),
     "simsiam": dict(lr=0.05, wd=1e-4, optimizer="sgd", proj_hidden=2048, proj_dim=2048, pred_hidden=512),
 }
-DEFAULT_RES = {"fashion-mnist": 28, "cifar10": 32, "stl10": 96}   # else 224
-MODEL_KEYS = ("arch", "small_stem", "stem_stride", "width", "temperature", "proj_hidden", "proj_dim", "pred_hidden",
-              "queue_size", "bsim_weight", "sepp_weight")
-
-
-def parser_error_one_line(p: argparse.ArgumentParser):
-    """argparse prints usage + error; we print one line and exit 2."""
-    def error(msg):
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {msg} (see --help)", file=sys.stderr)
-        sys.exit(2)
-    p.error = error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,12 +262,3 @@ def check_world(args, world: int):
         raise UsageError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
     if args.workers is None:
         args.workers = max(1, min(8, (os.cpu_count() or 2) // world))
-
-
-def model_kwargs(cfg: dict) -> dict:
-    return {k: cfg[k] for k in MODEL_KEYS if cfg.get(k) is not None}
-
-
-def build_model_from_config(cfg: dict):
-    from models.methods import build_method
-    return build_method(cfg["method"], **model_kwargs(cfg))
