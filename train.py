@@ -66,7 +66,7 @@ class StopSignals:
         self.got = signal.Signals(signum).name
 
 
-def save_checkpoint(path, step, args, cfg, epoch, batch=0, ranks=None):
+def save_checkpoint(path, step, args, cfg, epoch, *, batch=0, ranks=None):
     """Atomic, keeping the previous one. epoch: epochs done; batch > 0: that many batches of the next epoch
     done too, with every rank's RNG state and partial loss (`ranks`) to go on exactly there."""
     if not all_finite(step.model):   # only without the guard (--nonfinite-limit 0)
@@ -90,8 +90,9 @@ def stop_run(why, epoch, batch, path, main_rank, log):
 
 
 def knn_monitor(model, args, device, train_src, test_src, norm):
-    return knn_accuracy(model.backbone, train_src, test_src, args.res, norm, device, args.knn_k, 0.07,
-                        args.knn_train, args.knn_test, workers=min(2, args.workers))   # every run: the same images
+    """Top-1 kNN on --knn-train / --knn-test images: eval/subset.py's, the same for every run and seed."""
+    return knn_accuracy(model.backbone, train_src, test_src, args.res, norm, device, k=args.knn_k, temperature=0.07,
+                        n_train=args.knn_train, n_test=args.knn_test, workers=min(2, args.workers))
 
 
 class Run:
@@ -141,7 +142,8 @@ def setup(args) -> Run:
     r.test_src = monitor_split(args, r.main_rank) if args.knn_every >= 0 else None
     r.norm = (r.loader.augment or  # None: DALI normalizes in its pipeline
               DeviceAugment(r.recipe, r.train_src.mean, r.train_src.std, args.channels_last)).plain
-    r.sepp = SePP(args, r.loader, r.train_src, r.norm, device, r.rank, r.world, model) if args.sepp else None
+    r.sepp = (SePP(args, r.loader, r.train_src, r.norm, device, rank=r.rank, world=r.world, model=model)
+              if args.sepp else None)
     faults = NonFiniteFault({int(x) for x in args.fault_nonfinite.split(",") if x.strip()})
     r.step = build_step(args, model, r.steps_per_epoch, net=r.net, hooks=[h for h in (r.sepp, faults) if h])
     r.lr_s = r.step.lr
@@ -264,7 +266,7 @@ class NonFiniteFault:
             out["loss"] = out["loss"] * float("nan")
 
 
-def log_step(r: Run, epoch: int, it: int, step: int, loss, out, bar) -> bool:
+def log_step(r: Run, epoch: int, it: int, step: int, loss, *, out, bar) -> bool:
     """A log step (the one sync of the loop): the row, the non-finite limit, and the ranks' agreement to stop
     (a signal) or to checkpoint (--ckpt-every-min). -> whether a mid-epoch checkpoint is due."""
     args = r.args
@@ -295,7 +297,7 @@ def mid_epoch_checkpoint(r: Run, epoch: int, done: int):
     """`done` batches of `epoch` trained: every rank's RNG state and partial loss go in with the weights."""
     ranks = dist.gather_objects({"rng": ckpt.rng_state(), "loss_sum": float(r.epoch_loss), "good": int(r.epoch_good)})
     if r.main_rank:
-        save_checkpoint(r.ckpt_path, r.step, r.args, r.cfg, epoch, done, ranks)
+        save_checkpoint(r.ckpt_path, r.step, r.args, r.cfg, epoch, batch=done, ranks=ranks)
     r.last_ckpt = time.monotonic()
 
 
@@ -316,7 +318,7 @@ def run_epoch(r: Run, epoch: int):
         loss, out = train_step(r, batch, step)
         due = False
         if it % args.log_every == 0 or it == r.steps_per_epoch - 1:
-            due = log_step(r, epoch, it, step, loss, out, bar)
+            due = log_step(r, epoch, it, step, loss, out=out, bar=bar)
         bar.update(1)
         if (r.stopping or due) and it + 1 < r.steps_per_epoch:   # mid-epoch (the epoch's end writes its own)
             mid_epoch_checkpoint(r, epoch, it + 1)

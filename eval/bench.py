@@ -188,11 +188,11 @@ class SeppTagged:
             yield b
 
 
-def build(a, t, name, source, device, recipe, res, variant):
+def build(a, t, name, source, *, device, recipe, res, variant):
     """The loader `name` as train.py (flags `t`) builds it, at `res`, for `variant`."""
     mix, sepp = "bsim" in variant, "sepp" in variant
     if name == "synthetic-noaug":
-        return Replay(build(a, t, "synthetic", source, device, recipe, res, variant))
+        return Replay(build(a, t, "synthetic", source, device=device, recipe=recipe, res=res, variant=variant))
     if name == "tvpil":
         return TVPIL(source, res, t.batch_size, t.workers, device, source.mean, source.std)
     from loaders.mix import MixSpec
@@ -288,7 +288,8 @@ def bench_config(a, source, device, arch, res, variant, names):
     for name in names + ["synthetic-noaug"]:
         if name == "tvpil" and variant != "plain":
             continue
-        r = out["loaders"][name] = measure(a, build(a, t, name, source, device, recipe, res, variant), device, step)
+        r = out["loaders"][name] = measure(a, build(a, t, name, source, device=device, recipe=recipe, res=res,
+                                                    variant=variant), device, step)
         if name == "synthetic-noaug":   # replays ready batches: there is no loader to time
             r["loader_img_s"] = r["loader_range"] = None
         print(f"  {arch} {res}px {variant} {name}: loader {r['loader_img_s'] or 0:.0f} img/s, end to end "

@@ -88,7 +88,7 @@ class TensorBatches:
             yield self.x[b], self.y[b]
 
 
-def fit(clf: Classifier, train, epochs: int, lr: float, wd: float, device, prep=None, amp=None,
+def fit(clf: Classifier, train, epochs: int, *, lr: float, wd: float, device, prep=None, amp=None,
         nesterov: bool = False, progress: bool = False, desc: str = "train", log=None, scaler=None) -> list[float]:
     """Train the trainable part of `clf` on `train` (an iterable of (x, y) with set_epoch and len, already
     this rank's share). lr is the peak of the cosine schedule; amp an autocast dtype or None; fp16 scales the

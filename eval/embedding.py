@@ -52,7 +52,8 @@ def set_features(checkpoint: str, n: int, dataset=None, data=None, device="cpu",
     _, test, norm = eval_sources(cfg, dataset, data)
     idx = pick(n, len(test))
     res = cfg["res"] or DEFAULT_RES.get(test.name, 224)
-    f, y = extract_sharded(model.backbone.to(device), test, res, norm, torch.device(device), idx, progress=progress,
+    f, y = extract_sharded(model.backbone.to(device), test, res, norm, torch.device(device), indices=idx,
+                           progress=progress,
                            desc="test features")
     names = getattr(test, "classes", None) or getattr(getattr(test, "src", None), "classes", None)
     return f.float().cpu().numpy(), y.cpu().numpy(), names
@@ -79,7 +80,7 @@ def draw(panels: list[tuple[str, np.ndarray, np.ndarray]], names, path: str, met
     plt.close(fig)
 
 
-def embedding_figure(checkpoints: list[str], titles: list[str], path: str, n: int = 2000, method: str = "auto",
+def embedding_figure(checkpoints: list[str], titles: list[str], path: str, *, n: int = 2000, method: str = "auto",
                      dataset=None, data=None, device="cpu", progress=False) -> str:
     panels, names, used = [], None, method
     for ck, title in zip(checkpoints, titles):
@@ -111,6 +112,7 @@ def main(argv=None):
     if len(titles) != len(a.embedding):
         raise UsageError(f"{len(titles)} --title for {len(a.embedding)} --embedding: give one per panel, or none")
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.embedding[0])), "embedding.png")
-    used = embedding_figure(a.embedding, titles, out, a.n, a.method, a.dataset, a.data, a.device, not a.no_progress)
+    used = embedding_figure(a.embedding, titles, out, n=a.n, method=a.method, dataset=a.dataset, data=a.data,
+                            device=a.device, progress=not a.no_progress)
     print(f"embedding ({used}): {out}", flush=True)
     return out

@@ -85,7 +85,7 @@ class Labelled(Dataset):
         return self.tf(img), label
 
 
-def labelled_loader(source, res, batch, indices=None, aug="rrc", workers=2, seed=0, train=True):
+def labelled_loader(source, res, batch, *, indices=None, aug="rrc", workers=2, seed=0, train=True):
     """A DataLoader over this rank's share: train: a seeded DistributedSampler (set_epoch each epoch,
     drop_last so every rank takes the same number of steps); test: the rank's contiguous shard, in order."""
     rank, world = dist.rank(), dist.world()

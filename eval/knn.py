@@ -24,7 +24,7 @@ from mining.index import BACKENDS, search
 
 
 @torch.no_grad()
-def knn_predict(train_f, train_y, test_f, num_classes, k=(200,), temperature=0.07, backend="torch",
+def knn_predict(train_f, train_y, test_f, num_classes, *, k=(200,), temperature=0.07, backend="torch",
                 chunk=4096) -> dict:
     """{k: class scores [N_test, C]}: for each k, the sum over the k most similar training features of
     exp(sim / T). One search for the largest k serves every k."""
@@ -43,17 +43,17 @@ def knn_predict(train_f, train_y, test_f, num_classes, k=(200,), temperature=0.0
 
 def knn_scores(train, test, num_classes, ks=(20, 200), temperature=0.07, backend="auto") -> dict:
     """{k: top-1 accuracy (%)} from (features, labels) pairs."""
-    res = knn_predict(train[0], train[1], test[0], num_classes, ks, temperature, backend)
+    res = knn_predict(train[0], train[1], test[0], num_classes, k=ks, temperature=temperature, backend=backend)
     return {k: 100.0 * (s.argmax(1) == test[1]).float().mean().item() for k, s in res.items()}
 
 
-def knn_accuracy(encoder, train_src, test_src, res, normalize, device, k=200, temperature=0.07,
+def knn_accuracy(encoder, train_src, test_src, res, normalize, device, *, k=200, temperature=0.07,
                  n_train=0, n_test=0, seed=SEED, workers=2, progress=False, backend="torch"):
     """Top-1 kNN accuracy (%) of `encoder`, on eval/subset.py's fixed subsets when n_train / n_test > 0. Under
     torchrun every rank must call it: extraction is sharded, every rank gets the answer."""
-    tr = extract_sharded(encoder, train_src, res, normalize, device, pick(n_train, len(train_src), seed),
+    tr = extract_sharded(encoder, train_src, res, normalize, device, indices=pick(n_train, len(train_src), seed),
                          workers=workers, progress=progress, desc="kNN train features")
-    te = extract_sharded(encoder, test_src, res, normalize, device, pick(n_test, len(test_src), seed),
+    te = extract_sharded(encoder, test_src, res, normalize, device, indices=pick(n_test, len(test_src), seed),
                          workers=workers, progress=progress, desc="kNN test features")
     return knn_scores(tr, te, train_src.num_classes, (k,), temperature, backend)[min(k, len(tr[0]))]
 
@@ -102,8 +102,10 @@ def main(argv=None):
         _, model = load_run(a.checkpoint, random_init=name == "random-init")
         enc = model.backbone.to(device)
         show = rank == 0 and not a.no_progress
-        tr = extract_sharded(enc, train_src, res, norm, device, i_tr, a.batch_size, a.workers, show, "train features")
-        te = extract_sharded(enc, test_src, res, norm, device, i_te, a.batch_size, a.workers, show, "test features")
+        tr = extract_sharded(enc, train_src, res, norm, device, indices=i_tr, batch=a.batch_size, workers=a.workers,
+                             progress=show, desc="train features")
+        te = extract_sharded(enc, test_src, res, norm, device, indices=i_te, batch=a.batch_size, workers=a.workers,
+                             progress=show, desc="test features")
         acc = knn_scores(tr, te, train_src.num_classes, ks, a.temperature, a.index)
         out[name] = {f"k{k}": v for k, v in acc.items()}
         if rank == 0:

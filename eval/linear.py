@@ -29,7 +29,7 @@ from eval.subset import digest, pick
 FEATURES_UP_TO = 200_000
 
 
-def probe_features(train, test, num_classes, epochs=100, batch=256, lr=0.1, wd=0.0, seed=0, device=None,
+def probe_features(train, test, num_classes, *, epochs=100, batch=256, lr=0.1, wd=0.0, seed=0, device=None,
                    progress=False):
     """Linear probe on precomputed (features [N, D], labels [N]) pairs; every rank holds all rows and
     trains on its share. -> dict(top1, top5, n, losses)."""
@@ -39,13 +39,13 @@ def probe_features(train, test, num_classes, epochs=100, batch=256, lr=0.1, wd=0
     clf = Classifier(None, x.shape[1], num_classes, frozen=True,
                      norm=Standardize(x.mean(0), x.std(0))).to(device)
     lr = lr * batch / 256
-    losses = fit(clf, TensorBatches(x, y, batch // dist.world(), seed), epochs, lr, wd, device,
+    losses = fit(clf, TensorBatches(x, y, batch // dist.world(), seed), epochs, lr=lr, wd=wd, device=device,
                  progress=progress, desc="linear")
     res = evaluate(clf, TensorBatches(test[0], test[1], 1024, shuffle=False), device, sharded=False)
     return res | {"losses": losses}
 
 
-def probe_images(backbone, train_src, test_src, res, normalize, num_classes, epochs=100, batch=256, lr=0.1,
+def probe_images(backbone, train_src, test_src, res, normalize, num_classes, *, epochs=100, batch=256, lr=0.1,
                  wd=0.0, aug="rrc", seed=0, workers=4, device=None, amp=None, indices=None, test_indices=None,
                  progress=False):
     """Linear probe on augmented images through the frozen backbone. -> dict(top1, top5, n, losses)."""
@@ -53,11 +53,11 @@ def probe_images(backbone, train_src, test_src, res, normalize, num_classes, epo
     dim = feature_dim(backbone, res)
     clf = Classifier(backbone, dim, num_classes, frozen=True).to(device)
     per_rank = batch // dist.world()
-    train = labelled_loader(train_src, res, per_rank, indices, aug, workers, seed)
-    losses = fit(clf, train, epochs, lr * batch / 256, wd, device, normalize, amp, progress=progress,
-                 desc="linear")
-    res_ = evaluate(clf, labelled_loader(test_src, res, per_rank, test_indices, workers=workers, train=False),
-                    device, normalize, amp)
+    train = labelled_loader(train_src, res, per_rank, indices=indices, aug=aug, workers=workers, seed=seed)
+    losses = fit(clf, train, epochs, lr=lr * batch / 256, wd=wd, device=device, prep=normalize, amp=amp,
+                 progress=progress, desc="linear")
+    test = labelled_loader(test_src, res, per_rank, indices=test_indices, workers=workers, train=False)
+    res_ = evaluate(clf, test, device, normalize, amp)
     return res_ | {"losses": losses}
 
 
@@ -133,16 +133,16 @@ def main(argv=None):
         _, model = load_run(a.checkpoint, random_init=name == "random-init")
         backbone = model.backbone.to(device)
         if mode == "features":
-            tr = extract_sharded(backbone, train_src, a.res, norm, device, train_idx, a.batch_size, a.workers, show,
-                                 "train features", l2=False)
-            te = extract_sharded(backbone, test_src, a.res, norm, device, a.test_idx, a.batch_size, a.workers, show,
-                                 "test features", l2=False)
-            r = probe_features(tr, te, train_src.num_classes, a.epochs, a.batch_size, a.lr, a.wd, a.seed, device,
-                               show)
+            tr = extract_sharded(backbone, train_src, a.res, norm, device, indices=train_idx, batch=a.batch_size,
+                                 workers=a.workers, progress=show, desc="train features", l2=False)
+            te = extract_sharded(backbone, test_src, a.res, norm, device, indices=a.test_idx, batch=a.batch_size,
+                                 workers=a.workers, progress=show, desc="test features", l2=False)
+            r = probe_features(tr, te, train_src.num_classes, epochs=a.epochs, batch=a.batch_size, lr=a.lr, wd=a.wd,
+                               seed=a.seed, device=device, progress=show)
         else:
-            r = probe_images(backbone, train_src, test_src, a.res, norm, train_src.num_classes, a.epochs,
-                             a.batch_size, a.lr, a.wd, a.aug, a.seed, a.workers, device, amp, train_idx, a.test_idx,
-                             progress=show)
+            r = probe_images(backbone, train_src, test_src, a.res, norm, train_src.num_classes, epochs=a.epochs,
+                             batch=a.batch_size, lr=a.lr, wd=a.wd, aug=a.aug, seed=a.seed, workers=a.workers,
+                             device=device, amp=amp, indices=train_idx, test_indices=a.test_idx, progress=show)
         out[name] = r
         if rank == 0:
             print(f"linear probe {name} ({mode}, {a.epochs} epochs): top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}% "

@@ -88,10 +88,11 @@ def main(argv=None):
                          train_src.num_classes, frozen=False, norm=torch.nn.Identity()).to(device)
         if world > 1 and device.type == "cuda":
             clf = torch.nn.SyncBatchNorm.convert_sync_batchnorm(clf)
-        train = labelled_loader(train_src, a.res, per_rank, idx, a.aug, a.workers, a.seed)
-        losses = fit(clf, train, epochs, a.lr * a.batch_size / 256, a.wd, device, norm, amp, nesterov=True,
+        train = labelled_loader(train_src, a.res, per_rank, indices=idx, aug=a.aug, workers=a.workers, seed=a.seed)
+        losses = fit(clf, train, epochs, lr=a.lr * a.batch_size / 256, wd=a.wd, device=device, prep=norm, amp=amp,
+                     nesterov=True,
                      progress=rank == 0 and not a.no_progress, desc="fine-tune")
-        test = labelled_loader(test_src, a.res, per_rank, a.test_idx, workers=a.workers, train=False)
+        test = labelled_loader(test_src, a.res, per_rank, indices=a.test_idx, workers=a.workers, train=False)
         r = evaluate(clf, test, device, norm, amp) | {"losses": losses}
         out[name] = r
         if rank == 0:

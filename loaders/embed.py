@@ -37,7 +37,7 @@ def _array_batches(source, res, idx, batch):
 
 
 @torch.no_grad()
-def extract_sharded(encoder, source, res, normalize, device, indices=None, batch=256, workers=2,
+def extract_sharded(encoder, source, res, normalize, device, *, indices=None, batch=256, workers=2,
                     progress=False, desc="features", l2=True):
     """Features [N, D] float32 and labels [N] of source[indices] (all by default), row i = indices[i].
     l2=False keeps the raw pooled features (the linear probe's input)."""

@@ -92,7 +92,7 @@ class Samples:
         return np.ascontiguousarray(img), int(self.src.labels[i]), k
 
 
-def write_beton(samples: Samples, out: str, write_mode: str, max_resolution: int | None, jpeg_quality: int,
+def write_beton(samples: Samples, out: str, *, write_mode: str, max_resolution: int | None, jpeg_quality: int,
                 compress_probability: float, workers: int, chunksize: int = 100, progress: bool = True):
     import functools
 
@@ -194,8 +194,9 @@ def main(argv=None):
     tmp = f"{args.out}.tmp-{os.getpid()}"
     t1 = time.perf_counter()
     try:
-        write_beton(Samples(src, keep), tmp, args.write_mode, args.max_resolution, args.jpeg_quality,
-                    args.compress_probability, workers, args.chunksize, progress)
+        write_beton(Samples(src, keep), tmp, write_mode=args.write_mode, max_resolution=args.max_resolution,
+                    jpeg_quality=args.jpeg_quality, compress_probability=args.compress_probability, workers=workers,
+                    chunksize=args.chunksize, progress=progress)
         os.replace(tmp, args.out)
     finally:
         if os.path.exists(tmp):

@@ -11,7 +11,7 @@ from loaders.embed import extract_sharded
 
 
 @torch.no_grad()
-def embed_all(encoder, source, res, normalize, device, rank=0, world=1, batch=256, workers=2, progress=False):
+def embed_all(encoder, source, res, normalize, device, *, rank=0, world=1, batch=256, workers=2, progress=False):
     """-> fp16 [N, D] on `device`, row i = normalised embedding of sample i (all ranks get all rows)."""
     assert (rank, world) == (dist.rank(), dist.world()), "embed_all shards by the process group's rank"
     feats, _ = extract_sharded(encoder, source, res, normalize, device, batch=batch, workers=workers,

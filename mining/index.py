@@ -122,7 +122,7 @@ def search_faiss(q: np.ndarray, keys: np.ndarray, k: int, ivf: bool = False, nli
     return torch.from_numpy(s), torch.from_numpy(i)
 
 
-def search(queries: torch.Tensor, keys: torch.Tensor | None = None, k: int = 1, threshold: float = -1.0,
+def search(queries: torch.Tensor, keys: torch.Tensor | None = None, k: int = 1, *, threshold: float = -1.0,
            backend: str = "auto", exclude_self: bool = False, chunk: int = 4096, nprobe: int = 16,
            rows: torch.Tensor | None = None):
     """(sims [Q, k] float32, ids [Q, k] int64) on the queries' device; ids -1 where no neighbour passes.

@@ -80,7 +80,7 @@ def keep_top(sims: torch.Tensor, ids: torch.Tensor, keep: float):
 
 
 class SePP:
-    def __init__(self, args, loader, source, normalize, device, rank, world, model=None):
+    def __init__(self, args, loader, source, normalize, device, *, rank, world, model=None):
         if loader.order is not None and loader.order.n != len(source):
             raise UsageError(f"--sepp: the loader holds {loader.order.n} samples, --dataset/--data/--subset give "
                              f"{len(source)}; mining needs the same samples (write the .beton from the same "
@@ -163,7 +163,7 @@ class SePP:
         else:   # --sepp-bank pass, or a train bank not yet filled (the first refresh, or after --resume)
             enc = self.encoder or (self.space(*model.target[:2]) if model.momentum_encoder
                                    else self.space(model.backbone, model.projector))
-            bank = embed_all(enc, self.source, a.res, self.normalize, self.device, self.rank, self.world,
+            bank = embed_all(enc, self.source, a.res, self.normalize, self.device, rank=self.rank, world=self.world,
                              workers=min(2, a.workers), progress=progress)
             filled, source = None, "pass"
         t1 = time.perf_counter()

@@ -79,12 +79,12 @@ def test_moco_mix_term_matches_reference_and_reduces_at_lambda_one():
     lam, partner = torch.rand(5), derangement(5, "cpu")
     n = lambda x: F.normalize(x, dim=1)  # noqa: E731
     ids = torch.arange(5)
-    got = moco_mix(n(qm), n(k), ids, lam, partner, n(queue), 0.2)
+    got = moco_mix(n(qm), n(k), ids, lam, partner, queue=n(queue), temperature=0.2)
     keys = torch.cat([k, queue])
     ref = ref_mix_infonce(qm, keys, lam, partner, 0.2,
                           neg_cols=lambda i: sorted({i, int(partner[i])}) + list(range(5, 21)))
     assert abs(got.item() - ref) < 1e-4
-    one = moco_mix(n(qm), n(k), ids, torch.ones(5), partner, n(queue), 0.2)
+    one = moco_mix(n(qm), n(k), ids, torch.ones(5), partner, queue=n(queue), temperature=0.2)
     assert abs(one.item() - moco_contrast(n(qm), n(k), ids, n(queue), 0.2).item()) < 1e-5
 
 

@@ -50,7 +50,7 @@ def test_knn_matches_brute_force_reference(backend):
     train_f = F.normalize(torch.randn(600, 16, generator=g), dim=1)
     train_y = torch.randint(0, 7, (600,), generator=g)
     test_f = F.normalize(torch.randn(50, 16, generator=g), dim=1)
-    got = knn_predict(train_f, train_y, test_f, 7, (20, 200), 0.07, backend=backend)
+    got = knn_predict(train_f, train_y, test_f, 7, k=(20, 200), temperature=0.07, backend=backend)
     for k in (20, 200):
         ref = _knn_reference(train_f, train_y, test_f, 7, k, 0.07)
         torch.testing.assert_close(got[k].double(), ref, rtol=1e-4, atol=1e-6)
@@ -172,7 +172,7 @@ def test_frozen_classifier_keeps_backbone_and_batchnorm_statistics():
     ref = {k: v.clone() for k, v in bb.state_dict().items()}
     clf = Classifier(bb, dim, 3, frozen=True)
     x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 3, (64,))
-    fit(clf, TensorBatches(x, y, 16), 2, 0.5, 0.0, torch.device("cpu"))
+    fit(clf, TensorBatches(x, y, 16), 2, lr=0.5, wd=0.0, device=torch.device("cpu"))
     assert all(torch.equal(ref[k], v) for k, v in bb.state_dict().items())     # weights and running stats
     assert not torch.equal(clf.fc.weight, torch.zeros_like(clf.fc.weight))
 

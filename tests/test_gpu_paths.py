@@ -81,7 +81,7 @@ def test_linear_probe_in_fp16_scales_the_loss():
     clf = Classifier(None, 16, 4, frozen=True)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
     w0 = clf.fc.weight.detach().clone()
-    fit(clf, TensorBatches(x, y, 64), 2, 0.1, 0.0, torch.device("cpu"), amp=torch.float16, scaler=scaler)
+    fit(clf, TensorBatches(x, y, 64), 2, lr=0.1, wd=0.0, device=torch.device("cpu"), amp=torch.float16, scaler=scaler)
     st = scaler.state_dict()
     assert st["scale"] != 2.0 ** 16 or st["_growth_tracker"] > 0, st
     assert not torch.equal(clf.fc.weight, w0) and torch.isfinite(clf.fc.weight).all()

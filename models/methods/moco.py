@@ -10,7 +10,7 @@ from models.losses import info_nce
 from models.methods.base import Method, fp32, with_mix
 
 
-def moco_contrast(q, k, ids, queue, temperature, pos_ids=None, queue_ids=None):
+def moco_contrast(q, k, ids, queue, temperature, *, pos_ids=None, queue_ids=None):
     """q [B, D] queries, k [B, D] their keys (no gradient), ids [B] sample indices. Logits: q.k_own and
     q.queue, as MoCo; other in-batch keys are left out, except semantic positives (pos_ids) which count."""
     keys = torch.cat([k, queue])
@@ -26,7 +26,7 @@ def moco_contrast(q, k, ids, queue, temperature, pos_ids=None, queue_ids=None):
     return info_nce(q, keys, pos, temperature, exclude=exclude)
 
 
-def moco_mix(qm, k, ids, lam, partner, queue, temperature):
+def moco_mix(qm, k, ids, lam, partner, *, queue, temperature):
     """BSIM term: lam * InfoNCE(m, k_i) + (1 - lam) * InfoNCE(m, k_j), keys from the momentum encoder,
     negatives the queue (other in-batch keys left out, as in moco_contrast)."""
     B, Q = k.shape[0], queue.shape[0]
@@ -74,13 +74,15 @@ class MoCo(Method):
             k = [F.normalize(x.float(), dim=1) for x in k]
             queue = self.queue.clone()
             qid = self.queue_ids.clone()
-            loss = 0.5 * (moco_contrast(q[0], k[1], batch.index, queue, self.temperature, batch.pos, qid)
-                          + moco_contrast(q[1], k[0], batch.index, queue, self.temperature, batch.pos, qid))
+            loss = 0.5 * (moco_contrast(q[0], k[1], batch.index, queue, self.temperature, pos_ids=batch.pos,
+                                        queue_ids=qid)
+                          + moco_contrast(q[1], k[0], batch.index, queue, self.temperature, pos_ids=batch.pos,
+                                          queue_ids=qid))
             out = {"loss": loss}
             if qm is not None:
                 m = batch.mix
-                mix = moco_mix(F.normalize(qm.float(), dim=1), k[1], batch.index, m.lam, m.partner, queue,
-                               self.temperature)
+                mix = moco_mix(F.normalize(qm.float(), dim=1), k[1], batch.index, m.lam, m.partner, queue=queue,
+                               temperature=self.temperature)
                 out = with_mix(out, self, mix)
         self.enqueue(k[1], batch.index)
         return out
