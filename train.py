@@ -13,6 +13,7 @@ torchrun --max-restarts a lost worker's group restarts and resumes from the last
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import random
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,10 +32,11 @@ from engine.errors import UsageError, cli_main
 from engine.guard import all_finite
 from engine.log import RunLog, Throughput
 from engine.progress import progress
-from engine.step import build_step
+from engine.step import Step, build_step
 from eval.knn import knn_accuracy
 from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES, DeviceAugment
+from loaders.batch import Loader
 from loaders.datasets import NoLabels, open_source
 from mining.bank import agreement_words
 from mining.sepp import SePP
@@ -95,8 +98,49 @@ def knn_monitor(model, args, device, train_src, test_src, norm):
                         n_train=args.knn_train, n_test=args.knn_test, workers=min(2, args.workers))
 
 
+@dataclass
 class Run:
-    """What the parts of a run share: set up once by setup(), then read and updated by the parts."""
+    """What the parts of a run share, every field declared: set up once by setup() and resume(), then read and
+    updated by run_epoch(), the log steps and end_epoch()."""
+    # set-up: the resolved flags, the process group, the device
+    args: argparse.Namespace | None = None
+    rank: int = 0
+    world: int = 1
+    main_rank: bool = True
+    device: torch.device | None = None
+    cfg: dict | None = None                    # the resolved config saved with every checkpoint
+    ckpt_path: str = ""
+    # data
+    train_src: object = None
+    test_src: object = None                    # the kNN monitor's split (None: no monitor)
+    recipe: tuple = ()
+    loader: Loader | None = None
+    steps_per_epoch: int = 0
+    norm: object = None                        # the plain normalisation (the monitor's and SePP's embedding)
+    # model and step
+    model: torch.nn.Module | None = None
+    net: torch.nn.Module | None = None         # the model, inside DDP on several ranks
+    step: Step | None = None
+    lr_s: object = None                        # the per-iteration learning rates
+    sepp: SePP | None = None
+    random_init_state: dict | None = None      # --knn-random-init's weights
+    acc0: float | None = None                  # the monitor at random init
+    # resume
+    start_epoch: int = 0
+    start_batch: int = 0
+    resume_ranks: list | None = None           # every rank's RNG state and partial loss, mid-epoch
+    # the running epoch: logs, stops, throughput
+    log: RunLog | None = None
+    stops: StopSignals | None = None
+    stopping: str | None = None                # the signal that is stopping the run
+    last_ckpt: float = 0.0
+    meter: Throughput | None = None
+    images: int = 0
+    time: float = 0.0
+    wait: float = 0.0
+    last_epoch_s: float = 0.0
+    epoch_loss: object = 0.0                   # a device tensor during an epoch (no sync)
+    epoch_good: object = 0
 
 
 def setup(args) -> Run:

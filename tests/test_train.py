@@ -128,3 +128,18 @@ def test_bsim_two_process_training_and_resume(method, tmp_path):
     r = run(args + ["--epochs", "3", "--resume", "auto"], torchrun=2)
     assert r.returncode == 0 and "at epoch 2" in r.stdout, r.stderr[-3000:]
     assert [int(x["epoch"]) for x in read_csv(out / "epoch.csv")] == [1, 2, 3]
+
+
+def test_run_state_declares_every_field_that_train_py_sets():
+    """train.Run is a dataclass with every field declared: no part of the loop adds an attribute of its own."""
+    import ast
+    import dataclasses
+
+    import train
+    tree = ast.parse(open(train.__file__).read())
+    set_ = {t.attr for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AugAssign))
+            for tgt in (n.targets if isinstance(n, ast.Assign) else [n.target])
+            for t in (tgt.elts if isinstance(tgt, ast.Tuple) else [tgt])
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "r"}
+    declared = {f.name for f in dataclasses.fields(train.Run)}
+    assert len(set_) > 25 and set_ <= declared, sorted(set_ - declared)
