@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=8 train.py --config configs/imagenet_moco_r50.yaml --data /data/imagenet
 
 main() reads in named parts, each one screen: setup (devices, data, model, optimizer, schedules, resume,
-logs), then per epoch run_epoch (begin_epoch: seeds, SePP refresh, loader position; per batch train_step:
+logs), then per epoch run_epoch (begin_epoch: seeds, the extensions' epoch start, loader position; per batch train_step:
 forward under autocast, loss, backward, step, momentum update; log_step; mid_epoch_checkpoint) and end_epoch
 (checkpoint, kNN monitor), then finish. A checkpoint every epoch (and every --ckpt-every-min inside one).
 SIGTERM or SIGUSR1 (a cluster's preemption notice): the ranks agree at the next log step, rank 0 writes a
@@ -21,12 +21,13 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 import flags
+from extensions import build_extensions
 from engine import ckpt, dist
 from engine.errors import UsageError, cli_main
 from engine.guard import all_finite
@@ -38,8 +39,6 @@ from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES, DeviceAugment
 from loaders.batch import Loader
 from loaders.datasets import NoLabels, open_source
-from mining.bank import agreement_words
-from mining.sepp import SePP
 from models.methods import METHODS, build_model_from_config
 
 
@@ -122,7 +121,7 @@ class Run:
     net: torch.nn.Module | None = None         # the model, inside DDP on several ranks
     step: Step | None = None
     lr_s: object = None                        # the per-iteration learning rates
-    sepp: SePP | None = None
+    extensions: list = field(default_factory=list)   # engine/extension.py: the add-ons, from extensions.py
     random_init_state: dict | None = None      # --knn-random-init's weights
     acc0: float | None = None                  # the monitor at random init
     # resume
@@ -186,10 +185,8 @@ def setup(args) -> Run:
     r.test_src = monitor_split(args, r.main_rank) if args.knn_every >= 0 else None
     r.norm = (r.loader.augment or  # None: DALI normalizes in its pipeline
               DeviceAugment(r.recipe, r.train_src.mean, r.train_src.std, args.channels_last)).plain
-    r.sepp = (SePP(args, r.loader, r.train_src, r.norm, device, rank=r.rank, world=r.world, model=model)
-              if args.sepp else None)
-    faults = NonFiniteFault({int(x) for x in args.fault_nonfinite.split(",") if x.strip()})
-    r.step = build_step(args, model, r.steps_per_epoch, net=r.net, hooks=[h for h in (r.sepp, faults) if h])
+    r.extensions = build_extensions(args, r, model)   # the add-ons (extensions.py), bound to the loop's events
+    r.step = build_step(args, model, r.steps_per_epoch, net=r.net, hooks=r.extensions)
     r.lr_s = r.step.lr
 
     resume(r)
@@ -253,23 +250,12 @@ def knn_at_random_init(r: Run):
 
 
 def begin_epoch(r: Run, epoch: int) -> int:
-    """Seeds, a SePP refresh when due, the loader at the epoch's first batch to run. -> that batch."""
+    """Seeds, the extensions' epoch start (SePP: a refresh when due), the loader at the epoch's first batch to run.
+    -> that batch."""
     args = r.args
     seed_everything(args.seed, epoch, r.rank)
-    if r.sepp is not None and r.sepp.due(epoch):
-        info = r.sepp.refresh(epoch, r.model, progress=r.main_rank and not args.no_progress)
-        # what the refresh costs against the training it serves (a fixed CSV header: empty before epoch 1)
-        info["of_epoch"] = info["refresh_s"] / r.last_epoch_s if r.last_epoch_s else ""
-        info["of_epoch_amortized"] = info["of_epoch"] / args.sepp_every if r.last_epoch_s else ""
-        if r.main_rank:
-            r.log.write("sepp", info, epoch)
-            cost = (f" = {info['of_epoch']:.1%} of an epoch ({info['of_epoch_amortized']:.1%} per epoch at "
-                    f"--sepp-every {args.sepp_every})") if r.last_epoch_s else ""
-            print(f"SePP refresh: {info['paired']:.0%} of samples paired, {agreement_words(info['label_agreement'])}, "
-                  f"{info['refresh_s']:.1f} s (search {info['search_s']:.1f} s){cost}",
-                  flush=True)
-    if r.sepp is not None:
-        r.sepp.start_epoch(epoch)
+    for e in r.extensions:
+        e.epoch_start(r, epoch)
     skip = r.start_batch if epoch == r.start_epoch else 0
     r.loader.set_epoch(epoch, skip)
     r.model.train()
@@ -296,20 +282,6 @@ def train_step(r: Run, batch, step: int):
     return loss, out
 
 
-class NonFiniteFault:
-    """tests (--fault-nonfinite): the loss of these global steps is made NaN after the forward."""
-
-    def __init__(self, steps: set[int]):
-        self.steps = steps
-
-    def __bool__(self):
-        return bool(self.steps)
-
-    def after_forward(self, batch, out, it):
-        if it in self.steps:
-            out["loss"] = out["loss"] * float("nan")
-
-
 def log_step(r: Run, epoch: int, it: int, step: int, loss, *, out, bar) -> bool:
     """A log step (the one sync of the loop): the row, the non-finite limit, and the ranks' agreement to stop
     (a signal) or to checkpoint (--ckpt-every-min). -> whether a mid-epoch checkpoint is due."""
@@ -325,9 +297,8 @@ def log_step(r: Run, epoch: int, it: int, step: int, loss, *, out, bar) -> bool:
     img_s, wait = r.meter.read()
     row = {"step": step, "epoch": epoch, "loss": lv, "lr": r.lr_s[step], "img_s": img_s, "data_wait": wait,
            "skipped": skipped}
-    for extra, on in (("loss_mix", args.bsim), ("loss_sepp", args.sepp)):
-        if on:  # a fixed CSV header: empty until the term exists (SePP warm-up)
-            row[extra] = dist.all_reduce_mean(out[extra]).item() if extra in out else ""
+    for extra in (k for e in r.extensions for k in e.log_keys):   # a fixed CSV header: empty until the term
+        row[extra] = dist.all_reduce_mean(out[extra]).item() if extra in out else ""   # exists (a warm-up)
     r.log.write("train", row, step)
     bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{img_s:.0f}", wait=f"{wait:.0%}")
     due = args.ckpt_every_min > 0 and time.monotonic() - r.last_ckpt >= 60 * args.ckpt_every_min
@@ -353,8 +324,8 @@ def run_epoch(r: Run, epoch: int):
                    enabled=r.main_rank and not args.no_progress, file=sys.stdout)
     t_epoch = t_wait = time.perf_counter()
     for it, batch in enumerate(r.loader, start=skip):
-        if r.sepp is not None:
-            r.sepp.tag(batch)
+        for e in r.extensions:
+            e.batch_loaded(batch)
         r.meter.waited(time.perf_counter() - t_wait, batch.size * world)
         r.wait += time.perf_counter() - t_wait
         r.images += batch.size * world

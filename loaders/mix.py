@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.extension import Extension
 from loaders.batch import Mix
 
 MODES = ("mixup", "cutmix", "both")
@@ -80,3 +81,9 @@ def make_mix(x: torch.Tensor, spec: MixSpec, lam: torch.Tensor | None = None,
         return Mix(cut, partner, kept)
     coin = torch.rand(B, device=x.device) < 0.5                              # 'both': per sample
     return Mix(torch.where(coin.view(-1, 1, 1, 1), cut, mixed), partner, torch.where(coin, kept, lam))
+
+
+class BSIM(Extension):
+    """BSIM in the loop: the loader's device stage makes the mixtures (MixSpec) and the method adds their term
+    (Batch.mix); the training log carries that term."""
+    log_keys = ("loss_mix",)

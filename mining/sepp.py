@@ -10,6 +10,7 @@ import torch
 
 from engine import dist
 from engine.errors import UsageError
+from engine.extension import Extension
 from mining.bank import agreement_words, embed_all, label_agreement
 from mining.index import center, search_whole_set
 from mining.sampler import PairPlan
@@ -79,7 +80,11 @@ def keep_top(sims: torch.Tensor, ids: torch.Tensor, keep: float):
     return sims.masked_fill(bad, float("-inf")), ids.masked_fill(bad, -1), t
 
 
-class SePP:
+class SePP(Extension):
+    """SePP in the loop (engine/extension.py): a refresh at the start of the epochs it is due, the epoch's pair
+    plan, each batch's positives, and the train bank's forward hooks."""
+    log_keys = ("loss_sepp",)
+
     def __init__(self, args, loader, source, normalize, device, *, rank, world, model=None):
         if loader.order is not None and loader.order.n != len(source):
             raise UsageError(f"--sepp: the loader holds {loader.order.n} samples, --dataset/--data/--subset give "
@@ -187,6 +192,26 @@ class SePP:
                 "label_agreement": agree, "dim": bank.shape[1], "bank": source,
                 "candidates_above_threshold": valid, "threshold_used": max(used, a.sepp_threshold),
                 "mean_sim": sims[ids >= 0].mean().item() if valid else 0.0}
+
+    def epoch_start(self, run, epoch: int):
+        """A refresh when due (its cost said against the last epoch), then the epoch's partners."""
+        a = self.args
+        if self.due(epoch):
+            info = self.refresh(epoch, run.model, progress=run.main_rank and not a.no_progress)
+            # what the refresh costs against the training it serves (a fixed CSV header: empty before epoch 1)
+            info["of_epoch"] = info["refresh_s"] / run.last_epoch_s if run.last_epoch_s else ""
+            info["of_epoch_amortized"] = info["of_epoch"] / a.sepp_every if run.last_epoch_s else ""
+            if run.main_rank:
+                run.log.write("sepp", info, epoch)
+                cost = (f" = {info['of_epoch']:.1%} of an epoch ({info['of_epoch_amortized']:.1%} per epoch at "
+                        f"--sepp-every {a.sepp_every})") if run.last_epoch_s else ""
+                print(f"SePP refresh: {info['paired']:.0%} of samples paired, "
+                      f"{agreement_words(info['label_agreement'])}, {info['refresh_s']:.1f} s (search "
+                      f"{info['search_s']:.1f} s){cost}", flush=True)
+        self.start_epoch(epoch)
+
+    def batch_loaded(self, batch):
+        self.tag(batch)
 
     def start_epoch(self, epoch: int):
         self.partner = None

@@ -143,3 +143,35 @@ def test_run_state_declares_every_field_that_train_py_sets():
             if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "r"}
     declared = {f.name for f in dataclasses.fields(train.Run)}
     assert len(set_) > 25 and set_ <= declared, sorted(set_ - declared)
+
+
+def test_a_toy_extension_joins_the_loop_without_touching_it(tmp_path, monkeypatch):
+    """engine/extension.py: an add-on is a class and a line in extensions.BUILDERS; train.py names none. The toy
+    sees every event in order, adds a loss term that the step trains on, and the training log carries it."""
+    import extensions
+    import train
+    from engine.extension import Extension
+
+    class Toy(Extension):
+        log_keys = ("loss_toy",)
+
+        def __init__(self):
+            self.events = []
+
+        def epoch_start(self, run, epoch):
+            self.events.append(("epoch", epoch))
+
+        def batch_loaded(self, batch):
+            self.events.append(("batch", batch.size))
+
+        def after_forward(self, batch, out, it):
+            out["loss_toy"] = 0.0 * out["loss"].detach() + 1.5
+            out["loss"] = out["loss"] + out["loss_toy"]
+
+    toy = Toy()
+    monkeypatch.setattr(extensions, "BUILDERS", extensions.BUILDERS + [lambda args, run, model: toy])
+    train.main(["--method", "simclr", "--loader", "device", "--subset", "256", "--epochs", "2", "--batch-size", "64",
+                "--res", "16", "--out", str(tmp_path)] + TINY)
+    assert toy.events == [("epoch", 0)] + [("batch", 64)] * 4 + [("epoch", 1)] + [("batch", 64)] * 4
+    rows = read_csv(tmp_path / "train.csv")
+    assert rows and all(float(x["loss_toy"]) == 1.5 for x in rows), rows[:2]

@@ -1,0 +1,28 @@
+"""Add-ons of the training loop as small objects bound to a few named events (as Composer's algorithms): the
+loop calls every extension at each event and names none of them, so a new add-on is one new class and a line
+in extensions.py, and the loop does not change. SePP (mining/sepp.py) and BSIM (loaders/mix.py) are two."""
+from __future__ import annotations
+
+
+class Extension:
+    """Every event is a no-op unless the extension says otherwise.
+
+    epoch_start(run, epoch)        before the loader's epoch begins (SePP: a refresh when due, the epoch's pairs)
+    batch_loaded(batch)            a batch off the loader, before the step (SePP: each sample's positive)
+    before_forward(batch, it)      inside the step, before the forward (engine/step.py)
+    after_forward(batch, out, it)  inside the step, after the forward; it may change out['loss']
+    log_keys                       loss terms of the forward's output that the training log carries
+    """
+    log_keys: tuple[str, ...] = ()
+
+    def epoch_start(self, run, epoch: int):
+        pass
+
+    def batch_loaded(self, batch):
+        pass
+
+    def before_forward(self, batch, it: int):
+        pass
+
+    def after_forward(self, batch, out: dict, it: int):
+        pass
