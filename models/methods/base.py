@@ -1,4 +1,13 @@
-"""What the four methods share: the online encoder, an optional momentum copy, fp32 losses."""
+"""What the four methods share: the online encoder, an optional momentum copy, fp32 losses, and forward.
+
+Every method's forward is Method.forward: the add-ons reach a method through two declared arguments and
+nothing else (no method reads the batch):
+  pos  int64 [B] or None   SePP: each sample's mined positive (a sample id, -1 for none); contrastive methods add
+                           it to their positive masks (the masked info_nce), the others add a regression term
+  mix  Mix or None         BSIM: the mixtures (loaders/batch.Mix), embedded along the online path (online) and
+                           scored by the method's mix_term, weighted by bsim_weight
+A method defines embed (the views, under autocast), prepare (float32 forms of those embeddings), loss (its own
+term, with pos), mix_term and online; after_loss if it keeps state (MoCo's queue)."""
 from __future__ import annotations
 
 import copy
@@ -56,6 +65,41 @@ class Method(nn.Module):
             out.append(v)
         return out
 
+    def forward(self, batch) -> dict:
+        """batch (loaders/batch.Batch) -> {'loss': float32 total, and the logged terms}."""
+        e = self.embed(batch.views)
+        em = self.online(batch.mix.images) if batch.mix is not None else None
+        with fp32(batch.views.device.type):
+            e = self.prepare(e)
+            out = self.loss(e, batch.index, batch.pos)
+            if em is not None:
+                out = with_mix(out, self, self.mix_term(e, em, batch.index, batch.mix))
+        self.after_loss(e, batch.index)
+        return out
+
+    def embed(self, views: torch.Tensor):
+        """views [V, B, C, H, W] -> what loss and mix_term need (under autocast)."""
+        raise NotImplementedError
+
+    def prepare(self, e):
+        """embed's output in the float32 forms the losses take (outside autocast)."""
+        return e
+
+    def loss(self, e, ids: torch.Tensor, pos: torch.Tensor | None) -> dict:
+        """The method's own term {'loss': ...}; pos: SePP's positives (None without them)."""
+        raise NotImplementedError
+
+    def online(self, x: torch.Tensor) -> torch.Tensor:
+        """The online path of images x [B, C, H, W] (BSIM's mixtures)."""
+        raise NotImplementedError
+
+    def mix_term(self, e, em: torch.Tensor, ids: torch.Tensor, mix) -> torch.Tensor:
+        """BSIM's term for the mixtures' online embeddings em, given the views' e."""
+        raise NotImplementedError
+
+    def after_loss(self, e, ids: torch.Tensor):
+        """State kept from the step (MoCo's queue); nothing by default."""
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features for evaluation (kNN, linear probe)."""
         return self.backbone(x)
@@ -78,6 +122,17 @@ def sepp_regression(p: torch.Tensor, z: torch.Tensor, ids: torch.Tensor, pos_ids
     has = hit.any(1)
     j = hit.float().argmax(1)
     return (D(p, z[j]) * has).sum() / has.sum().clamp(min=1)
+
+
+def regression_loss(method: "Method", p: list, z: list, ids: torch.Tensor, pos: torch.Tensor | None, D,
+                    scale: float) -> dict:
+    """BYOL's and SimSiam's symmetrized scale * (D(p1, z2) + D(p2, z1)), and with SePP's positives the same form
+    of sepp_regression as a weighted term of its own."""
+    out = {"loss": scale * (D(p[0], z[1]).mean() + D(p[1], z[0]).mean())}
+    if pos is not None:
+        out = with_sepp(out, method, scale * (sepp_regression(p[0], z[1], ids, pos, D)
+                                              + sepp_regression(p[1], z[0], ids, pos, D)))
+    return out
 
 
 def with_sepp(out: dict, method: "Method", loss_sepp: torch.Tensor) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from models.heads import mlp
 from models.losses import byol_regression
-from models.methods.base import Method, fp32, mix_regression, sepp_regression, with_mix, with_sepp
+from models.methods.base import Method, mix_regression, regression_loss
 
 
 class BYOL(Method):
@@ -20,16 +20,16 @@ class BYOL(Method):
     def online_target_pairs(self):
         return [(self.backbone, self.target[0]), (self.projector, self.target[1])]
 
-    def forward(self, batch):
-        p = self.encode_views(batch.views, self.backbone, self.projector, self.predictor)
-        z = self.encode_views(batch.views, self.target[0], self.target[1])
-        pm = self.predictor(self.projector(self.backbone(batch.mix.images))) if batch.mix is not None else None
-        with fp32(p[0].device.type):
-            # eq. 2 + symmetrization: L = L(p1, z2') + L(p2, z1')
-            out = {"loss": byol_regression(p[0], z[1]).mean() + byol_regression(p[1], z[0]).mean()}
-            if batch.pos is not None:  # SePP: predict the semantic positive's target too (both views)
-                out = with_sepp(out, self, sepp_regression(p[0], z[1], batch.index, batch.pos, byol_regression)
-                                + sepp_regression(p[1], z[0], batch.index, batch.pos, byol_regression))
-            if pm is not None:  # BSIM: targets from the target network's second view
-                out = with_mix(out, self, mix_regression(pm, z[1], batch.mix.lam, batch.mix.partner, byol_regression))
-        return out
+    def embed(self, views):
+        return (self.encode_views(views, self.backbone, self.projector, self.predictor),
+                self.encode_views(views, self.target[0], self.target[1]))
+
+    def loss(self, e, ids, pos):
+        # eq. 2 + symmetrization: L = L(p1, z2') + L(p2, z1'); SePP: predict the positive's target too
+        return regression_loss(self, *e, ids, pos, byol_regression, 1.0)
+
+    def online(self, x):
+        return self.predictor(self.projector(self.backbone(x)))
+
+    def mix_term(self, e, pm, ids, mix):   # targets from the target network's second view
+        return mix_regression(pm, e[1][1], mix.lam, mix.partner, byol_regression)

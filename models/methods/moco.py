@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from engine import dist
 from models.heads import mlp
 from models.losses import info_nce
-from models.methods.base import Method, fp32, with_mix
+from models.methods.base import Method
 
 
 def moco_contrast(q, k, ids, queue, temperature, *, pos_ids=None, queue_ids=None):
@@ -65,24 +65,25 @@ class MoCo(Method):
         self.queue_ids[slots[-Q:]] = ids[-Q:]
         self.queue_ptr.copy_((self.queue_ptr + n) % Q)
 
-    def forward(self, batch):
-        q = self.encode_views(batch.views, self.backbone, self.projector)
-        k = self.keys(batch.views)
-        qm = self.projector(self.backbone(batch.mix.images)) if batch.mix is not None else None
-        with fp32(q[0].device.type):
-            q = [F.normalize(x.float(), dim=1) for x in q]
-            k = [F.normalize(x.float(), dim=1) for x in k]
-            queue = self.queue.clone()
-            qid = self.queue_ids.clone()
-            loss = 0.5 * (moco_contrast(q[0], k[1], batch.index, queue, self.temperature, pos_ids=batch.pos,
-                                        queue_ids=qid)
-                          + moco_contrast(q[1], k[0], batch.index, queue, self.temperature, pos_ids=batch.pos,
-                                          queue_ids=qid))
-            out = {"loss": loss}
-            if qm is not None:
-                m = batch.mix
-                mix = moco_mix(F.normalize(qm.float(), dim=1), k[1], batch.index, m.lam, m.partner, queue=queue,
-                               temperature=self.temperature)
-                out = with_mix(out, self, mix)
-        self.enqueue(k[1], batch.index)
-        return out
+    def embed(self, views):
+        return self.encode_views(views, self.backbone, self.projector), self.keys(views)
+
+    def prepare(self, e):
+        q, k = e
+        return dict(q=[F.normalize(x.float(), dim=1) for x in q], k=[F.normalize(x.float(), dim=1) for x in k],
+                    queue=self.queue.clone(), queue_ids=self.queue_ids.clone())
+
+    def loss(self, e, ids, pos):
+        q, k, queue, qid = e["q"], e["k"], e["queue"], e["queue_ids"]
+        return {"loss": 0.5 * (moco_contrast(q[0], k[1], ids, queue, self.temperature, pos_ids=pos, queue_ids=qid)
+                               + moco_contrast(q[1], k[0], ids, queue, self.temperature, pos_ids=pos, queue_ids=qid))}
+
+    def online(self, x):
+        return self.projector(self.backbone(x))
+
+    def mix_term(self, e, qm, ids, mix):
+        return moco_mix(F.normalize(qm.float(), dim=1), e["k"][1], ids, mix.lam, mix.partner, queue=e["queue"],
+                        temperature=self.temperature)
+
+    def after_loss(self, e, ids):
+        self.enqueue(e["k"][1], ids)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from engine import dist
 from models.heads import mlp
 from models.losses import info_nce
-from models.methods.base import Method, fp32, with_mix
+from models.methods.base import Method
 
 
 def nt_xent(z: torch.Tensor, ids: torch.Tensor, temperature: float, pos_ids: torch.Tensor | None = None):
@@ -42,17 +42,20 @@ class SimCLR(Method):
         self.projector = mlp(self.feat_dim, proj_hidden, proj_dim, 2)
         self.temperature = temperature
 
-    def forward(self, batch):
-        V = batch.views.shape[0]
-        z = self.encode_views(batch.views, self.backbone, self.projector)
-        zm = self.projector(self.backbone(batch.mix.images)) if batch.mix is not None else None
-        with fp32(z[0].device.type):
-            z = F.normalize(torch.cat(z).float(), dim=1)
-            pos = batch.pos.repeat(V) if batch.pos is not None else None   # SePP: semantic positives count too
-            out = {"loss": nt_xent(z, batch.index.repeat(V), self.temperature, pos)}
-            if zm is not None:
-                m = batch.mix
-                k2 = z[batch.size:2 * batch.size]
-                mix = nt_xent_mix(F.normalize(zm.float(), dim=1), k2, batch.index, m.lam, m.partner, self.temperature)
-                out = with_mix(out, self, mix)
-        return out
+    def embed(self, views):
+        return self.encode_views(views, self.backbone, self.projector)
+
+    def prepare(self, z):
+        return F.normalize(torch.cat(z).float(), dim=1)   # [V B, D], view-major
+
+    def loss(self, z, ids, pos):
+        V = z.shape[0] // ids.shape[0]
+        pos = pos.repeat(V) if pos is not None else None   # SePP: semantic positives count too
+        return {"loss": nt_xent(z, ids.repeat(V), self.temperature, pos)}
+
+    def online(self, x):
+        return self.projector(self.backbone(x))
+
+    def mix_term(self, z, zm, ids, mix):
+        B = ids.shape[0]
+        return nt_xent_mix(F.normalize(zm.float(), dim=1), z[B:2 * B], ids, mix.lam, mix.partner, self.temperature)

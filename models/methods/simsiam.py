@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from models.heads import mlp
 from models.losses import neg_cosine
-from models.methods.base import Method, fp32, mix_regression, with_mix, sepp_regression, with_sepp
+from models.methods.base import Method, mix_regression, regression_loss
 
 
 class SimSiam(Method):
@@ -12,16 +12,16 @@ class SimSiam(Method):
         self.projector = mlp(self.feat_dim, proj_hidden, proj_dim, 3, last_bn=True)
         self.predictor = mlp(proj_dim, pred_hidden, proj_dim, 2)
 
-    def forward(self, batch):
-        z = self.encode_views(batch.views, self.backbone, self.projector)
-        p = [self.predictor(x) for x in z]
-        pm = self.predictor(self.projector(self.backbone(batch.mix.images))) if batch.mix is not None else None
-        with fp32(p[0].device.type):
-            # eq. 2: L = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2
-            out = {"loss": 0.5 * (neg_cosine(p[0], z[1]).mean() + neg_cosine(p[1], z[0]).mean())}
-            if batch.pos is not None:  # SePP: the semantic positive's stop-gradient projection as a target too
-                out = with_sepp(out, self, 0.5 * (sepp_regression(p[0], z[1], batch.index, batch.pos, neg_cosine)
-                                                  + sepp_regression(p[1], z[0], batch.index, batch.pos, neg_cosine)))
-            if pm is not None:  # BSIM: stop-gradient targets of the second view
-                out = with_mix(out, self, mix_regression(pm, z[1], batch.mix.lam, batch.mix.partner, neg_cosine))
-        return out
+    def embed(self, views):
+        z = self.encode_views(views, self.backbone, self.projector)
+        return [self.predictor(x) for x in z], z
+
+    def loss(self, e, ids, pos):
+        # eq. 2: L = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2; SePP: the positive's projection a target too
+        return regression_loss(self, *e, ids, pos, neg_cosine, 0.5)
+
+    def online(self, x):
+        return self.predictor(self.projector(self.backbone(x)))
+
+    def mix_term(self, e, pm, ids, mix):   # stop-gradient targets of the second view
+        return mix_regression(pm, e[1][1], mix.lam, mix.partner, neg_cosine)
