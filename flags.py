@@ -9,6 +9,7 @@ import os
 import torch
 import yaml
 
+import extensions
 from engine.errors import UsageError, parser_error_one_line
 from loaders.datasets import DEFAULT_RES
 from engine.precision import default_amp
@@ -82,32 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     a("--proj-dim", type=int, default=None)
     a("--pred-hidden", type=int, default=None)
     a("--queue-size", type=int, default=None)
-    a("--bsim", action="store_true", help="BSIM mixture views: add the joint-similarity mixture term")
-    a("--bsim-mode", default="mixup", help="mixup | cutmix | both")
-    a("--bsim-alpha", type=float, default=1.0, help="lam ~ Beta(alpha, alpha) per sample")
-    a("--bsim-weight", type=float, default=1.0, help="total = L_method + w * L_mix")
-    a("--sepp", action="store_true", help="semantic positive pairs: mined nearest neighbours become positives")
-    a("--sepp-k", type=int, default=5, help="candidates per anchor (one is paired with it each epoch)")
-    a("--sepp-threshold", type=float, default=-1.0, help="minimum cosine similarity of a mined positive (default "
-      "-1: none; chosen on a validation split, docs/RESULTS.md: filtering did not help, and mined cosines sit in "
-      "0.7-1.0 in every space, so an absolute value is the encoder's scale, not a meaning; see --sepp-keep)")
-    a("--sepp-keep", type=float, default=1.0, help="a threshold relative to the encoder's similarity scale: "
-      "keep the positives of the most similar KEEP share of the samples (1: all; applied after --sepp-threshold)")
-    a("--sepp-center", action="store_true", help="mine in centred cosines (the bank's mean embedding "
-      "subtracted before normalising): post-ReLU backbone cosines are all >= 0, centred ones spread over [-1, 1]")
-    a("--sepp-every", type=int, default=1, help="refresh the bank and the pairs every N epochs")
-    a("--sepp-warmup", type=int, default=1, help="epochs without SePP before the first refresh")
-    a("--sepp-weight", type=float, default=1.0, help="BYOL/SimSiam: total += w * L_sepp")
-    a("--sepp-encoder", default=None, help="mine once, at the start of the run, with a fixed pre-trained encoder: "
-      "RUN/last.pt[:momentum], or ResNet weights of torchvision, MoCo v2, solo-learn or lightly (--arch's)")
-    a("--sepp-pairs", default=None, help="the whole run uses the positives of this pairs file (python -m "
-      "mining.mine): no bank, no refresh; implies --sepp; --sepp-k and --sepp-threshold apply to its neighbours")
-    a("--sepp-index", default="auto", help="auto | faiss | faiss-ivf | torch")
-    a("--sepp-bank", default="pass", help="pass: embed the training set without augmentation at each refresh; "
-      "train: keep the embeddings of the training forward passes (no extra pass; the first refresh still "
-      "makes one)")
-    a("--sepp-space", default="backbone", help="mine in the backbone's features or the projector's output "
-      "(projector: e.g. 128-d instead of ResNet-50's 2048, a 16x smaller bank and search)")
     a("--recipe", default=None, help="augmentation recipe: simclr | byol (default: the method's)")
     a("--out", default="runs/default")
     a("--resume", default=None, help="checkpoint to resume from ('auto': OUT/last.pt if it exists)")
@@ -132,11 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--nonfinite-limit", type=int, default=20, help="a step with a non-finite loss is skipped (weights, "
       "statistics and optimizer state restored, no host-device sync); this many in a row stop the run (0: no "
       "guard, a non-finite loss at a log step stops the run)")
-    a("--fault-nonfinite", default="", help=argparse.SUPPRESS)   # tests: global steps whose loss is made NaN
     a("--fault-signal-step", type=int, default=-1, help=argparse.SUPPRESS)   # tests: rank 0 SIGTERMs itself there
     a("--fault-exit-step", type=int, default=-1, help=argparse.SUPPRESS)   # tests: the last rank dies there, once
     a("--log-every", type=int, default=10)
     a("--no-progress", action="store_true")
+    extensions.add_flags(p)
     return p
 
 
@@ -174,11 +149,7 @@ def resolve(args):
                                ("--arch", args.arch, ARCHS), ("--amp", args.amp, (None, "bf16", "fp16", "off")),
                                ("--device", args.device, ("auto", "cpu", "cuda")),
                                ("--optimizer", args.optimizer, (None, "sgd", "lars")),
-                               ("--recipe", args.recipe, (None, "simclr", "byol")),
-                               ("--bsim-mode", args.bsim_mode, ("mixup", "cutmix", "both")),
-                               ("--sepp-index", args.sepp_index, ("auto", "faiss", "faiss-ivf", "torch")),
-                               ("--sepp-space", args.sepp_space, ("backbone", "projector")),
-                               ("--sepp-bank", args.sepp_bank, ("pass", "train"))):
+                               ("--recipe", args.recipe, (None, "simclr", "byol"))):
         if val not in choices:
             raise UsageError(f"{flag} {val}: unknown (choose from {', '.join(c for c in choices if c)})")
     for k, v in METHOD_DEFAULTS[args.method].items():
@@ -190,35 +161,12 @@ def resolve(args):
         args.res = DEFAULT_RES.get(args.dataset, 224)
     if args.small_stem is None:
         args.small_stem = args.res <= 96
-    if args.bsim_alpha <= 0:
-        raise UsageError(f"--bsim-alpha {args.bsim_alpha}: must be > 0")
     if args.min_res:
         args.end_ramp = args.end_ramp or max(0, args.epochs - 1)
         if not 0 < args.min_res <= args.res or not 0 <= args.start_ramp <= args.end_ramp:
             raise UsageError(f"--min-res {args.min_res} --start-ramp {args.start_ramp} --end-ramp {args.end_ramp}: "
                              f"need 0 < min-res <= --res ({args.res}) and start-ramp <= end-ramp")
-    if args.sepp_pairs:
-        args.sepp = True
-        if not os.path.isfile(args.sepp_pairs):
-            raise UsageError(f"--sepp-pairs {args.sepp_pairs}: no such file (make one with python -m mining.mine)")
-        if args.sepp_encoder or args.sepp_bank != "pass" or args.sepp_center:
-            raise UsageError("--sepp-pairs brings its own positives: drop --sepp-encoder, --sepp-bank and "
-                             "--sepp-center (centre when mining: python -m mining.mine --center)")
-    if args.sepp:
-        if (args.sepp_k < 1 or args.sepp_every < 1 or args.sepp_warmup < 0 or not -1 <= args.sepp_threshold <= 1
-                or not 0 < args.sepp_keep <= 1):
-            raise UsageError("--sepp-k and --sepp-every must be >= 1, --sepp-warmup >= 0, --sepp-threshold in [-1, 1], "
-                             "--sepp-keep in (0, 1]")
-        enc = args.sepp_encoder
-        if enc and not os.path.isfile(enc) and not os.path.isfile(enc.rpartition(":")[0]):
-            raise UsageError(f"--sepp-encoder {enc}: no such file")
-        if args.loader == "synthetic":   # refused here, not after embedding the whole set
-            raise UsageError("--sepp needs a loader that takes a sample order (torch, device, ffcv or dali), "
-                             "not synthetic")
-        if args.loader == "ffcv":
-            args.ffcv_order = "ours"  # the pair plan is an index order
-        if args.loader == "dali" and args.dali_pipes > 1:   # checked here, not at the first refresh
-            raise UsageError("--sepp with --loader dali runs one pipeline per GPU: drop --dali-pipes")
+    extensions.check(args)   # each add-on its own flags (extensions.py)
     from loaders.dali import check_options
     check_options(args.dali_hw_load, args.dali_pipes, args.dali_augment)
     if args.val_split < 0 or (args.val_split and args.loader == "ffcv"):
@@ -227,6 +175,12 @@ def resolve(args):
     if args.epochs < 1 or args.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
     return args
+
+
+def loader_options(args, batch_size: int, **override):
+    """The LoaderOptions of the flags `args`, with what the run's add-ons set (BSIM's mixtures); override wins."""
+    from loaders import LoaderOptions
+    return LoaderOptions.from_args(args, batch_size, **(extensions.loader_options(args) | override))
 
 
 def resolve_device(args) -> torch.device:

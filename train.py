@@ -35,7 +35,7 @@ from engine.log import RunLog, Throughput
 from engine.progress import progress
 from engine.step import Step, build_step
 from eval.knn import knn_accuracy
-from loaders import LoaderOptions, build_loader
+from loaders import build_loader
 from loaders.augment import RECIPES, DeviceAugment
 from loaders.batch import Loader
 from loaders.datasets import NoLabels, open_source
@@ -165,7 +165,7 @@ def setup(args) -> Run:
     # ---- data
     r.train_src = open_source(args.dataset, args.data, True, args.subset, args.seed, args.val_split)
     r.recipe = RECIPES[args.recipe or METHODS[args.method].recipe]
-    opts = LoaderOptions.from_args(args, args.batch_size // r.world)
+    opts = flags.loader_options(args, args.batch_size // r.world)
     r.loader = build_loader(opts, r.train_src, r.recipe, device, r.rank, r.world)
     r.steps_per_epoch = len(r.loader)
     if r.steps_per_epoch == 0:

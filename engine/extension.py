@@ -1,5 +1,5 @@
 """Add-ons of the training loop as small objects bound to a few named events (as Composer's algorithms): the
-loop calls every extension at each event and names none of them, so a new add-on is one new class and a line
+loop calls every extension at each event and names none of them, so a new add-on is one new class (with its flags)
 in extensions.py, and the loop does not change. SePP (mining/sepp.py) and BSIM (loaders/mix.py) are two."""
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ import flags
 from engine.errors import parser_error_one_line
 from engine.errors import UsageError, cli_main
 from engine.step import build_step
-from loaders import LoaderOptions, build_loader
+from loaders import build_loader
 from loaders.augment import RECIPES
 from loaders.dali import AUGMENT_MODES
 from loaders.datasets import open_source
@@ -197,7 +197,7 @@ def build(a, t, name, source, *, device, recipe, res, variant):
         return TVPIL(source, res, t.batch_size, t.workers, device, source.mean, source.std)
     from loaders.mix import MixSpec
     loader = "dali" if name in ("dali-roi", "dali-device") else name
-    opts = LoaderOptions.from_args(t, t.batch_size, name=loader, res=res, seed=0,
+    opts = flags.loader_options(t, t.batch_size, name=loader, res=res, seed=0,
                                    mix=MixSpec(t.bsim_mode, t.bsim_alpha) if mix else None,
                                    ffcv_order="ours" if sepp and name == "ffcv" else t.ffcv_order,
                                    dali_roi=name == "dali-roi" or t.dali_roi,   # dali-device: DALI crops only

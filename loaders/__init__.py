@@ -56,11 +56,10 @@ class LoaderOptions:
 
     @classmethod
     def from_args(cls, args, batch_size: int, **override) -> "LoaderOptions":
-        """The options that the flags in `args` (an argparse namespace) name; `override` wins."""
+        """The options that the flags in `args` (an argparse namespace) name; `override` wins. The add-ons' options
+        (BSIM's mix) come in override: flags.loader_options adds them."""
         kw = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
         kw.update(name=args.loader, batch_size=batch_size)
-        if "mix" not in override and getattr(args, "bsim", False):
-            kw["mix"] = MixSpec(args.bsim_mode, args.bsim_alpha)
         if "res_at" not in override and getattr(args, "min_res", 0):
             kw["res_at"] = functools.partial(progressive_res, min_res=args.min_res, max_res=args.res,
                                              start=args.start_ramp, end=args.end_ramp)

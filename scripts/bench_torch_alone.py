@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from eval import bench  # noqa: E402
-from loaders import LoaderOptions, build_loader  # noqa: E402
+import flags  # noqa: E402
+from loaders import build_loader  # noqa: E402
 from loaders.augment import RECIPES  # noqa: E402
 from loaders.datasets import open_source  # noqa: E402
 
@@ -30,7 +31,7 @@ def main():
     src = open_source(t.dataset, t.data, True, t.subset, t.seed)
 
     def loader():
-        return build_loader(LoaderOptions.from_args(t, t.batch_size, res=t.res, seed=0), src, RECIPES["simclr"], dev)
+        return build_loader(flags.loader_options(t, t.batch_size, res=t.res, seed=0), src, RECIPES["simclr"], dev)
 
     def windows(ld):
         s = bench.Stream(ld)

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flags  # noqa: E402
 from engine.step import build_step  # noqa: E402
-from loaders import LoaderOptions, build_loader  # noqa: E402
+from loaders import build_loader  # noqa: E402
 from loaders.augment import RECIPES  # noqa: E402
 from loaders.batch import Batch  # noqa: E402
 from models.methods import build_model_from_config  # noqa: E402
@@ -87,7 +87,7 @@ def device_epoch(a, dev):
     for loader in ("device", "synthetic"):
         t = train_args(a, study_argv(a, ["--loader", loader]))
         src = open_source(t.dataset, t.data, True, t.subset, t.seed)
-        ld = build_loader(LoaderOptions.from_args(t, t.batch_size), src, RECIPES[METHODS[t.method].recipe], dev)
+        ld = build_loader(flags.loader_options(t, t.batch_size), src, RECIPES[METHODS[t.method].recipe], dev)
         model, step = model_and_step(t, dev, len(ld), a.tiny)
         ld.set_epoch(0)
         for it, b in zip(range(5), ld):   # warm-up: compiled augmentation, cuDNN's choices, allocator
@@ -137,7 +137,7 @@ def addons(a, dev):
         t = train_args(a, study_argv(a, ["--loader", "synthetic", *extra]))
         t.sepp = False   # the positives are tagged here (no mining): what the step pays for them
         src = open_source(t.dataset, t.data, True, t.subset, t.seed)
-        opts = LoaderOptions.from_args(t, t.batch_size, name="synthetic")
+        opts = flags.loader_options(t, t.batch_size, name="synthetic")
         ld = build_loader(opts, src, RECIPES[METHODS[t.method].recipe], dev)
         model, step = model_and_step(t, dev, tiny=a.tiny)
         batches = list(zip(range(4), ld))
@@ -177,7 +177,7 @@ def sync_free_steps(a, dev):
         for amp in amps:
             t = train_args(a, study_argv(a, ["--method", method, "--loader", "device", "--bsim", "--amp", amp]))
             src = open_source(t.dataset, t.data, True, 2048 if not a.tiny else 256, t.seed)
-            ld = build_loader(LoaderOptions.from_args(t, t.batch_size), src, RECIPES[METHODS[method].recipe], dev)
+            ld = build_loader(flags.loader_options(t, t.batch_size), src, RECIPES[METHODS[method].recipe], dev)
             model, step = model_and_step(t, dev, tiny=a.tiny)
             partner = torch.arange(len(src), device=dev).roll(1)
             ld.set_epoch(0)

@@ -6,8 +6,9 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
+import flags
 from engine.step import build_step
-from loaders import LoaderOptions, build_loader
+from loaders import build_loader
 from loaders.augment import RECIPES
 from models.methods import METHODS, build_model_from_config
 from tests.test_device_check import B, N, source, train_args
@@ -20,7 +21,7 @@ def test_step_and_augmentation_compile_without_graph_breaks(method):   # target 
     args = train_args(method, "bsim+sepp", "bf16", extra=["--compile", "--compile-augment"])
     model = build_model_from_config(vars(args)).to(memory_format=torch.channels_last)
     step = build_step(args, model, steps_per_epoch=4, compile_backend="aot_eager")
-    opts = LoaderOptions.from_args(args, B, compile_augment="aot_eager")
+    opts = flags.loader_options(args, B, compile_augment="aot_eager")
     ld = build_loader(opts, source(), RECIPES[METHODS[method].recipe], torch.device("cpu"))
     partner = torch.arange(N).roll(1)   # SePP pairs distinct samples (never a sample with itself)
 

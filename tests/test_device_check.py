@@ -7,7 +7,7 @@ import torch
 
 import flags
 from engine.step import build_step
-from loaders import LoaderOptions, build_loader
+from loaders import build_loader
 from loaders.augment import RECIPES, DeviceAugment
 from loaders.datasets import ArraySource
 from models.methods import METHODS, build_model_from_config
@@ -37,7 +37,7 @@ def train_args(method="simclr", variant="plain", amp="bf16", loader="device", ex
 def loader_batches(args, name=None):
     """train.py's loader for `args` (or the loader `name`) on cuda:0, built unchecked (its set-up may copy to
     the device once) -> a callable giving its next batch."""
-    opts = LoaderOptions.from_args(args, B, **({"name": name} if name else {}))
+    opts = flags.loader_options(args, B, **({"name": name} if name else {}))
     ld = build_loader(opts, source(), RECIPES[METHODS[args.method].recipe], CUDA)
     ld.set_epoch(0)
     it = iter(ld)
@@ -79,7 +79,7 @@ def test_each_methods_step_in_fp16_and_fp32(method, amp):
 
 
 def _torch(args):
-    ld = build_loader(LoaderOptions.from_args(args, B, name="torch"), source(), RECIPES["simclr"], CUDA)
+    ld = build_loader(flags.loader_options(args, B, name="torch"), source(), RECIPES["simclr"], CUDA)
     idx = torch.arange(B)
 
     def next_batch():   # what a worker hands over: uint8 crops [B, V, C, H, W] (pinned; non_blocking copies)
@@ -89,7 +89,7 @@ def _torch(args):
 
 def _ffcv(args):
     from loaders.ffcv_loader import device_batch
-    aug = DeviceAugment(RECIPES["simclr"], (0.5,) * 3, (0.25,) * 3, True, LoaderOptions.from_args(args, B).mix,
+    aug = DeviceAugment(RECIPES["simclr"], (0.5,) * 3, (0.25,) * 3, True, flags.loader_options(args, B).mix,
                         device=CUDA)
     idx = torch.arange(B, device=CUDA)
     # ToDevice's output: uint8 crops [B, V, H, W, 3] on the device
@@ -98,7 +98,7 @@ def _ffcv(args):
 
 def _dali(args, augment="pipeline"):
     from loaders.dali import DALILoader, output_dtype
-    opts = LoaderOptions.from_args(args, B, dali_augment=augment)
+    opts = flags.loader_options(args, B, dali_augment=augment)
     aug = DeviceAugment(RECIPES["simclr"], (0.5,) * 3, (0.25,) * 3, True, opts.mix, device=CUDA)
     ld = DALILoader(source(3), RECIPES["simclr"], opts, CUDA, augment=aug if augment == "device" else None)
     idx = torch.arange(B, device=CUDA)

@@ -146,17 +146,20 @@ def test_run_state_declares_every_field_that_train_py_sets():
 
 
 def test_a_toy_extension_joins_the_loop_without_touching_it(tmp_path, monkeypatch):
-    """engine/extension.py: an add-on is a class and a line in extensions.BUILDERS; train.py names none. The toy
-    sees every event in order, adds a loss term that the step trains on, and the training log carries it."""
+    """extensions.py: an add-on is a class that owns its flags, their check and its extension (engine/extension.py),
+    and an entry in ADDONS; flags.py and train.py name none. The toy's flag is parsed and checked, the toy sees
+    every event in order, adds a loss term that the step trains on, and the training log carries it."""
     import extensions
+    import flags
     import train
+    from engine.errors import UsageError
     from engine.extension import Extension
 
     class Toy(Extension):
         log_keys = ("loss_toy",)
 
-        def __init__(self):
-            self.events = []
+        def __init__(self, term):
+            self.term, self.events = term, []
 
         def epoch_start(self, run, epoch):
             self.events.append(("epoch", epoch))
@@ -165,13 +168,31 @@ def test_a_toy_extension_joins_the_loop_without_touching_it(tmp_path, monkeypatc
             self.events.append(("batch", batch.size))
 
         def after_forward(self, batch, out, it):
-            out["loss_toy"] = 0.0 * out["loss"].detach() + 1.5
+            out["loss_toy"] = 0.0 * out["loss"].detach() + self.term
             out["loss"] = out["loss"] + out["loss_toy"]
 
-    toy = Toy()
-    monkeypatch.setattr(extensions, "BUILDERS", extensions.BUILDERS + [lambda args, run, model: toy])
+    built = []
+
+    class ToyAddOn(extensions.AddOn):
+        title = "toy"
+
+        def add_flags(self, a):
+            a("--toy-term", type=float, default=0.0)
+
+        def check(self, args):
+            if args.toy_term < 0:
+                raise UsageError(f"--toy-term {args.toy_term}: must be >= 0")
+
+        def build(self, args, run, model):
+            built.append(Toy(args.toy_term))
+            return built[-1]
+
+    monkeypatch.setattr(extensions, "ADDONS", extensions.ADDONS + [ToyAddOn()])
+    with pytest.raises(UsageError, match="--toy-term -1.0: must be >= 0"):
+        flags.parse(["--toy-term", "-1"])
     train.main(["--method", "simclr", "--loader", "device", "--subset", "256", "--epochs", "2", "--batch-size", "64",
-                "--res", "16", "--out", str(tmp_path)] + TINY)
+                "--res", "16", "--toy-term", "1.5", "--out", str(tmp_path)] + TINY)
+    toy, = built
     assert toy.events == [("epoch", 0)] + [("batch", 64)] * 4 + [("epoch", 1)] + [("batch", 64)] * 4
     rows = read_csv(tmp_path / "train.csv")
     assert rows and all(float(x["loss_toy"]) == 1.5 for x in rows), rows[:2]
