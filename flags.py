@@ -25,10 +25,8 @@ METHOD_DEFAULTS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Self-supervised pre-training (SimCLR, MoCo v2, BYOL, SimSiam).")
-    parser_error_one_line(p)
-    a = p.add_argument
+def _data_flags(a):
+    """What a run trains: the method, the data, the loader."""
     a("--config", help="YAML preset: keys are flag names (dashes or underscores); flags given win")
     a("--loader", default="torch", help="torch | device (in-memory sets held on the training device) | "
       "synthetic | ffcv | dali")
@@ -43,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--val-split", type=int, default=0, help="hold out N training samples (the same for every --seed) as the "
       "validation split: training uses the rest, the kNN monitor and the evaluations score on them instead of "
       "the test split (tune on this, never on the test split)")
+
+
+def _loader_flags(a):
+    """The back ends' own settings (ffcv, dali) and progressive resolution."""
     a("--beton", default=None, help="--loader ffcv: the .beton written by python -m loaders.prepare")
     a("--ffcv-order", default="auto", help="auto (one process: random, quasi_random with --no-os-cache; "
       "torchrun: ours) | "
@@ -64,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--min-res", type=int, default=0, help="progressive resolution (ffcv): start at this crop size ...")
     a("--start-ramp", type=int, default=0, help="... until this epoch, then grow linearly ...")
     a("--end-ramp", type=int, default=0, help="... to --res at this epoch (default: the last epoch)")
+
+
+def _model_flags(a):
+    """The network, its heads, the schedule and the optimizer."""
     a("--arch", default="resnet18", help="resnet10 | resnet18 | resnet34 | resnet50")
     a("--small-stem", action=argparse.BooleanOptionalAction, default=None,
       help="3x3 first conv, no max-pool (default: on when --res <= 96)")
@@ -84,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pred-hidden", type=int, default=None)
     a("--queue-size", type=int, default=None)
     a("--recipe", default=None, help="augmentation recipe: simclr | byol (default: the method's)")
+
+
+def _run_flags(a):
+    """Where, how precisely, how often: output, resume, precision, devices, monitor, faults, logs."""
     a("--out", default="runs/default")
     a("--resume", default=None, help="checkpoint to resume from ('auto': OUT/last.pt if it exists)")
     a("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPUs and on CPUs with native bf16, "
@@ -111,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fault-exit-step", type=int, default=-1, help=argparse.SUPPRESS)   # tests: the last rank dies there, once
     a("--log-every", type=int, default=10)
     a("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Self-supervised pre-training (SimCLR, MoCo v2, BYOL, SimSiam).")
+    parser_error_one_line(p)
+    a = p.add_argument
+    for group in (_data_flags, _loader_flags, _model_flags, _run_flags):
+        group(a)
     extensions.add_flags(p)
     return p
 
