@@ -174,7 +174,10 @@ def loader_options(args) -> dict:
     """The LoaderOptions fields the run's add-ons set (BSIM: the mixtures)."""
     out = {}
     for addon in ADDONS:
-        out |= addon.loader_options(args)
+        mine = addon.loader_options(args)
+        if set(mine) & set(out):
+            raise ValueError(f"{type(addon).__name__} sets loader options another add-on sets: {set(mine) & set(out)}")
+        out |= mine
     return out
 
 

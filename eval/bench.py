@@ -190,18 +190,17 @@ class SeppTagged:
 
 def build(a, t, name, source, *, device, recipe, res, variant):
     """The loader `name` as train.py (flags `t`) builds it, at `res`, for `variant`."""
-    mix, sepp = "bsim" in variant, "sepp" in variant
+    sepp = "sepp" in variant
     if name == "synthetic-noaug":
         return Replay(build(a, t, "synthetic", source, device=device, recipe=recipe, res=res, variant=variant))
     if name == "tvpil":
         return TVPIL(source, res, t.batch_size, t.workers, device, source.mean, source.std)
-    from loaders.mix import MixSpec
     loader = "dali" if name in ("dali-roi", "dali-device") else name
+    # t.bsim is the variant's (bench_config): the BSIM add-on gives the loader its mixtures
     opts = flags.loader_options(t, t.batch_size, name=loader, res=res, seed=0,
-                                   mix=MixSpec(t.bsim_mode, t.bsim_alpha) if mix else None,
-                                   ffcv_order="ours" if sepp and name == "ffcv" else t.ffcv_order,
-                                   dali_roi=name == "dali-roi" or t.dali_roi,   # dali-device: DALI crops only
-                                   dali_augment="device" if name == "dali-device" else t.dali_augment)
+                                ffcv_order="ours" if sepp and name == "ffcv" else t.ffcv_order,
+                                dali_roi=name == "dali-roi" or t.dali_roi,   # dali-device: DALI crops only
+                                dali_augment="device" if name == "dali-device" else t.dali_augment)
     ld = build_loader(opts, source, RECIPES[recipe], device)
     if not sepp:
         return ld

@@ -28,8 +28,8 @@ def progressive_res(epoch: int, min_res: int, max_res: int, start: int, end: int
 
 @dataclass
 class LoaderOptions:
-    """Every loader setting, carried from the flags (train.py and eval.bench build it the same way,
-    from_args) to the back ends. batch_size is per rank."""
+    """Every loader setting, from the caller (from_args: an argparse namespace of the same names) to the back
+    ends. batch_size is per rank."""
     name: str = "torch"
     res: int = 224
     batch_size: int = 256
@@ -56,8 +56,8 @@ class LoaderOptions:
 
     @classmethod
     def from_args(cls, args, batch_size: int, **override) -> "LoaderOptions":
-        """The options that the flags in `args` (an argparse namespace) name; `override` wins. The add-ons' options
-        (BSIM's mix) come in override: flags.loader_options adds them."""
+        """The options that the values in `args` (an argparse namespace) name; `override` wins, and brings what
+        no namespace holds (BSIM's mix)."""
         kw = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
         kw.update(name=args.loader, batch_size=batch_size)
         if "res_at" not in override and getattr(args, "min_res", 0):

@@ -1,6 +1,8 @@
 """MoCo v2 (Chen et al. 2020): query encoder, momentum key encoder, a queue of negatives, symmetrized."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +39,14 @@ def moco_mix(qm, k, ids, lam, partner, *, queue, temperature):
     return info_nce(qm, torch.cat([k, queue]), w, temperature, exclude=exclude)
 
 
+class Keys(NamedTuple):
+    """MoCo's step in float32: normalized queries and keys per view, the queue (and its sample ids) before it."""
+    q: list
+    k: list
+    queue: torch.Tensor
+    queue_ids: torch.Tensor
+
+
 class MoCo(Method):
     momentum_encoder = True   # keys from each view separately (per-view BN), as the paper
 
@@ -70,11 +80,11 @@ class MoCo(Method):
 
     def prepare(self, e):
         q, k = e
-        return dict(q=[F.normalize(x.float(), dim=1) for x in q], k=[F.normalize(x.float(), dim=1) for x in k],
-                    queue=self.queue.clone(), queue_ids=self.queue_ids.clone())
+        return Keys([F.normalize(x.float(), dim=1) for x in q], [F.normalize(x.float(), dim=1) for x in k],
+                    self.queue.clone(), self.queue_ids.clone())
 
     def loss(self, e, ids, pos):
-        q, k, queue, qid = e["q"], e["k"], e["queue"], e["queue_ids"]
+        q, k, queue, qid = e
         return {"loss": 0.5 * (moco_contrast(q[0], k[1], ids, queue, self.temperature, pos_ids=pos, queue_ids=qid)
                                + moco_contrast(q[1], k[0], ids, queue, self.temperature, pos_ids=pos, queue_ids=qid))}
 
@@ -82,8 +92,8 @@ class MoCo(Method):
         return self.projector(self.backbone(x))
 
     def mix_term(self, e, qm, ids, mix):
-        return moco_mix(F.normalize(qm.float(), dim=1), e["k"][1], ids, mix.lam, mix.partner, queue=e["queue"],
+        return moco_mix(F.normalize(qm.float(), dim=1), e.k[1], ids, mix.lam, mix.partner, queue=e.queue,
                         temperature=self.temperature)
 
     def after_loss(self, e, ids):
-        self.enqueue(e["k"][1], ids)
+        self.enqueue(e.k[1], ids)
