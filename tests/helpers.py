@@ -19,6 +19,29 @@ def run(args, torchrun=0, timeout=600, env=None):
     return subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=e)
 
 
+def run_here(args):
+    """What run(args) returns, for train.py or `-m module` with a main(argv), run in this process: no interpreter
+    start-up and no imports again (most of a short run's time on 2 cores). For checks that need no process of
+    their own: one rank, nothing killed. The signal handlers that train.py installs are put back."""
+    import contextlib
+    import importlib
+    import io
+    import signal
+    module, argv = ("train", args[1:]) if args[0] == "train.py" else (args[1], args[2:])
+    assert args[0] in ("train.py", "-m"), args
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            importlib.import_module(module).main(list(argv))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def read_csv(path):
     with open(path) as f:
         return list(csv.DictReader(f))

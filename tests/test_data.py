@@ -16,7 +16,7 @@ from loaders import LoaderOptions, build_loader
 from loaders.augment import RECIPES
 from loaders.datasets import NoLabels, UnlabelledSource, open_source, recognise
 from tests.conftest import FASHION, needs_fashion
-from tests.helpers import TINY, make_image_folder, run, smooth_image
+from tests.helpers import TINY, make_image_folder, run, run_here, smooth_image
 
 SMALL = ["--arch", "resnet10", "--width", "8", "--res", "32", "--batch-size", "8"]
 BARS = [x for x in TINY if x != "--no-progress"]   # the progress output is what some tests read
@@ -259,7 +259,7 @@ def test_unreadable_images_in_an_unlabelled_folder_are_reported_and_skipped(tmp_
 
 
 def test_a_missing_path_and_a_binary_file_list_are_one_line(tmp_path):
-    r = run(["train.py", "--data", str(tmp_path / "nothing_here")])
+    r = run_here(["train.py", "--data", str(tmp_path / "nothing_here")])
     assert r.returncode == 2 and r.stderr == f"error: --data {tmp_path / 'nothing_here'}: no such file or directory\n"
     (tmp_path / "x.bin").write_bytes(bytes(range(256)) * 4)
     with pytest.raises(UsageError, match="not a text file list"):

@@ -13,7 +13,7 @@ from loaders.device import DeviceLoader, resample_weights
 from loaders.torch_loader import TorchLoader
 from tests.conftest import FASHION, have_fashion
 from tests.helpers import (TINY, kill_and_resume_equals_uninterrupted, make_image_folder, ranks_cover_every_index,
-                           read_csv, run)
+                           read_csv, run, run_here)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,8 @@ def test_device_loader_refusals_are_one_line(tmp_path):
     make_image_folder(tmp_path / "imgs", per_class=2, bad=False)
     for args, expect in [(["--dataset", "imagefolder", "--data", str(tmp_path / "imgs")], "is read from files"),
                          (["--device-max-fraction", "1e-9"], "GiB of available host memory")]:
-        r = run(["train.py", *TINY, "--loader", "device", "--subset", "64", "--batch-size", "32", "--epochs", "1",
-                 "--out", str(tmp_path / "x")] + args)
+        r = run_here(["train.py", *TINY, "--loader", "device", "--subset", "64", "--batch-size", "32", "--epochs",
+                      "1", "--out", str(tmp_path / "x")] + args)
         lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
         assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1 and expect in lines[0], r.stderr
 

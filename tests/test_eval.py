@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from eval.knn import knn_predict
 from eval.linear import probe_features
 from eval.semisup import balanced_subset
-from tests.helpers import TINY, read_csv, run
+from tests.helpers import TINY, read_csv, run, run_here
 
 
 def _clusters(n, d, classes, spread, seed):
@@ -73,9 +73,9 @@ def test_semisup_subset_is_class_balanced_and_reproducible():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "simclr"
-    r = run(["train.py", "--method", "simclr", "--subset", "1024", "--epochs", "2", "--batch-size", "128",
-             "--lr", "0.3", "--out", str(out)] + TINY + ["--knn-every", "1", "--knn-train", "1000",
-                                                        "--knn-test", "500", "--knn-random-init"])
+    r = run_here(["train.py", "--method", "simclr", "--subset", "1024", "--epochs", "2", "--batch-size",
+                  "128", "--lr", "0.3", "--out", str(out)] + TINY + ["--knn-every", "1", "--knn-train", "1000",
+                                                                     "--knn-test", "500", "--knn-random-init"])
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 
@@ -83,23 +83,23 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_eval_commands_on_a_tiny_run(tiny_run, tmp_path):
     ck = str(tiny_run / "last.pt")
-    r = run(["-m", "eval.knn", "--checkpoint", ck, "--n-train", "3000", "--n-test", "500", "--workers", "1",
+    r = run_here(["-m", "eval.knn", "--checkpoint", ck, "--n-train", "3000", "--n-test", "500", "--workers", "1",
              "--no-progress"])
     assert r.returncode == 0, r.stderr[-2000:]
     knn = json.loads((tiny_run / "eval_knn.json").read_text())
     assert set(knn["trained"]) == {"k20", "k200"} and knn["n_test"] == 500
     assert all(15 < v <= 100 for v in knn["trained"].values()), knn      # 10 classes: chance is 10%
-    r = run(["-m", "eval.semisup", "--checkpoint", ck, "--fraction", "0.01", "--epochs", "2", "--batch-size", "64",
+    r = run_here(["-m", "eval.semisup", "--checkpoint", ck, "--fraction", "0.01", "--epochs", "2", "--batch-size", "64",
              "--n-test", "500", "--workers", "1", "--no-progress"])
     assert r.returncode == 0, r.stderr[-2000:]
     semi = json.loads((tiny_run / "eval_semisup_0.01.json").read_text())
     assert semi["labelled"] == 600 and semi["per_class"] == [60, 60] and semi["trained"]["n"] == 500
     assert "600 labelled images (60-60 per class)" in r.stdout
-    r = run(["-m", "eval.plot", str(tiny_run)])
+    r = run_here(["-m", "eval.plot", str(tiny_run)])
     assert r.returncode == 0, r.stderr[-2000:]
     png = (tiny_run / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-    r = run(["-m", "eval.report", str(tiny_run), "--out", str(tmp_path / "RESULTS.md")])
+    r = run_here(["-m", "eval.report", str(tiny_run), "--out", str(tmp_path / "RESULTS.md")])
     assert r.returncode == 0, r.stderr[-2000:]
     md = (tmp_path / "RESULTS.md").read_text().splitlines()
     rows = [x for x in md if x.startswith("| simclr")]
@@ -114,7 +114,7 @@ def test_eval_commands_on_a_tiny_run(tiny_run, tmp_path):
                          (["-m", "eval.linear", "--checkpoint", ck, "--mode", "nope"], "--mode nope"),
                          (["-m", "eval.plot", str(tmp_path / "none")], "no such run folder"),
                          (["-m", "eval.bench", "--loader", "nope"], "--loader nope: unknown")]:
-        r = run(args)
+        r = run_here(args)
         assert r.returncode == 2 and "Traceback" not in r.stderr and expect in r.stderr, (args, r.stderr[-1500:])
 
 
@@ -126,7 +126,7 @@ def test_knn_and_linear_probe_score_the_same_test_images(tiny_run, tmp_path):
     ck, got = str(tiny_run / "last.pt"), {}
     for name, args in [("knn", ["-m", "eval.knn", "--n-train", "2000"]),
                        ("linear", ["-m", "eval.linear", "--epochs", "1", "--n-train", "2000", "--seed", "5"])]:
-        r = run(args + ["--checkpoint", ck, "--n-test", "300", "--workers", "1", "--no-progress",
+        r = run_here(args + ["--checkpoint", ck, "--n-test", "300", "--workers", "1", "--no-progress",
                         "--json", str(tmp_path / f"{name}.json")])
         assert r.returncode == 0, r.stderr[-2000:]
         got[name] = json.loads((tmp_path / f"{name}.json").read_text())["test_subset"]

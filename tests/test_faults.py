@@ -7,7 +7,7 @@ import torch
 
 from engine.guard import NonFiniteGuard, all_finite
 from engine.optim import build_optimizer
-from tests.helpers import TINY, read_csv, run
+from tests.helpers import TINY, read_csv, run, run_here
 
 
 def _net():
@@ -69,20 +69,20 @@ def test_a_non_finite_first_step_zeroes_the_state_it_created():
 def test_training_skips_injected_non_finite_steps_and_stops_after_too_many_in_a_row(tmp_path):
     quick = ["train.py", *TINY, "--method", "moco", "--subset", "256", "--epochs", "2", "--batch-size", "64",
              "--log-every", "1"]
-    r = run(quick + ["--fault-nonfinite", "2,5", "--out", str(tmp_path / "two")])
+    r = run_here(quick + ["--fault-nonfinite", "2,5", "--out", str(tmp_path / "two")])
     assert r.returncode == 0, r.stderr[-2000:]
     rows = read_csv(tmp_path / "two" / "train.csv")
     assert [int(x["skipped"]) for x in rows] == [0, 0, 1, 1, 1, 2, 2, 2]
     assert [math.isfinite(float(x["loss"])) for x in rows] == [True, True, False, True, True, False, True, True]
     assert all(math.isfinite(float(x["loss"])) for x in read_csv(tmp_path / "two" / "epoch.csv"))
     assert all_finite_state(tmp_path / "two" / "last.pt")
-    r = run(quick + ["--fault-nonfinite", "5,6,7", "--nonfinite-limit", "3", "--out", str(tmp_path / "stop")])
+    r = run_here(quick + ["--fault-nonfinite", "5,6,7", "--nonfinite-limit", "3", "--out", str(tmp_path / "stop")])
     lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert r.returncode == 2 and len(lines) == 1 and "3 steps in a row had a non-finite loss" in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     assert torch.load(tmp_path / "stop" / "last.pt", weights_only=False)["epoch"] == 1   # epoch 1's, finite
     assert all_finite_state(tmp_path / "stop" / "last.pt")
-    r = run(quick + ["--fault-nonfinite", "5", "--nonfinite-limit", "0", "--out", str(tmp_path / "off")])
+    r = run_here(quick + ["--fault-nonfinite", "5", "--nonfinite-limit", "0", "--out", str(tmp_path / "off")])
     lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert r.returncode == 2 and len(lines) == 1 and "loss is nan at epoch 2" in lines[0], r.stderr
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import TINY, read_csv, run
+from tests.helpers import TINY, read_csv, run, run_here
 
 from loaders.order import rank_batches
 from mining.index import recall, search
@@ -126,12 +126,12 @@ def test_sepp_training_mines_same_label_positives_on_fashion_mnist(tmp_path):
 
 
 def test_sepp_flag_errors(tmp_path):
-    r = run(["train.py", *TINY, "--sepp", "--batch-size", "7", "--subset", "64", "--epochs", "1", "--out",
-             str(tmp_path)])
+    r = run_here(["train.py", *TINY, "--sepp", "--batch-size", "7", "--subset", "64", "--epochs", "1", "--out",
+                  str(tmp_path)])
     assert r.returncode == 2 and "must be even" in r.stderr and "Traceback" not in r.stderr
-    r = run(["train.py", *TINY, "--sepp", "--sepp-k", "0", "--out", str(tmp_path)])
+    r = run_here(["train.py", *TINY, "--sepp", "--sepp-k", "0", "--out", str(tmp_path)])
     assert r.returncode == 2 and "--sepp-k" in r.stderr and "Traceback" not in r.stderr
-    r = run(["train.py", *TINY, "--sepp", "--loader", "synthetic", "--out", str(tmp_path)])   # refused at once
+    r = run_here(["train.py", *TINY, "--sepp", "--loader", "synthetic", "--out", str(tmp_path)])   # refused at once
     assert r.returncode == 2 and "not synthetic" in r.stderr and "SePP bank" not in r.stderr + r.stdout
 
 
@@ -167,7 +167,7 @@ def test_sepp_mines_in_the_projector_space(tmp_path):
     info = read_csv(tmp_path / "sepp.csv")[0]
     assert info["dim"] == "32" and 0 < float(info["search_s"]) <= float(info["refresh_s"]), info
     assert 0 < float(info["of_epoch"]) and float(info["paired"]) > 0.5, info
-    r = run(["train.py", *TINY, "--sepp", "--sepp-space", "pixels", "--out", str(tmp_path / "x")])
+    r = run_here(["train.py", *TINY, "--sepp", "--sepp-space", "pixels", "--out", str(tmp_path / "x")])
     assert r.returncode == 2 and "--sepp-space pixels: unknown" in r.stderr and "Traceback" not in r.stderr
 
 
