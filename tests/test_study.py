@@ -118,7 +118,7 @@ def test_an_interrupted_study_goes_on_where_it_stopped(tmp_path):
     out = tmp_path / "study"
     extra = " ".join(TINY + ["--subset", "512", "--epochs", "2", "--batch-size", "32", "--ckpt-every-min", "0.002"])
     args = ["-m", "eval.study", "--methods", "simclr", "--variants", "base,base2x", "--seeds", "0", "--out",
-            str(out), "--linear-epochs", "2", "--eval-test", "200", "--extra", extra]
+            str(out), "--linear-epochs", "2", "--eval-train", "400", "--eval-test", "200", "--extra", extra]
     p = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
     twice = out / "runs" / "simclr-base2x-s0"
