@@ -149,9 +149,8 @@ def write_report(path: str, bad, total: int):
             f.write(f"{p}\t{reason}\n")
 
 
-@cli_main
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def _check_args(args):
+    """One line (a UsageError) for each bad flag, before any image is read."""
     if args.split not in ("train", "val"):
         raise UsageError(f"--split {args.split}: choose train or val")
     if args.write_mode not in WRITE_MODES:
@@ -169,6 +168,12 @@ def main(argv=None):
             raise UsageError(f"--out {args.out}: is a directory")
         if os.path.exists(args.out) and not args.force:
             raise UsageError(f"--out {args.out}: exists (add --force to overwrite)")
+
+
+@cli_main
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    _check_args(args)
     workers = args.workers or os.cpu_count() or 1
     progress = not args.no_progress
     args.dataset, found = recognise(args.dataset, args.data)
