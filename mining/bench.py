@@ -34,6 +34,19 @@ def embeddings(n, d, device, seed=0, clusters=1000):
     return torch.nn.functional.normalize(x, dim=1).to(device)
 
 
+def _rate(fn, steps, per_call, dev):
+    """Items per second of `fn` (each call `per_call` items) over `steps` calls after 3 warm-up calls."""
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        fn()
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    return steps * per_call / (time.perf_counter() - t)
+
+
 def refresh_cost(a, dev, search_s):
     """Step pairs/s and embedding img/s of --refresh-arch on synthetic data; a refresh against an epoch."""
     import flags
@@ -49,17 +62,6 @@ def refresh_cost(a, dev, search_s):
     views = torch.randn(2, B, 3, R, R, device=dev)
     batch = Batch(views, torch.arange(B, device=dev), torch.zeros(B, dtype=torch.long, device=dev))
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-
-    def rate(fn, steps):
-        for _ in range(3):
-            fn()
-        sync()
-        t = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        sync()
-        return steps * B / (time.perf_counter() - t)
 
     train_step = build_step(args, model, max(1, a.n // B))     # train.py's step (engine/step.py)
     tb = TrainBank(a.n, model.backbone, dev)                   # --sepp-bank train: the step keeps its embeddings
@@ -79,11 +81,11 @@ def refresh_cost(a, dev, search_s):
 
     steps = 40 if dev.type == "cuda" else 2
     model.train()
-    pairs_s = rate(step, steps)
-    tb_pairs_s = rate(step_tb, steps)
+    pairs_s = _rate(step, steps, B, dev)
+    tb_pairs_s = _rate(step_tb, steps, B, dev)
     tb.handle.remove()
     model.eval()
-    embed_s = rate(embed, steps * 2)
+    embed_s = _rate(embed, steps * 2, B, dev)
     epoch_s, pass_s = a.n / pairs_s, a.n / embed_s
     out = {"arch": a.refresh_arch, "res": R, "batch": B, "compile": a.compile, "step_pairs_s": pairs_s,
            "embed_img_s": embed_s, "epoch_s": epoch_s, "embed_pass_s": pass_s, "search_s": search_s,
