@@ -35,10 +35,12 @@ from engine.log import RunLog, Throughput
 from engine.progress import progress
 from engine.step import Step, build_step
 from eval.knn import knn_accuracy
+from eval.subset import pick
 from loaders import build_loader
 from loaders.augment import RECIPES, DeviceAugment
 from loaders.batch import Loader
 from loaders.datasets import NoLabels, open_source
+from loaders.embed import Images
 from models.methods import METHODS, build_model_from_config
 
 
@@ -93,8 +95,10 @@ def stop_run(why, epoch, batch, path, main_rank, log):
 
 def knn_monitor(model, args, device, train_src, test_src, norm):
     """Top-1 kNN on --knn-train / --knn-test images: eval/subset.py's, the same for every run and seed."""
-    return knn_accuracy(model.backbone, train_src, test_src, args.res, norm, device, k=args.knn_k, temperature=0.07,
-                        n_train=args.knn_train, n_test=args.knn_test, workers=min(2, args.workers))
+    w = min(2, args.workers)
+    train = Images(train_src, args.res, norm, indices=pick(args.knn_train, len(train_src)), workers=w)
+    test = Images(test_src, args.res, norm, indices=pick(args.knn_test, len(test_src)), workers=w)
+    return knn_accuracy(model.backbone, train, test, device, k=args.knn_k, temperature=0.07)
 
 
 @dataclass

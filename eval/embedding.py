@@ -45,16 +45,15 @@ def project(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndar
 
 def set_features(checkpoint: str, n: int, dataset=None, data=None, device="cpu", progress=False):
     """(features [n, D] of n seeded test images, their labels, class names) of a checkpoint's backbone."""
-    from loaders.embed import extract_sharded
+    from loaders.embed import Images, extract_sharded
     from eval.features import eval_sources, load_run
     from eval.subset import pick
     cfg, model = load_run(checkpoint)
     _, test, norm = eval_sources(cfg, dataset, data)
     idx = pick(n, len(test))
     res = cfg["res"] or DEFAULT_RES.get(test.name, 224)
-    f, y = extract_sharded(model.backbone.to(device), test, res, norm, torch.device(device), indices=idx,
-                           progress=progress,
-                           desc="test features")
+    f, y = extract_sharded(model.backbone.to(device), Images(test, res, norm, indices=idx), torch.device(device),
+                           progress=progress, desc="test features")
     names = getattr(test, "classes", None) or getattr(getattr(test, "src", None), "classes", None)
     return f.float().cpu().numpy(), y.cpu().numpy(), names
 

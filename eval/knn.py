@@ -16,10 +16,10 @@ import os
 import torch
 
 from loaders.datasets import DEFAULT_RES
-from loaders.embed import extract_sharded
+from loaders.embed import Images, extract_sharded
 from engine.errors import UsageError, cli_main
 from eval.features import eval_sources, load_run
-from eval.subset import SEED, digest, pick
+from eval.subset import digest, pick
 from mining.index import BACKENDS, search
 
 
@@ -47,15 +47,12 @@ def knn_scores(train, test, num_classes, ks=(20, 200), temperature=0.07, backend
     return {k: 100.0 * (s.argmax(1) == test[1]).float().mean().item() for k, s in res.items()}
 
 
-def knn_accuracy(encoder, train_src, test_src, res, normalize, device, *, k=200, temperature=0.07,
-                 n_train=0, n_test=0, seed=SEED, workers=2, progress=False, backend="torch"):
-    """Top-1 kNN accuracy (%) of `encoder`, on eval/subset.py's fixed subsets when n_train / n_test > 0. Under
-    torchrun every rank must call it: extraction is sharded, every rank gets the answer."""
-    tr = extract_sharded(encoder, train_src, res, normalize, device, indices=pick(n_train, len(train_src), seed),
-                         workers=workers, progress=progress, desc="kNN train features")
-    te = extract_sharded(encoder, test_src, res, normalize, device, indices=pick(n_test, len(test_src), seed),
-                         workers=workers, progress=progress, desc="kNN test features")
-    return knn_scores(tr, te, train_src.num_classes, (k,), temperature, backend)[min(k, len(tr[0]))]
+def knn_accuracy(encoder, train: Images, test: Images, device, *, k=200, temperature=0.07, progress=False):
+    """Top-1 kNN accuracy (%) of `encoder` (the exact torch search). Under torchrun every rank must call it:
+    extraction is sharded, every rank gets the answer."""
+    tr = extract_sharded(encoder, train, device, progress=progress, desc="kNN train features")
+    te = extract_sharded(encoder, test, device, progress=progress, desc="kNN test features")
+    return knn_scores(tr, te, train.source.num_classes, (k,), temperature, "torch")[min(k, len(tr[0]))]
 
 
 @cli_main
@@ -98,14 +95,14 @@ def main(argv=None):
            "n_train": len(train_src) if i_tr is None else len(i_tr),
            "n_test": len(test_src) if i_te is None else len(i_te), "test_subset": digest(i_te, len(test_src)),
            "world": world}
+    train = Images(train_src, res, norm, indices=i_tr, batch=a.batch_size, workers=a.workers)
+    test = Images(test_src, res, norm, indices=i_te, batch=a.batch_size, workers=a.workers)
     for name in ["trained"] + (["random-init"] if a.random_init else []):
         _, model = load_run(a.checkpoint, random_init=name == "random-init")
         enc = model.backbone.to(device)
         show = rank == 0 and not a.no_progress
-        tr = extract_sharded(enc, train_src, res, norm, device, indices=i_tr, batch=a.batch_size, workers=a.workers,
-                             progress=show, desc="train features")
-        te = extract_sharded(enc, test_src, res, norm, device, indices=i_te, batch=a.batch_size, workers=a.workers,
-                             progress=show, desc="test features")
+        tr = extract_sharded(enc, train, device, progress=show, desc="train features")
+        te = extract_sharded(enc, test, device, progress=show, desc="test features")
         acc = knn_scores(tr, te, train_src.num_classes, ks, a.temperature, a.index)
         out[name] = {f"k{k}": v for k, v in acc.items()}
         if rank == 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -22,19 +23,31 @@ from engine.errors import parser_error_one_line
 from loaders.datasets import DEFAULT_RES
 from engine.errors import UsageError, cli_main
 from eval.classify import Classifier, Standardize, TensorBatches, evaluate, fit
-from loaders.embed import extract_sharded, feature_dim
+from loaders.embed import Images, extract_sharded, feature_dim
 from eval.features import eval_sources, labelled_loader, load_run
 from eval.subset import digest, pick
 
 FEATURES_UP_TO = 200_000
 
 
-def probe_features(train, test, num_classes, *, epochs=100, batch=256, lr=0.1, wd=0.0, seed=0, device=None,
-                   progress=False):
+@dataclass(frozen=True)
+class Probe:
+    """The linear probe's training: epochs, the global batch, the peak lr per 256 images, weight decay, the
+    training crops of the image mode (rrc | crop | none) and the seed of its initialisation and batch order."""
+    epochs: int = 100
+    batch: int = 256
+    lr: float = 0.1
+    wd: float = 0.0
+    aug: str = "rrc"
+    seed: int = 0
+
+
+def probe_features(train, test, num_classes, probe: Probe = Probe(), *, device=None, progress=False):
     """Linear probe on precomputed (features [N, D], labels [N]) pairs; every rank holds all rows and
     trains on its share. -> dict(top1, top5, n, losses)."""
     x, y = train
     device = device or x.device
+    epochs, batch, lr, wd, seed = probe.epochs, probe.batch, probe.lr, probe.wd, probe.seed
     torch.manual_seed(seed)
     clf = Classifier(None, x.shape[1], num_classes, frozen=True,
                      norm=Standardize(x.mean(0), x.std(0))).to(device)
@@ -45,20 +58,21 @@ def probe_features(train, test, num_classes, *, epochs=100, batch=256, lr=0.1, w
     return res | {"losses": losses}
 
 
-def probe_images(backbone, train_src, test_src, res, normalize, num_classes, *, epochs=100, batch=256, lr=0.1,
-                 wd=0.0, aug="rrc", seed=0, workers=4, device=None, amp=None, indices=None, test_indices=None,
+def probe_images(backbone, train: Images, test: Images, probe: Probe = Probe(), *, device=None, amp=None,
                  progress=False):
-    """Linear probe on augmented images through the frozen backbone. -> dict(top1, top5, n, losses)."""
-    torch.manual_seed(seed)
-    dim = feature_dim(backbone, res)
-    clf = Classifier(backbone, dim, num_classes, frozen=True).to(device)
-    per_rank = batch // dist.world()
-    train = labelled_loader(train_src, res, per_rank, indices=indices, aug=aug, workers=workers, seed=seed)
-    losses = fit(clf, train, epochs, lr=lr * batch / 256, wd=wd, device=device, prep=normalize, amp=amp,
-                 progress=progress, desc="linear")
-    test = labelled_loader(test_src, res, per_rank, indices=test_indices, workers=workers, train=False)
-    res_ = evaluate(clf, test, device, normalize, amp)
-    return res_ | {"losses": losses}
+    """Linear probe on augmented images through the frozen backbone (the batch is probe.batch, split over the
+    ranks; train.batch is not used). -> dict(top1, top5, n, losses)."""
+    torch.manual_seed(probe.seed)
+    res, normalize = train.res, train.normalize
+    clf = Classifier(backbone, feature_dim(backbone, res), train.source.num_classes, frozen=True).to(device)
+    per_rank = probe.batch // dist.world()
+    batches = labelled_loader(train.source, res, per_rank, indices=train.indices, aug=probe.aug,
+                              workers=train.workers, seed=probe.seed)
+    losses = fit(clf, batches, probe.epochs, lr=probe.lr * probe.batch / 256, wd=probe.wd, device=device,
+                 prep=normalize, amp=amp, progress=progress, desc="linear")
+    batches = labelled_loader(test.source, test.res, per_rank, indices=test.indices, workers=test.workers,
+                              train=False)
+    return evaluate(clf, batches, device, test.normalize, amp) | {"losses": losses}
 
 
 def build_parser(description=__doc__):
@@ -126,23 +140,21 @@ def main(argv=None):
     if mode not in ("features", "images"):
         raise UsageError(f"--mode {a.mode}: choose from auto, features, images")
     show = rank == 0 and not a.no_progress
+    probe = Probe(epochs=a.epochs, batch=a.batch_size, lr=a.lr, wd=a.wd, aug=a.aug, seed=a.seed)
     out = {"checkpoint": os.path.abspath(a.checkpoint), "mode": mode, "epochs": a.epochs, "lr": a.lr,
            "batch_size": a.batch_size, "aug": a.aug if mode == "images" else "none", "world": world,
            "method": cfg["method"], "arch": cfg["arch"], "test_subset": digest(a.test_idx, len(test_src))}
     for name in ["trained"] + (["random-init"] if a.random_init else []):
         _, model = load_run(a.checkpoint, random_init=name == "random-init")
         backbone = model.backbone.to(device)
+        train = Images(train_src, a.res, norm, indices=train_idx, batch=a.batch_size, workers=a.workers)
+        test = Images(test_src, a.res, norm, indices=a.test_idx, batch=a.batch_size, workers=a.workers)
         if mode == "features":
-            tr = extract_sharded(backbone, train_src, a.res, norm, device, indices=train_idx, batch=a.batch_size,
-                                 workers=a.workers, progress=show, desc="train features", l2=False)
-            te = extract_sharded(backbone, test_src, a.res, norm, device, indices=a.test_idx, batch=a.batch_size,
-                                 workers=a.workers, progress=show, desc="test features", l2=False)
-            r = probe_features(tr, te, train_src.num_classes, epochs=a.epochs, batch=a.batch_size, lr=a.lr, wd=a.wd,
-                               seed=a.seed, device=device, progress=show)
+            tr = extract_sharded(backbone, train, device, progress=show, desc="train features", l2=False)
+            te = extract_sharded(backbone, test, device, progress=show, desc="test features", l2=False)
+            r = probe_features(tr, te, train_src.num_classes, probe, device=device, progress=show)
         else:
-            r = probe_images(backbone, train_src, test_src, a.res, norm, train_src.num_classes, epochs=a.epochs,
-                             batch=a.batch_size, lr=a.lr, wd=a.wd, aug=a.aug, seed=a.seed, workers=a.workers,
-                             device=device, amp=amp, indices=train_idx, test_indices=a.test_idx, progress=show)
+            r = probe_images(backbone, train, test, probe, device=device, amp=amp, progress=show)
         out[name] = r
         if rank == 0:
             print(f"linear probe {name} ({mode}, {a.epochs} epochs): top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}% "

@@ -8,6 +8,9 @@ resizes each whole image (loaders.plain_loader).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,16 +39,29 @@ def _array_batches(source, res, idx, batch):
             for s in range(0, len(idx), batch))
 
 
+@dataclass(frozen=True)
+class Images:
+    """Images to embed: a source, the size and the normalisation they are seen at, which of them (indices;
+    None: all), and how they are read (batch, workers)."""
+    source: Any
+    res: int
+    normalize: Callable
+    indices: Any = None
+    batch: int = 256
+    workers: int = 2
+
+
 @torch.no_grad()
-def extract_sharded(encoder, source, res, normalize, device, *, indices=None, batch=256, workers=2,
-                    progress=False, desc="features", l2=True):
-    """Features [N, D] float32 and labels [N] of source[indices] (all by default), row i = indices[i].
-    l2=False keeps the raw pooled features (the linear probe's input)."""
+def extract_sharded(encoder, images: Images, device, *, progress=False, desc="features", l2=True):
+    """Features [N, D] float32 and labels [N] of images.source[images.indices] (all by default), row i =
+    indices[i]. l2=False keeps the raw pooled features (the linear probe's input)."""
     from loaders import plain_loader
-    idx = np.arange(len(source)) if indices is None else np.asarray(indices)
+    source, res, normalize, batch = images.source, images.res, images.normalize, images.batch
+    idx = np.arange(len(source)) if images.indices is None else np.asarray(images.indices)
     n, rank, world = len(idx), dist.rank(), dist.world()
     mine = idx[dist.share(n, rank, world)]
-    batches = _array_batches(source, res, mine, batch) or plain_loader(source, res, batch, workers, indices=mine)
+    batches = _array_batches(source, res, mine, batch) or plain_loader(source, res, batch, images.workers,
+                                                                                indices=mine)
     was = encoder.training
     encoder.eval()
     feats, labels = [], []

@@ -6,16 +6,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine import dist
-from loaders.embed import extract_sharded
+from loaders.embed import Images, extract_sharded
 
 
 @torch.no_grad()
-def embed_all(encoder, source, res, normalize, device, *, rank=0, world=1, batch=256, workers=2, progress=False):
-    """-> fp16 [N, D] on `device`, row i = normalised embedding of sample i (all ranks get all rows)."""
-    assert (rank, world) == (dist.rank(), dist.world()), "embed_all shards by the process group's rank"
-    feats, _ = extract_sharded(encoder, source, res, normalize, device, batch=batch, workers=workers,
-                               progress=progress, desc="SePP bank")
+def embed_all(encoder, images: Images, device, progress=False):
+    """-> fp16 [N, D] on `device`, row i = normalised embedding of sample i (all ranks get all rows: each
+    embeds the share of the process group's rank)."""
+    feats, _ = extract_sharded(encoder, images, device, progress=progress, desc="SePP bank")
     return feats.half()
 
 

@@ -23,7 +23,7 @@ import torch
 from engine import ckpt, dist
 from engine.errors import parser_error_one_line
 from loaders.datasets import DEFAULT_RES
-from loaders.embed import extract_sharded
+from loaders.embed import Images, extract_sharded
 from engine.errors import UsageError, cli_main
 from loaders.augment import DeviceAugment
 from loaders.datasets import fingerprint, open_source, recognise
@@ -119,8 +119,8 @@ def main(argv=None):
     res = a.res or DEFAULT_RES.get(a.dataset, 224)
     encoder, desc = load_encoder(a.encoder, a.arch, a.small_stem, a.stem_stride, a.space)
     norm = DeviceAugment([], source.mean, source.std).plain
-    feats, _ = extract_sharded(encoder.to(device), source, res, norm, device, batch=a.batch_size,
-                               workers=a.workers, progress=rank == 0 and not a.no_progress, desc="embedding")
+    feats, _ = extract_sharded(encoder.to(device), Images(source, res, norm, batch=a.batch_size, workers=a.workers),
+                               device, progress=rank == 0 and not a.no_progress, desc="embedding")
     k = min(a.k, len(source) - 1)
     if a.center:
         feats = center(feats)

@@ -11,6 +11,7 @@ import torch
 from engine import dist
 from engine.errors import UsageError
 from engine.extension import Extension
+from loaders.embed import Images
 from mining.bank import agreement_words, embed_all, label_agreement
 from mining.index import center, search_whole_set
 from mining.sampler import PairPlan
@@ -168,8 +169,8 @@ class SePP(Extension):
         else:   # --sepp-bank pass, or a train bank not yet filled (the first refresh, or after --resume)
             enc = self.encoder or (self.space(*model.target[:2]) if model.momentum_encoder
                                    else self.space(model.backbone, model.projector))
-            bank = embed_all(enc, self.source, a.res, self.normalize, self.device, rank=self.rank, world=self.world,
-                             workers=min(2, a.workers), progress=progress)
+            images = Images(self.source, a.res, self.normalize, workers=min(2, a.workers))
+            bank = embed_all(enc, images, self.device, progress=progress)
             filled, source = None, "pass"
         t1 = time.perf_counter()
         if a.sepp_center:   # the mean of the rows the bank holds (a train bank: the filled ones)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.knn import knn_predict
-from eval.linear import probe_features
+from eval.linear import Probe, probe_features
 from eval.semisup import balanced_subset
 from tests.helpers import TINY, read_csv, run, run_here
 
@@ -22,12 +22,12 @@ def _clusters(n, d, classes, spread, seed):
 
 def test_linear_probe_separates_separable_features_and_is_at_chance_on_random_ones():
     train, test = _clusters(2000, 32, 10, 0.5, 0), _clusters(1000, 32, 10, 0.5, 1)
-    sep = probe_features(train, test, 10, epochs=10, batch=128, lr=0.1)
+    sep = probe_features(train, test, 10, Probe(epochs=10, batch=128, lr=0.1))
     assert sep["top1"] >= 99.0 and sep["n"] == 1000, sep
     assert sep["losses"][-1] < sep["losses"][0]
     g = torch.Generator().manual_seed(2)
     noise = lambda n: (torch.randn(n, 32, generator=g), torch.randint(0, 10, (n,), generator=g))  # noqa: E731
-    rnd = probe_features(noise(2000), noise(2000), 10, epochs=10, batch=128, lr=0.1)
+    rnd = probe_features(noise(2000), noise(2000), 10, Probe(epochs=10, batch=128, lr=0.1))
     assert 5.0 < rnd["top1"] < 15.0, rnd        # chance is 10% (std of the estimate: 0.7 points)
     assert 40.0 < rnd["top5"] < 60.0, rnd       # chance is 50%
 

@@ -62,7 +62,7 @@ def encoder_and_pairs(tmp_path_factory):
 
 @pytest.mark.slow
 def test_mined_neighbours_equal_brute_force(encoder_and_pairs):
-    from loaders.embed import extract_sharded
+    from loaders.embed import Images, extract_sharded
     from loaders.augment import DeviceAugment
     from loaders.datasets import fingerprint, open_source
     from mining.encoders import load_encoder
@@ -70,7 +70,7 @@ def test_mined_neighbours_equal_brute_force(encoder_and_pairs):
     pairs = torch.load(d / "pairs.pt", weights_only=False)
     src = open_source("fashion-mnist", None, True, 300, 1)
     enc, _ = load_encoder(str(d / "enc.pth"), "resnet10", True, 2)
-    f, y = extract_sharded(enc, src, 28, DeviceAugment([], src.mean, src.std).plain, "cpu")
+    f, y = extract_sharded(enc, Images(src, 28, DeviceAugment([], src.mean, src.std).plain), "cpu")
     sim = f.double() @ f.double().T
     sim.fill_diagonal_(-math.inf)
     ref_s, ref_i = sim.topk(6, dim=1)
@@ -86,7 +86,7 @@ def test_mined_neighbours_equal_brute_force(encoder_and_pairs):
 
 @pytest.mark.slow
 def test_centred_mining_searches_centred_features(encoder_and_pairs, tmp_path):
-    from loaders.embed import extract_sharded
+    from loaders.embed import Images, extract_sharded
     from loaders.augment import DeviceAugment
     from loaders.datasets import open_source
     from mining.encoders import load_encoder
@@ -96,7 +96,7 @@ def test_centred_mining_searches_centred_features(encoder_and_pairs, tmp_path):
     pairs = torch.load(tmp_path / "c.pt", weights_only=False)
     src = open_source("fashion-mnist", None, True, 300, 1)
     enc, _ = load_encoder(str(d / "enc.pth"), "resnet10", True, 2)
-    f, y = extract_sharded(enc, src, 28, DeviceAugment([], src.mean, src.std).plain, "cpu")
+    f, y = extract_sharded(enc, Images(src, 28, DeviceAugment([], src.mean, src.std).plain), "cpu")
     c = center(f).double()
     sim = c @ c.T
     sim.fill_diagonal_(-math.inf)
