@@ -42,6 +42,11 @@ def run_here(args):
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
+def one_or_more(args, torchrun=0):
+    """run_here(args) for one process, run(args, torchrun=N) for N ranks."""
+    return run(args, torchrun=torchrun) if torchrun else run_here(args)
+
+
 def read_csv(path):
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -91,12 +96,13 @@ def make_image_folder(root, per_class=6, classes=2, seed=0, bad=True):
 
 def kill_and_resume_equals_uninterrupted(args, tmp_path):
     """Run `args` (train.py ... without --out) to the end; run it again, SIGKILL it once its first checkpoint
-    is written, resume with --resume auto: the final weights must equal the uninterrupted run's."""
+    is written, resume with --resume auto: the final weights must equal the uninterrupted run's. Only the killed
+    run needs a process of its own: the other two run in this one (run_here)."""
     import signal
     import time
 
     import torch
-    ref = run(args + ["--out", str(tmp_path / "ref")])
+    ref = run_here(args + ["--out", str(tmp_path / "ref")])
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "killed"
     p = subprocess.Popen([sys.executable] + args + ["--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -110,7 +116,7 @@ def kill_and_resume_equals_uninterrupted(args, tmp_path):
     saved = torch.load(ck, weights_only=False)   # the checkpoint survives the kill intact
     epochs = int(args[args.index("--epochs") + 1])
     assert 1 <= saved["epoch"] < epochs, "the kill should land mid-run"
-    r = run(args + ["--out", str(out), "--resume", "auto"])
+    r = run_here(args + ["--out", str(out), "--resume", "auto"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resumed from {ck} at epoch {saved['epoch']}" in r.stdout
     a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
@@ -137,9 +143,10 @@ def ranks_cover_every_index(loader_args, tmp_path, n=512):
 def signal_and_resume_equals_uninterrupted(args, tmp_path, stop_step, torchrun=0, expect_batch=None):
     """Run `args` (train.py ... without --out, with --log-every 1) to the end; run it again with a SIGTERM at
     global step `stop_step` (rank 0 signals itself): it must write a mid-epoch checkpoint and exit with code 3
-    and one line; resumed with --resume auto, its final weights must equal the uninterrupted run's."""
+    and one line; resumed with --resume auto, its final weights must equal the uninterrupted run's. Without
+    torchrun, the uninterrupted and the resumed runs are run in this process (run_here)."""
     import torch
-    ref = run(args + ["--out", str(tmp_path / "ref")], torchrun=torchrun)
+    ref = one_or_more(args + ["--out", str(tmp_path / "ref")], torchrun)
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "stopped"
     r = run(args + ["--out", str(out), "--fault-signal-step", str(stop_step)], torchrun=torchrun)
@@ -150,7 +157,7 @@ def signal_and_resume_equals_uninterrupted(args, tmp_path, stop_step, torchrun=0
     saved = torch.load(out / "last.pt", weights_only=False)
     if expect_batch is not None:
         assert (saved["epoch"], saved["batch"]) == expect_batch, (saved["epoch"], saved["batch"])
-    r = run(args + ["--out", str(out), "--resume", "auto"], torchrun=torchrun)
+    r = one_or_more(args + ["--out", str(out), "--resume", "auto"], torchrun)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"at epoch {saved['epoch']}" in r.stdout
     a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]

@@ -96,18 +96,18 @@ def test_train_on_unlabelled_images_mine_them_and_refuse_to_score(folders, tmp_p
     assert bars[0].startswith("epoch 1/1: 1/3 (33%), ") and " left" in bars[0]
     assert bars[-1].startswith("epoch 1/1: 3/3 (100%), ") and " in all, loss=" in bars[-1]
     pairs = tmp_path / "pairs.pt"
-    m = run(["-m", "mining.mine", "--encoder", str(out / "last.pt"), "--data", root, "--out", str(pairs), "--k", "3",
-             "--no-progress"])
+    m = run_here(["-m", "mining.mine", "--encoder", str(out / "last.pt"), "--data", root, "--out", str(pairs),
+                  "--k", "3", "--no-progress"])
     assert m.returncode == 0, m.stderr[-2000:]
     assert "mining quality" not in m.stdout   # no labels: no precision to report
     saved = torch.load(pairs, weights_only=False)
     assert saved["ids"].shape == (len(files), 3)
-    s = run(["train.py", *TINY, *SMALL, "--data", root, "--epochs", "1", "--sepp-pairs", str(pairs),
-             "--out", str(tmp_path / "sepp")])
+    s = run_here(["train.py", *TINY, *SMALL, "--data", root, "--epochs", "1", "--sepp-pairs", str(pairs),
+                  "--out", str(tmp_path / "sepp")])
     assert s.returncode == 0, s.stderr[-2000:]
     assert "of samples paired, no labels to check them against" in s.stdout
     for ev in ("knn", "linear", "semisup"):
-        e = run(["-m", f"eval.{ev}", "--checkpoint", str(out / "last.pt")])
+        e = run_here(["-m", f"eval.{ev}", "--checkpoint", str(out / "last.pt")])
         assert e.returncode == 2 and e.stderr.strip().count("\n") == 0, (ev, e.stderr[-1000:])
         assert e.stderr.startswith(f"error: scoring needs labels, and {root} holds unlabelled images: point --data "
                                    "at a labelled set")
@@ -238,9 +238,10 @@ def test_progress_on_a_terminal_is_a_bar_and_in_a_file_plain_lines(monkeypatch):
 
 @needs_fashion
 def test_an_evaluation_writes_no_bar_redraws_to_a_file(tmp_path):
-    r = run(["train.py", *TINY, *SMALL, "--subset", "256", "--epochs", "1", "--out", str(tmp_path / "r")])
+    r = run_here(["train.py", *TINY, *SMALL, "--subset", "256", "--epochs", "1", "--out", str(tmp_path / "r")])
     assert r.returncode == 0, r.stderr[-2000:]
-    e = run(["-m", "eval.knn", "--checkpoint", str(tmp_path / "r" / "last.pt"), "--n-train", "512", "--n-test", "256"])
+    e = run_here(["-m", "eval.knn", "--checkpoint", str(tmp_path / "r" / "last.pt"), "--n-train", "512",
+                  "--n-test", "256"])
     assert e.returncode == 0, e.stderr[-2000:]
     assert "\r" not in e.stdout + e.stderr and len(e.stdout + e.stderr) < 2000, e.stdout + e.stderr
 

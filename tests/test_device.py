@@ -13,7 +13,7 @@ from loaders.device import DeviceLoader, resample_weights
 from loaders.torch_loader import TorchLoader
 from tests.conftest import FASHION, have_fashion
 from tests.helpers import (TINY, kill_and_resume_equals_uninterrupted, make_image_folder, ranks_cover_every_index,
-                           read_csv, run, run_here)
+                           read_csv, run_here)
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +82,9 @@ def test_two_ranks_cover_every_index_once_per_epoch(tmp_path):
 
 @pytest.mark.slow
 def test_device_loader_trains_with_bsim_and_sepp(tmp_path):
-    r = run(["train.py", *TINY, "--loader", "device", "--method", "moco", "--subset", "512", "--epochs", "2",
-             "--batch-size", "64", "--lr", "0.1", "--bsim", "--sepp", "--sepp-warmup", "1", "--sepp-k", "3",
-             "--out", str(tmp_path)], timeout=400)
+    r = run_here(["train.py", *TINY, "--loader", "device", "--method", "moco", "--subset", "512", "--epochs", "2",
+                  "--batch-size", "64", "--lr", "0.1", "--bsim", "--sepp", "--sepp-warmup", "1", "--sepp-k", "3",
+                  "--out", str(tmp_path)])
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_csv(tmp_path / "train.csv")
     assert all(math.isfinite(float(x["loss_mix"])) for x in rows)

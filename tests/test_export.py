@@ -13,7 +13,7 @@ from engine.errors import UsageError
 from eval import export
 from mining.encoders import load_encoder
 from tests.conftest import needs_fashion
-from tests.helpers import run
+from tests.helpers import run_here
 
 
 def checkpoint(tmp_path, method="byol", arch="resnet18", small_stem=False, stem_stride=1, width=64, name="last.pt"):
@@ -176,13 +176,13 @@ def _dim(net):
 
 def test_mine_and_the_evaluations_take_torchvision_weights_without_arch(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
-    r = run(["-m", "mining.mine", "--encoder", str(tmp_path / "resnet18.pth"), "--dataset", "fashion-mnist",
-             "--subset", "64", "--k", "2", "--out", str(tmp_path / "p.pt"), "--no-progress"])
+    r = run_here(["-m", "mining.mine", "--encoder", str(tmp_path / "resnet18.pth"), "--dataset", "fashion-mnist",
+                  "--subset", "64", "--k", "2", "--out", str(tmp_path / "p.pt"), "--no-progress"])
     assert r.returncode == 0, r.stderr[-2000:]
     meta = torch.load(tmp_path / "p.pt", weights_only=False)["meta"]
     assert meta["encoder_desc"]["arch"] == "resnet18" and meta["encoder_desc"]["small_stem"] is False
-    r = run(["-m", "mining.mine", "--encoder", str(tmp_path / "resnet18.pth"), "--arch", "resnet50",
-             "--out", str(tmp_path / "p.pt")])
+    r = run_here(["-m", "mining.mine", "--encoder", str(tmp_path / "resnet18.pth"), "--arch", "resnet50",
+                  "--out", str(tmp_path / "p.pt")])
     assert r.returncode == 2 and "holds a resnet18, width 64, 7x7 ImageNet stem; drop --arch" in r.stderr
     from eval import knn
     out = knn.main(["--checkpoint", str(tmp_path / "resnet18.pth"), "--n-train", "200", "--n-test", "100",
@@ -213,8 +213,8 @@ def test_the_embedding_picture_of_two_runs_side_by_side(tmp_path):
     a, _ = checkpoint(tmp_path, method="simclr", arch="resnet10", small_stem=True, stem_stride=2, name="a.pt")
     b, _ = checkpoint(tmp_path, method="byol", arch="resnet10", small_stem=True, stem_stride=2, name="b.pt")
     out = tmp_path / "emb.png"
-    r = run(["-m", "eval.plot", "--embedding", str(a), "--embedding", str(b), "--n", "300", "--method", "pca",
-             "--out", str(out), "--no-progress"])
+    r = run_here(["-m", "eval.plot", "--embedding", str(a), "--embedding", str(b), "--n", "300", "--method", "pca",
+                  "--out", str(out), "--no-progress"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"embedding (PCA): {out}" in r.stdout
     img = np.asarray(Image.open(out).convert("RGB"))

@@ -103,7 +103,7 @@ def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(loader, tmp_
     saved = signal_and_resume_equals_uninterrupted(args, tmp_path, 5, expect_batch=(0, 6))
     assert saved["ranks"] and len(saved["ranks"]) == 1
     if loader == "torch":   # --ckpt-every-min: checkpoints inside the epochs change nothing in the training
-        r = run(args + ["--ckpt-every-min", "1e-6", "--out", str(tmp_path / "often")])
+        r = run_here(args + ["--ckpt-every-min", "1e-6", "--out", str(tmp_path / "often")])
         assert r.returncode == 0, r.stderr[-2000:]
         prev = torch.load(tmp_path / "often" / "last.prev.pt", weights_only=False)
         assert (prev["epoch"], prev["batch"]) == (1, 7)          # the last mid-epoch one, before the epoch's end

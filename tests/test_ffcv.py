@@ -15,7 +15,7 @@ from loaders.augment import RECIPES
 from loaders.crops import LOG_RATIO, crop_box
 from loaders.ffcv_loader import FFCVLoader
 from loaders.prepare import read_rgb
-from tests.helpers import ROOT, TINY, make_image_folder, ranks_cover_every_index, read_csv, run
+from tests.helpers import ROOT, TINY, make_image_folder, ranks_cover_every_index, read_csv, run, run_here
 
 
 def prepare(*args):
@@ -116,7 +116,8 @@ def test_not_a_beton_and_truncated_beton_are_clear_errors(fashion_beton, tmp_pat
         with pytest.raises(UsageError) as e:
             check_beton(str(path) if path else None)
         assert what in e.value.for_cli(), e.value   # as the command line says it (the loader: `beton`)
-    r = run(["train.py", *TINY, "--loader", "ffcv", "--beton", str(cut), "--epochs", "1", "--out", str(tmp_path / "r")])
+    r = run_here(["train.py", *TINY, "--loader", "ffcv", "--beton", str(cut), "--epochs", "1",
+                  "--out", str(tmp_path / "r")])
     assert r.returncode == 2 and "truncated or damaged" in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
 
 

@@ -9,7 +9,7 @@ import torch
 
 from mining.index import center
 from mining.mine import by_threshold, quality
-from tests.helpers import TINY, read_csv, run
+from tests.helpers import TINY, read_csv, run, run_here
 
 
 def test_mining_quality_on_clustered_labels():
@@ -124,14 +124,14 @@ def test_each_method_trains_with_mined_pairs_and_other_samples_are_refused(encod
     quick = TINY + ["--subset", "300", "--seed", "1", "--epochs", "1", "--batch-size", "64", "--sepp-threshold", "-1"]
     for method in ("simclr", "moco", "byol", "simsiam"):
         out = tmp_path / method
-        r = run(["train.py", *quick, "--method", method, "--sepp-pairs", str(d / "pairs.pt"), "--out", str(out)])
+        r = run_here(["train.py", *quick, "--method", method, "--sepp-pairs", str(d / "pairs.pt"), "--out", str(out)])
         assert r.returncode == 0, r.stderr[-2000:]
         assert "SePP pairs from" in r.stdout and "SePP refresh" not in r.stdout
         rows = read_csv(out / "train.csv")
         assert all(math.isfinite(float(x["loss"])) for x in rows)
         if method in ("byol", "simsiam"):   # their SePP term is logged: the pairs reached the step
             assert all(x["loss_sepp"] != "" and math.isfinite(float(x["loss_sepp"])) for x in rows)
-    r = run(["train.py", *TINY, "--subset", "256", "--seed", "1", "--epochs", "1", "--batch-size", "64",
-             "--sepp-pairs", str(d / "pairs.pt"), "--out", str(tmp_path / "x")])
+    r = run_here(["train.py", *TINY, "--subset", "256", "--seed", "1", "--epochs", "1", "--batch-size", "64",
+                  "--sepp-pairs", str(d / "pairs.pt"), "--out", str(tmp_path / "x")])
     lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert r.returncode == 2 and len(lines) == 1 and "mine again" in lines[0] and "Traceback" not in r.stderr

@@ -116,8 +116,8 @@ def test_pair_plan_keeps_its_guarantees_at_100k_samples():
 def test_sepp_training_mines_same_label_positives_on_fashion_mnist(tmp_path):
     """After one short epoch of MoCo v2 (torch loader), the mined positives share their anchor's label far more
     often than chance (10%); the queue's ids let earlier positives count too."""
-    r = run(["train.py", *TINY, "--method", "moco", "--subset", "1024", "--epochs", "2", "--batch-size", "128",
-             "--lr", "0.1", "--sepp", "--sepp-warmup", "1", "--sepp-k", "3", "--out", str(tmp_path)], timeout=400)
+    r = run_here(["train.py", *TINY, "--method", "moco", "--subset", "1024", "--epochs", "2", "--batch-size", "128",
+                  "--lr", "0.1", "--sepp", "--sepp-warmup", "1", "--sepp-k", "3", "--out", str(tmp_path)])
     assert r.returncode == 0 and "SePP refresh" in r.stdout, r.stderr[-2000:]
     info = read_csv(tmp_path / "sepp.csv")[0]
     assert float(info["paired"]) > 0.5 and float(info["label_agreement"]) > 0.3, info
@@ -161,8 +161,8 @@ def test_search_of_some_rows_equals_those_rows_of_the_whole_search():
 def test_sepp_mines_in_the_projector_space(tmp_path):
     """--sepp-space projector: the bank is the (momentum) projector's output, proj-dim wide; refreshes log
     their cost against the epoch before them."""
-    r = run(["train.py", *TINY, "--method", "byol", "--subset", "512", "--epochs", "2", "--batch-size", "128",
-             "--lr", "0.1", "--sepp", "--sepp-warmup", "1", "--sepp-space", "projector", "--out", str(tmp_path)])
+    r = run_here(["train.py", *TINY, "--method", "byol", "--subset", "512", "--epochs", "2", "--batch-size", "128",
+                  "--lr", "0.1", "--sepp", "--sepp-warmup", "1", "--sepp-space", "projector", "--out", str(tmp_path)])
     assert r.returncode == 0 and "of an epoch" in r.stdout, r.stderr[-2000:]
     info = read_csv(tmp_path / "sepp.csv")[0]
     assert info["dim"] == "32" and 0 < float(info["search_s"]) <= float(info["refresh_s"]), info
@@ -183,8 +183,8 @@ def test_sepp_train_bank_fills_from_the_training_passes_over_two_ranks(tmp_path)
     assert [x["bank"] for x in rows] == ["pass", "train", "train"], rows
     for x in rows[1:]:   # chance is 0.1; at this size train-bank refreshes measured 0.17-0.26 over seeds 0-2
         assert float(x["paired"]) > 0.5 and float(x["label_agreement"]) > 0.15, x
-    r = run(["train.py", *TINY, "--sepp", "--sepp-bank", "train", "--sepp-encoder", str(tmp_path / "last.pt"),
-             "--out", str(tmp_path / "x")])
+    r = run_here(["train.py", *TINY, "--sepp", "--sepp-bank", "train", "--sepp-encoder", str(tmp_path / "last.pt"),
+                  "--out", str(tmp_path / "x")])
     assert r.returncode == 2 and "drop --sepp-encoder" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -280,21 +280,21 @@ def test_a_fixed_encoder_of_foreign_weights_mines_once(tmp_path):
     torch.manual_seed(0)
     backbone, _ = build_backbone("resnet10", True, 2)
     torch.save(backbone.state_dict(), tmp_path / "resnet10.pth")
-    r = run(["train.py", *TINY, "--method", "simsiam", "--subset", "256", "--epochs", "3", "--batch-size", "64",
-             "--sepp", "--sepp-warmup", "2", "--sepp-every", "1", "--sepp-encoder", str(tmp_path / "resnet10.pth"),
-             "--out", str(tmp_path / "run")])
+    r = run_here(["train.py", *TINY, "--method", "simsiam", "--subset", "256", "--epochs", "3", "--batch-size", "64",
+                  "--sepp", "--sepp-warmup", "2", "--sepp-every", "1", "--sepp-encoder", str(tmp_path / "resnet10.pth"),
+                  "--out", str(tmp_path / "run")])
     assert r.returncode == 0, r.stderr[-2000:]
     rows = read_csv(tmp_path / "run" / "sepp.csv")
     assert [x["epoch"] for x in rows] == ["0"] and float(rows[0]["paired"]) > 0.5, rows
     # --sepp-center: the run's bank is searched in centred cosines, as python -m mining.mine --center mines
-    r = run(["train.py", *TINY, "--method", "simsiam", "--subset", "256", "--epochs", "1", "--batch-size", "64",
-             "--sepp", "--sepp-k", "3", "--sepp-center", "--sepp-threshold", "0.85",
-             "--sepp-encoder", str(tmp_path / "resnet10.pth"), "--out", str(tmp_path / "centred")])
+    r = run_here(["train.py", *TINY, "--method", "simsiam", "--subset", "256", "--epochs", "1", "--batch-size", "64",
+                  "--sepp", "--sepp-k", "3", "--sepp-center", "--sepp-threshold", "0.85",
+                  "--sepp-encoder", str(tmp_path / "resnet10.pth"), "--out", str(tmp_path / "centred")])
     assert r.returncode == 0, r.stderr[-2000:]
     got = read_csv(tmp_path / "centred" / "sepp.csv")[0]
-    r = run(["-m", "mining.mine", "--encoder", str(tmp_path / "resnet10.pth"), "--arch", "resnet10",
-             "--stem-stride", "2", "--subset", "256", "--k", "3", "--center", "--no-progress", "--workers", "1",
-             "--out", str(tmp_path / "c.pt")])
+    r = run_here(["-m", "mining.mine", "--encoder", str(tmp_path / "resnet10.pth"), "--arch", "resnet10",
+                  "--stem-stride", "2", "--subset", "256", "--k", "3", "--center", "--no-progress", "--workers", "1",
+                  "--out", str(tmp_path / "c.pt")])
     assert r.returncode == 0, r.stderr[-2000:]
     sims = torch.load(tmp_path / "c.pt", weights_only=False)["sims"]
     kept = sims[sims >= 0.85]
@@ -302,9 +302,9 @@ def test_a_fixed_encoder_of_foreign_weights_mines_once(tmp_path):
     assert float(got["candidates_above_threshold"]) == pytest.approx(kept.numel() / sims.numel(), abs=0.01)
     assert float(got["mean_sim"]) == pytest.approx(kept.mean().item(), abs=2e-3)
     # --sepp-keep 0.5: the threshold is the median of the rank-1 similarities, whatever their scale
-    r = run(["train.py", *TINY, "--method", "simsiam", "--subset", "256", "--epochs", "1", "--batch-size", "64",
-             "--sepp", "--sepp-k", "3", "--sepp-keep", "0.5", "--sepp-threshold", "-1",
-             "--sepp-encoder", str(tmp_path / "resnet10.pth"), "--out", str(tmp_path / "keep")])
+    r = run_here(["train.py", *TINY, "--method", "simsiam", "--subset", "256", "--epochs", "1", "--batch-size", "64",
+                  "--sepp", "--sepp-k", "3", "--sepp-keep", "0.5", "--sepp-threshold", "-1",
+                  "--sepp-encoder", str(tmp_path / "resnet10.pth"), "--out", str(tmp_path / "keep")])
     assert r.returncode == 0, r.stderr[-2000:]
     got = read_csv(tmp_path / "keep" / "sepp.csv")[0]
     assert float(got["threshold_used"]) > 0.5 and float(got["candidates_above_threshold"]) <= 0.5 + 1e-6

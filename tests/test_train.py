@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from tests.helpers import TINY, kill_and_resume_equals_uninterrupted, read_csv, run
+from tests.helpers import TINY, kill_and_resume_equals_uninterrupted, read_csv, run, run_here
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_kill_and_resume_gives_the_same_weights_and_a_truncated_checkpoint_falls
     ck, prev = out / "last.pt", out / "last.prev.pt"
     assert torch.load(prev, weights_only=False)["epoch"] == 2      # the checkpoint before the last is kept
     ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])     # a copy cut short
-    r = run(args + ["--out", str(out), "--resume", "auto"])
+    r = run_here(args + ["--out", str(out), "--resume", "auto"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resuming from the previous checkpoint {prev}" in r.stderr and f"resumed from {prev} at epoch 2" in r.stdout
     a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
@@ -41,7 +41,7 @@ def test_kill_and_resume_gives_the_same_weights_and_a_truncated_checkpoint_falls
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
     prev.write_bytes(b"")
     ck.write_bytes(b"x")
-    r = run(args + ["--out", str(out), "--resume", "auto"])
+    r = run_here(args + ["--out", str(out), "--resume", "auto"])
     lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert r.returncode == 2 and len(lines) == 1 and "no readable checkpoint" in lines[0], r.stderr[-2000:]
 
@@ -49,8 +49,8 @@ def test_kill_and_resume_gives_the_same_weights_and_a_truncated_checkpoint_falls
 @pytest.fixture(scope="module")
 def simclr_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("ck")
-    r = run(["train.py", "--method", "simclr", "--subset", "64", "--epochs", "1", "--batch-size", "32",
-             "--out", str(out)] + TINY)
+    r = run_here(["train.py", "--method", "simclr", "--subset", "64", "--epochs", "1", "--batch-size", "32",
+                  "--out", str(out)] + TINY)
     assert r.returncode == 0, r.stderr[-2000:]
     return out / "last.pt"
 
@@ -100,8 +100,8 @@ def test_corrupt_checkpoint_and_batch_not_divisible(tmp_path):
 def test_demo_config_beats_random_init(tmp_path):
     """The README's demo in miniature: the trained encoder's kNN beats the same encoder at random init."""
     out = tmp_path / "demo"
-    r = run(["train.py", "--config", "configs/fashion_demo.yaml", "--subset", "4096", "--epochs", "2",
-             "--knn-train", "2000", "--knn-test", "1000", "--out", str(out), "--no-progress"])
+    r = run_here(["train.py", "--config", "configs/fashion_demo.yaml", "--subset", "4096", "--epochs", "2",
+                  "--knn-train", "2000", "--knn-test", "1000", "--out", str(out), "--no-progress"])
     assert r.returncode == 0, r.stderr[-2000:]
     knn = {x["what"]: float(x["knn_top1"]) for x in read_csv(out / "knn.csv")}
     assert knn["trained"] > knn["random-init"] + 5, knn
