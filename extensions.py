@@ -133,14 +133,18 @@ class NonFiniteFaultAddOn(AddOn):
     def add_flags(self, a):
         a("--fault-nonfinite", default="", help=argparse.SUPPRESS)
 
-    def check(self, args):
+    @staticmethod
+    def steps(args) -> set[int]:
         try:
-            {int(x) for x in args.fault_nonfinite.split(",") if x.strip()}
+            return {int(x) for x in args.fault_nonfinite.split(",") if x.strip()}
         except ValueError:
             raise UsageError(f"--fault-nonfinite {args.fault_nonfinite}: not a list of steps") from None
 
+    def check(self, args):
+        self.steps(args)
+
     def build(self, args, run, model):
-        steps = {int(x) for x in args.fault_nonfinite.split(",") if x.strip()}
+        steps = self.steps(args)
         return NonFiniteFault(steps) if steps else None
 
 

@@ -184,7 +184,6 @@ def resolve(args):
         if not 0 < args.min_res <= args.res or not 0 <= args.start_ramp <= args.end_ramp:
             raise UsageError(f"--min-res {args.min_res} --start-ramp {args.start_ramp} --end-ramp {args.end_ramp}: "
                              f"need 0 < min-res <= --res ({args.res}) and start-ramp <= end-ramp")
-    extensions.check(args)   # each add-on its own flags (extensions.py)
     from loaders.dali import check_options
     check_options(args.dali_hw_load, args.dali_pipes, args.dali_augment)
     if args.val_split < 0 or (args.val_split and args.loader == "ffcv"):
@@ -192,6 +191,7 @@ def resolve(args):
                          "whole training set: use --loader torch, device or dali")
     if args.epochs < 1 or args.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
+    extensions.check(args)   # each add-on its own flags (extensions.py), once the core flags are checked
     return args
 
 
