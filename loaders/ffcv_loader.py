@@ -171,7 +171,12 @@ def epoch_batches(it, poll: float = 1.0):
             if it.cuda_streams[slot] is not None:
                 it.current_stream.wait_stream(it.cuda_streams[slot])
             yield result
-    finally:
+    finally:   # also when the loop is left early (a stop signal's sys.exit, an error, a break)
+        it.terminate_event.set()
+        # FFCV's thread reads the event only when its queue is full (a few batches on, then 0.5 s): wait for it, so
+        # that its numba code neither runs on the memory that close() frees nor at interpreter exit, where a
+        # running native thread aborts the process (std::terminate, SIGABRT instead of the stop's exit code 3)
+        it.join(timeout=120)
         it.close()
 
 
