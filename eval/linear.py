@@ -144,11 +144,11 @@ def main(argv=None):
     out = {"checkpoint": os.path.abspath(a.checkpoint), "mode": mode, "epochs": a.epochs, "lr": a.lr,
            "batch_size": a.batch_size, "aug": a.aug if mode == "images" else "none", "world": world,
            "method": cfg["method"], "arch": cfg["arch"], "test_subset": digest(a.test_idx, len(test_src))}
+    train = Images(train_src, a.res, norm, indices=train_idx, batch=a.batch_size, workers=a.workers)
+    test = Images(test_src, a.res, norm, indices=a.test_idx, batch=a.batch_size, workers=a.workers)
     for name in ["trained"] + (["random-init"] if a.random_init else []):
         _, model = load_run(a.checkpoint, random_init=name == "random-init")
         backbone = model.backbone.to(device)
-        train = Images(train_src, a.res, norm, indices=train_idx, batch=a.batch_size, workers=a.workers)
-        test = Images(test_src, a.res, norm, indices=a.test_idx, batch=a.batch_size, workers=a.workers)
         if mode == "features":
             tr = extract_sharded(backbone, train, device, progress=show, desc="train features", l2=False)
             te = extract_sharded(backbone, test, device, progress=show, desc="test features", l2=False)
