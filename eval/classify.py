@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -88,14 +89,27 @@ class TensorBatches:
             yield self.x[b], self.y[b]
 
 
-def fit(clf: Classifier, train, epochs: int, *, lr: float, wd: float, device, prep=None, amp=None,
-        nesterov: bool = False, progress: bool = False, desc: str = "train", log=None, scaler=None) -> list[float]:
+@dataclass(frozen=True)
+class Sgd:
+    """A classifier's training: SGD with momentum 0.9 (Nesterov's if asked) and weight decay, on a per-iteration
+    cosine schedule from the peak `lr` to 0 over `epochs`; `amp` an autocast dtype or None; `name` labels the
+    progress bar and the errors."""
+    epochs: int
+    lr: float
+    wd: float = 0.0
+    nesterov: bool = False
+    amp: torch.dtype | None = None
+    name: str = "train"
+
+
+def fit(clf: Classifier, train, sgd: Sgd, *, device, prep=None, progress: bool = False, scaler=None) -> list[float]:
     """Train the trainable part of `clf` on `train` (an iterable of (x, y) with set_epoch and len, already
-    this rank's share). lr is the peak of the cosine schedule; amp an autocast dtype or None; fp16 scales the
-    loss (a GradScaler: `scaler`, or a new one), else small gradients underflow. -> every epoch's mean loss."""
+    this rank's share) as `sgd` says; fp16 scales the loss (a GradScaler: `scaler`, or a new one), else small
+    gradients underflow. -> every epoch's mean loss."""
+    epochs, lr, amp, desc = sgd.epochs, sgd.lr, sgd.amp, sgd.name
     params = [p for p in clf.parameters() if p.requires_grad]
     net = torch.nn.parallel.DistributedDataParallel(clf) if dist.world() > 1 else clf
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=nesterov)
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=sgd.wd, nesterov=sgd.nesterov)
     scaler = scaler or grad_scaler(device.type, "fp16" if amp == torch.float16 else "off")
     steps = len(train)
     lr_s = warmup_cosine(lr, 0.0, max(1, epochs * steps), 0)
@@ -124,8 +138,6 @@ def fit(clf: Classifier, train, epochs: int, *, lr: float, wd: float, device, pr
             from engine.errors import UsageError
             raise UsageError(f"{desc}: loss is {mean} at epoch {epoch + 1}: lower --lr")
         losses.append(mean)
-        if log:
-            log(epoch, mean)
     return losses
 
 

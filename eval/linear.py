@@ -22,7 +22,7 @@ from engine import dist
 from engine.errors import parser_error_one_line
 from loaders.datasets import DEFAULT_RES
 from engine.errors import UsageError, cli_main
-from eval.classify import Classifier, Standardize, TensorBatches, evaluate, fit
+from eval.classify import Classifier, Sgd, Standardize, TensorBatches, evaluate, fit
 from loaders.embed import Images, extract_sharded, feature_dim
 from eval.features import eval_sources, labelled_loader, load_run
 from eval.subset import digest, pick
@@ -52,8 +52,8 @@ def probe_features(train, test, num_classes, probe: Probe = Probe(), *, device=N
     clf = Classifier(None, x.shape[1], num_classes, frozen=True,
                      norm=Standardize(x.mean(0), x.std(0))).to(device)
     lr = lr * batch / 256
-    losses = fit(clf, TensorBatches(x, y, batch // dist.world(), seed), epochs, lr=lr, wd=wd, device=device,
-                 progress=progress, desc="linear")
+    losses = fit(clf, TensorBatches(x, y, batch // dist.world(), seed), Sgd(epochs, lr, wd, name="linear"),
+                 device=device, progress=progress)
     res = evaluate(clf, TensorBatches(test[0], test[1], 1024, shuffle=False), device, sharded=False)
     return res | {"losses": losses}
 
@@ -68,8 +68,8 @@ def probe_images(backbone, train: Images, test: Images, probe: Probe = Probe(), 
     per_rank = probe.batch // dist.world()
     batches = labelled_loader(train.source, res, per_rank, indices=train.indices, aug=probe.aug,
                               workers=train.workers, seed=probe.seed)
-    losses = fit(clf, batches, probe.epochs, lr=probe.lr * probe.batch / 256, wd=probe.wd, device=device,
-                 prep=normalize, amp=amp, progress=progress, desc="linear")
+    sgd = Sgd(probe.epochs, probe.lr * probe.batch / 256, probe.wd, amp=amp, name="linear")
+    losses = fit(clf, batches, sgd, device=device, prep=normalize, progress=progress)
     batches = labelled_loader(test.source, test.res, per_rank, indices=test.indices, workers=test.workers,
                               train=False)
     return evaluate(clf, batches, device, test.normalize, amp) | {"losses": losses}

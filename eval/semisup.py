@@ -19,7 +19,7 @@ import torch
 
 from engine import dist
 from engine.errors import UsageError, cli_main
-from eval.classify import Classifier, evaluate, fit
+from eval.classify import Classifier, Sgd, evaluate, fit
 from loaders.embed import feature_dim
 from eval.features import labelled_loader, load_run
 from eval.linear import build_parser, save, setup
@@ -89,9 +89,8 @@ def main(argv=None):
         if world > 1 and device.type == "cuda":
             clf = torch.nn.SyncBatchNorm.convert_sync_batchnorm(clf)
         train = labelled_loader(train_src, a.res, per_rank, indices=idx, aug=a.aug, workers=a.workers, seed=a.seed)
-        losses = fit(clf, train, epochs, lr=a.lr * a.batch_size / 256, wd=a.wd, device=device, prep=norm, amp=amp,
-                     nesterov=True,
-                     progress=rank == 0 and not a.no_progress, desc="fine-tune")
+        sgd = Sgd(epochs, a.lr * a.batch_size / 256, a.wd, nesterov=True, amp=amp, name="fine-tune")
+        losses = fit(clf, train, sgd, device=device, prep=norm, progress=rank == 0 and not a.no_progress)
         test = labelled_loader(test_src, a.res, per_rank, indices=a.test_idx, workers=a.workers, train=False)
         r = evaluate(clf, test, device, norm, amp) | {"losses": losses}
         out[name] = r

@@ -36,14 +36,17 @@ def crop_key(seed, epoch, index, view):
     return _mix(h ^ np.uint64(view + 1))
 
 
+LR0, LR1 = LOG_RATIO   # numba freezes module globals into the compiled code
+
+
 @njit(cache=True)
-def crop_box(seed, epoch, index, view, height, width, smin, smax, lr0, lr1):
-    """(top, left, h, w) with torchvision RandomResizedCrop's rules (10 tries, then a centred crop)."""
-    key = crop_key(seed, epoch, index, view)
+def crop_box(key, height, width, smin, smax):
+    """(top, left, h, w) for the sample whose crop_key is `key`, with torchvision RandomResizedCrop's rules
+    (area in [smin, smax] of the image, log-aspect in LOG_RATIO; 10 tries, then a centred crop)."""
     area = height * width
     for t in range(10):
         target = area * (smin + (smax - smin) * _u01(key, 4 * t))
-        aspect = np.exp(lr0 + (lr1 - lr0) * _u01(key, 4 * t + 1))
+        aspect = np.exp(LR0 + (LR1 - LR0) * _u01(key, 4 * t + 1))
         w = int(np.round(np.sqrt(target * aspect)))
         h = int(np.round(np.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
@@ -51,33 +54,35 @@ def crop_box(seed, epoch, index, view, height, width, smin, smax, lr0, lr1):
             j = int(_u01(key, 4 * t + 3) * (width - w + 1))
             return i, j, h, w
     in_ratio = width / height
-    if in_ratio < np.exp(lr0):
+    if in_ratio < np.exp(LR0):
         w = width
-        h = int(np.round(w / np.exp(lr0)))
-    elif in_ratio > np.exp(lr1):
+        h = int(np.round(w / np.exp(LR0)))
+    elif in_ratio > np.exp(LR1):
         h = height
-        w = int(np.round(h * np.exp(lr1)))
+        w = int(np.round(h * np.exp(LR1)))
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
 
 
 @njit(cache=True)
-def _fill(out, seed, epoch, indices, view, height, width, smin, smax, lr0, lr1):
+def _fill(out, seed, epoch, indices, view, size, scale):
+    """out[k] = the box of sample indices[k]; size (height, width), scale (smin, smax)."""
     for k in range(len(indices)):
-        out[k, 0], out[k, 1], out[k, 2], out[k, 3] = crop_box(seed, epoch, indices[k], view, height, width,
-                                                              smin, smax, lr0, lr1)
+        out[k, 0], out[k, 1], out[k, 2], out[k, 3] = crop_box(crop_key(seed, epoch, indices[k], view),
+                                                              size[0], size[1], scale[0], scale[1])
 
 
 def crop_boxes(seed: int, epoch: int, indices, view: int, height: int, width: int, scale) -> np.ndarray:
     """int32 [len(indices), 4] of (top, left, h, w): crop_box for every sample of `indices` (same-sized images)."""
     idx = np.ascontiguousarray(indices, dtype=np.int64)
     out = np.empty((len(idx), 4), np.int32)
-    _fill(out, seed, epoch, idx, view, height, width, float(scale[0]), float(scale[1]), *LOG_RATIO)
+    _fill(out, seed, epoch, idx, view, (height, width), (float(scale[0]), float(scale[1])))
     return out
 
 
 def view_box(seed: int, epoch: int, index: int, view: int, height: int, width: int, scale):
     """One sample's box (Python ints): what the torch loader's workers cut."""
-    t, l, h, w = crop_box(seed, epoch, index, view, height, width, float(scale[0]), float(scale[1]), *LOG_RATIO)
+    key = np.uint64(crop_key(seed, epoch, index, view))   # numba hands a uint64 back as a Python int
+    t, l, h, w = crop_box(key, height, width, float(scale[0]), float(scale[1]))
     return int(t), int(l), int(h), int(w)

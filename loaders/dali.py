@@ -32,6 +32,7 @@ augment (DALI decodes and crops only; the shared device augmentation, optionally
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -112,22 +113,37 @@ def _colour_branchless(fn, types, v, a, cpu):
     return v
 
 
-def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs=None, branchless=False, dec=None,
-             crop_only=False):
+@dataclass(frozen=True)
+class ViewSpec:
+    """What every view of one pipeline shares: the output size, the normalisation, the output dtype and layout
+    (DALI types), CPU or GPU operators, the branchless colour ops, the decoder's extra arguments, and crop_only
+    (the random-resized crop alone, as uint8 CHW: the rest is the shared device augmentation's)."""
+    res: int
+    mean: tuple
+    std: tuple
+    out_dtype: object
+    layout: str
+    cpu: bool
+    branchless: bool = False
+    dec: dict = field(default_factory=dict)
+    crop_only: bool = False
+
+
+def view_ops(fn, types, images, a, spec: ViewSpec, jpegs=None):
     """One view of the recipe `a` (loaders.augment.ViewAug) from decoded uint8 HWC images, or, given `jpegs`,
-    with ROI decoding (each view decodes only its random crop window). crop_only: the random-resized crop
-    alone, as uint8 CHW (the rest is the shared device augmentation's)."""
+    with ROI decoding (each view decodes only its random crop window), as `spec` says."""
     from nvidia.dali import math as dmath
+    res, cpu, branchless = spec.res, spec.cpu, spec.branchless
     dev = "cpu" if cpu else "gpu"
     if jpegs is not None:
         v = fn.decoders.image_random_crop(jpegs, device="cpu" if cpu else "mixed", output_type=types.RGB,
                                           random_area=list(a.crop_scale), random_aspect_ratio=RATIO,
-                                          num_attempts=10, **(dec or {}))
+                                          num_attempts=10, **spec.dec)
         v = fn.resize(v, resize_x=res, resize_y=res, antialias=True)
     else:
         v = fn.random_resized_crop(images, device=dev, size=[res, res], random_area=list(a.crop_scale),
                                    random_aspect_ratio=RATIO, antialias=True)
-    if crop_only:
+    if spec.crop_only:
         return fn.transpose(v, perm=[2, 0, 1])
     if branchless:
         v = _colour_branchless(fn, types, v, a, cpu)
@@ -147,8 +163,8 @@ def view_ops(fn, types, images, a, res, mean, std, out_dtype, layout, cpu, jpegs
         else:            # min(x, 255 - x) is x below 128 and 255 - x from 128: two uint8 ops
             v = _maybe(fn, types, a.solarize, lambda x: dmath.min(x, types.Constant(255, dtype=types.UINT8) - x), v)
     mirror = fn.random.coin_flip(probability=a.flip) if a.flip > 0 else 0
-    return fn.crop_mirror_normalize(v, mirror=mirror, dtype=out_dtype, output_layout=layout,
-                                    mean=[m * 255 for m in mean], std=[s * 255 for s in std])
+    return fn.crop_mirror_normalize(v, mirror=mirror, dtype=spec.out_dtype, output_layout=spec.layout,
+                                    mean=[m * 255 for m in spec.mean], std=[s * 255 for s in spec.std])
 
 
 def output_dtype(device_type: str, amp: str | None) -> torch.dtype:
@@ -240,37 +256,18 @@ class DALILoader:
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
         cpu = self.cpu
-        out_dtype = types.FLOAT16 if output_dtype(self.device.type, self.amp) == torch.float16 else types.FLOAT
-        layout = "HWC" if self.channels_last else "CHW"
-        names = [f"view{v}" for v in range(len(self.recipe))] + ["index"]
-
         dec = {} if cpu or self.hw_load is None else {"hw_decoder_load": self.hw_load}
+        spec = ViewSpec(
+            res=self.res, mean=self.mean, std=self.std,
+            out_dtype=types.FLOAT16 if output_dtype(self.device.type, self.amp) == torch.float16 else types.FLOAT,
+            layout="HWC" if self.channels_last else "CHW", cpu=cpu, branchless=self.branchless, dec=dec,
+            crop_only=self.augment is not None)
+        names = [f"view{v}" for v in range(len(self.recipe))] + ["index"]
 
         @pipeline_def(enable_conditionals=True)
         def pipe(q):
-            if self.files is not None and self._plan is None:
-                # the sample's position in self.files rides as its "label"; class labels are looked up after
-                order = np.random.default_rng([self.seed, epoch, 11]).permutation(self.n)[:self.n_reader]
-                jpegs, index = fn.readers.file(
-                    files=[self.files[i] for i in order], labels=[int(i) for i in order], name="Reader",
-                    shard_id=self.rank * self.pipes + q, num_shards=self.world * self.pipes,
-                    shuffle_after_epoch=True, seed=self.seed + 1, pad_last_batch=True, random_shuffle=False)
-                images = None if self.roi else fn.decoders.image(jpegs, device="cpu" if cpu else "mixed",
-                                                                 output_type=types.RGB, **dec)
-            elif self.files is not None:  # files in our order (a plan): encoded bytes, decoded by DALI
-                jpegs, index = fn.external_source(source=self._sample_fn(), num_outputs=2, batch=False,
-                                                  dtype=[types.UINT8, types.INT64])
-                images = None if self.roi else fn.decoders.image(jpegs, device="cpu" if cpu else "mixed",
-                                                                 output_type=types.RGB, **dec)
-            else:
-                jpegs = None
-                images, index = fn.external_source(source=self._sample_fn(), num_outputs=2, batch=False,
-                                                   dtype=[types.UINT8, types.INT64], layout=["HWC", ""])
-                if not cpu:
-                    images = images.gpu()
-            views = [view_ops(fn, types, images, a, self.res, self.mean, self.std, out_dtype, layout, cpu,
-                              jpegs if self.roi else None, self.branchless, dec, self.augment is not None)
-                     for a in self.recipe]
+            images, jpegs, index = self._source(fn, types, q, epoch, dec)
+            views = [view_ops(fn, types, images, a, spec, jpegs=jpegs if self.roi else None) for a in self.recipe]
             # the index rides to the GPU with the views: handed over on the device, no copy in the step
             return (*views, index if cpu else index.gpu())
 
@@ -299,6 +296,29 @@ class DALILoader:
                                           auto_reset=True)
         else:
             self.it = DALIGenericIterator(ps, names, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+
+    def _source(self, fn, types, q, epoch, dec):
+        """Pipeline `q`'s samples (inside the pipeline definition): (decoded images or None, encoded JPEGs or
+        None, the sample index). Files with no plan come from DALI's shuffling reader, files with a plan and
+        in-memory images from an external source in our order."""
+        cpu = self.cpu
+        if self.files is not None and self._plan is None:
+            # the sample's position in self.files rides as its "label"; class labels are looked up after
+            order = np.random.default_rng([self.seed, epoch, 11]).permutation(self.n)[:self.n_reader]
+            jpegs, index = fn.readers.file(
+                files=[self.files[i] for i in order], labels=[int(i) for i in order], name="Reader",
+                shard_id=self.rank * self.pipes + q, num_shards=self.world * self.pipes,
+                shuffle_after_epoch=True, seed=self.seed + 1, pad_last_batch=True, random_shuffle=False)
+        elif self.files is not None:  # files in our order (a plan): encoded bytes, decoded by DALI
+            jpegs, index = fn.external_source(source=self._sample_fn(), num_outputs=2, batch=False,
+                                              dtype=[types.UINT8, types.INT64])
+        else:
+            images, index = fn.external_source(source=self._sample_fn(), num_outputs=2, batch=False,
+                                               dtype=[types.UINT8, types.INT64], layout=["HWC", ""])
+            return (images if cpu else images.gpu()), None, index
+        images = None if self.roi else fn.decoders.image(jpegs, device="cpu" if cpu else "mixed",
+                                                         output_type=types.RGB, **dec)
+        return images, jpegs, index
 
     def _sample_fn(self):
         src, loader, files = self.source, self, self.files

@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 from engine.errors import DataError, UsageError
 from loaders.augment import DeviceAugment
 from loaders.batch import RawBatch
-from loaders.crops import LOG_RATIO, crop_box
+from loaders.crops import crop_box, crop_key
 from loaders.order import EpochOrder
 
 @intrinsic
@@ -87,7 +87,6 @@ def _decoder_class():
             imdecode_c = Compiler.compile(imdecode)
             resize_crop_c = Compiler.compile(resize_crop)
             scales, seed, V = self.scales, self.seed, len(self.scales)
-            lr0, lr1 = LOG_RATIO
             epoch_addr = self.epoch.ctypes.data
 
             def decode(batch_indices, my_storage, metadata, storage_state):
@@ -106,8 +105,8 @@ def _decoder_class():
                     else:
                         img = image_data.reshape(height, width, 3)
                     for v in range(V):
-                        i, j, h, w = crop_box(seed, epoch, source_ix, v, int(height), int(width),
-                                              scales[v, 0], scales[v, 1], lr0, lr1)
+                        i, j, h, w = crop_box(crop_key(seed, epoch, source_ix, v), int(height), int(width),
+                                              scales[v, 0], scales[v, 1])
                         resize_crop_c(img, i, i + h, j, j + w, destination[dst_ix, v])
                 return destination[:len(batch_indices)]
 

@@ -166,13 +166,13 @@ def test_linear_probe_on_images_trains_through_the_frozen_backbone(tiny_run, tmp
 
 
 def test_frozen_classifier_keeps_backbone_and_batchnorm_statistics():
-    from eval.classify import Classifier, TensorBatches, fit
+    from eval.classify import Classifier, Sgd, TensorBatches, fit
     from models.backbones import build_backbone
     bb, dim = build_backbone("resnet10", small_stem=True)
     ref = {k: v.clone() for k, v in bb.state_dict().items()}
     clf = Classifier(bb, dim, 3, frozen=True)
     x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 3, (64,))
-    fit(clf, TensorBatches(x, y, 16), 2, lr=0.5, wd=0.0, device=torch.device("cpu"))
+    fit(clf, TensorBatches(x, y, 16), Sgd(2, lr=0.5), device=torch.device("cpu"))
     assert all(torch.equal(ref[k], v) for k, v in bb.state_dict().items())     # weights and running stats
     assert not torch.equal(clf.fc.weight, torch.zeros_like(clf.fc.weight))
 

@@ -12,7 +12,7 @@ import torch
 
 from loaders import LoaderOptions
 from loaders.augment import RECIPES
-from loaders.crops import LOG_RATIO, crop_box
+from loaders.crops import view_box
 from loaders.ffcv_loader import FFCVLoader
 from loaders.prepare import read_rgb
 from tests.helpers import ROOT, TINY, make_image_folder, ranks_cover_every_index, read_csv, run, run_here
@@ -55,7 +55,7 @@ def test_prepare_skips_and_reports_corrupt_and_truncated(folder_beton):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_views_are_regions_of_the_pil_decoded_source(folder_beton, device):
-    """Each view = the crop_box region of the PIL-decoded file resized to res (after the JPEG re-encode at
+    """Each view = the view_box region of the PIL-decoded file resized to res (after the JPEG re-encode at
     quality 95); the two views of a sample differ; the index/label fields are right."""
     out, good, _, _ = folder_beton
     labels = [0 if "class0" in p else 1 for p in good]
@@ -72,7 +72,7 @@ def test_views_are_regions_of_the_pil_decoded_source(folder_beton, device):
             assert int(b.label[k]) == labels[i]
             H, W = img.shape[:2]
             for v in range(2):
-                t, l, h, w = crop_box(3, 1, i, v, H, W, 0.08, 1.0, *LOG_RATIO)
+                t, l, h, w = view_box(3, 1, i, v, H, W, (0.08, 1.0))
                 ref = cv2.resize(img[t:t + h, l:l + w], (32, 32), interpolation=cv2.INTER_AREA).astype(float)
                 got = b.views[v, k].permute(1, 2, 0).numpy().astype(float)
                 assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.98 and np.abs(ref - got).mean() < 4
@@ -84,7 +84,7 @@ def test_views_are_regions_of_the_pil_decoded_source(folder_beton, device):
 def test_crops_follow_torchvision_rules_and_change_with_epoch():
     """Same distribution as torchvision's RandomResizedCrop.get_params (the reference it reproduces)."""
     from torchvision.transforms import RandomResizedCrop
-    boxes = [crop_box(0, e, 7, 0, 300, 400, 0.08, 1.0, *LOG_RATIO) for e in range(3000)]
+    boxes = [view_box(0, e, 7, 0, 300, 400, (0.08, 1.0)) for e in range(3000)]
     torch.manual_seed(0)
     img = torch.zeros(1, 300, 400)
     ref = [tuple(RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3))) for _ in range(3000)]
@@ -95,7 +95,7 @@ def test_crops_follow_torchvision_rules_and_change_with_epoch():
     assert len(set(boxes)) > 2900 and area.min() >= 0.08 - 1e-3
     assert abs(area.mean() - area_ref.mean()) < 0.02 and abs(area.std() - area_ref.std()) < 0.02
     assert abs(aspect.mean() - aspect_ref.mean()) < 0.02
-    assert crop_box(0, 3, 7, 1, 300, 400, 0.08, 1.0, *LOG_RATIO) == crop_box(0, 3, 7, 1, 300, 400, 0.08, 1.0, *LOG_RATIO)
+    assert view_box(0, 3, 7, 1, 300, 400, (0.08, 1.0)) == view_box(0, 3, 7, 1, 300, 400, (0.08, 1.0))
 
 
 @pytest.mark.slow

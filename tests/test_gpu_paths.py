@@ -75,13 +75,13 @@ def test_random_init_knn_weights_are_equal_on_two_ranks(tmp_path):
 def test_linear_probe_in_fp16_scales_the_loss():
     """eval.classify.fit under fp16 autocast steps through a GradScaler (small gradients underflow without one):
     its scale moved off the initial 65536 (a first step whose scaled gradients overflow fp16 is skipped)."""
-    from eval.classify import Classifier, TensorBatches, fit
+    from eval.classify import Classifier, Sgd, TensorBatches, fit
     torch.manual_seed(0)
     x, y = torch.randn(512, 16) * 50, torch.randint(0, 4, (512,))
     clf = Classifier(None, 16, 4, frozen=True)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
     w0 = clf.fc.weight.detach().clone()
-    fit(clf, TensorBatches(x, y, 64), 2, lr=0.1, wd=0.0, device=torch.device("cpu"), amp=torch.float16, scaler=scaler)
+    fit(clf, TensorBatches(x, y, 64), Sgd(2, lr=0.1, amp=torch.float16), device=torch.device("cpu"), scaler=scaler)
     st = scaler.state_dict()
     assert st["scale"] != 2.0 ** 16 or st["_growth_tracker"] > 0, st
     assert not torch.equal(clf.fc.weight, w0) and torch.isfinite(clf.fc.weight).all()
