@@ -79,14 +79,17 @@ def draw(panels: list[tuple[str, np.ndarray, np.ndarray]], names, path: str, met
     plt.close(fig)
 
 
-def embedding_figure(checkpoints: list[str], titles: list[str], path: str, *, n: int = 2000, method: str = "auto",
-                     dataset=None, data=None, device="cpu", progress=False) -> str:
-    panels, names, used = [], None, method
-    for ck, title in zip(checkpoints, titles):
-        f, y, names = set_features(ck, n, dataset, data, device, progress)
+def embedding_figure(panels: list[tuple[str, str]], path: str, *, n: int = 2000, method: str = "auto",
+                     test_set: tuple = (None, None), device="cpu", progress=False) -> str:
+    """One panel per (title, checkpoint), drawn to `path`; test_set (dataset, data): another labelled set than
+    the runs' own. -> the projection used."""
+    drawn, names, used = [], None, method
+    dataset, data = test_set
+    for title, ck in panels:
+        f, y, names = set_features(ck, n, dataset=dataset, data=data, device=device, progress=progress)
         xy, used = project(f, method)
-        panels.append((title, xy, y))
-    draw(panels, names, path, used)
+        drawn.append((title, xy, y))
+    draw(drawn, names, path, used)
     return used
 
 
@@ -111,7 +114,7 @@ def main(argv=None):
     if len(titles) != len(a.embedding):
         raise UsageError(f"{len(titles)} --title for {len(a.embedding)} --embedding: give one per panel, or none")
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.embedding[0])), "embedding.png")
-    used = embedding_figure(a.embedding, titles, out, n=a.n, method=a.method, dataset=a.dataset, data=a.data,
-                            device=a.device, progress=not a.no_progress)
+    used = embedding_figure(list(zip(titles, a.embedding)), out, n=a.n, method=a.method,
+                            test_set=(a.dataset, a.data), device=a.device, progress=not a.no_progress)
     print(f"embedding ({used}): {out}", flush=True)
     return out

@@ -24,13 +24,12 @@ from mining.index import BACKENDS, search
 
 
 @torch.no_grad()
-def knn_predict(train_f, train_y, test_f, num_classes, *, k=(200,), temperature=0.07, backend="torch",
-                chunk=4096) -> dict:
+def knn_predict(train_f, train_y, test_f, num_classes, *, k=(200,), temperature=0.07, backend="torch") -> dict:
     """{k: class scores [N_test, C]}: for each k, the sum over the k most similar training features of
     exp(sim / T). One search for the largest k serves every k."""
     ks = [k] if isinstance(k, int) else list(k)
     kmax = min(max(ks), train_f.shape[0])
-    sims, ids = search(test_f, train_f, k=kmax, threshold=float("-inf"), backend=backend, chunk=chunk)
+    sims, ids = search(test_f, train_f, k=kmax, threshold=float("-inf"), backend=backend)
     w = (sims / temperature).exp().masked_fill(ids < 0, 0.0)
     votes = train_y[ids.clamp(min=0)]
     out = {}

@@ -344,9 +344,8 @@ def embeddings(a, runs: list[Run]) -> list[str]:
             continue
         path = os.path.join(a.out, f"study_embedding_{m}.png")
         try:   # a picture that fails is said, and the study's table still comes
-            embedding_figure([os.path.join(r.folder, "last.pt") for r in got],
-                             [f"{m} {r.variant} (seed {seed})" for r in got], path, n=a.embedding_n,
-                             device="cuda" if torch.cuda.is_available() else "cpu")
+            embedding_figure([(f"{m} {r.variant} (seed {seed})", os.path.join(r.folder, "last.pt")) for r in got],
+                             path, n=a.embedding_n, device="cuda" if torch.cuda.is_available() else "cpu")
         except Exception as e:
             print(f"[study] embedding of {m} skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
             continue

@@ -52,6 +52,7 @@ class LoaderOptions:
     dali_pipes: int = 1
     dali_concurrent: bool = False
     dali_augment: str = "pipeline"
+    dali_prefetch: int = 2                  # batches DALI prepares ahead (prefetch_queue_depth)
     device_max_fraction: float = 0.5        # device: the dataset's share of free device memory at most
 
     @classmethod
@@ -88,7 +89,7 @@ def build_loader(opts: LoaderOptions, source, recipe, device, rank=0, world=1):
         return DeviceLoader(source, recipe, opts, device, aug, rank, world)
     if name == "synthetic":
         from loaders.synthetic import SyntheticLoader
-        return SyntheticLoader(len(source), len(recipe), opts, device, aug, rank, world, source.num_classes)
+        return SyntheticLoader(source, recipe, opts, device, aug, rank, world)
     if name == "dali":
         from loaders.dali import DALILoader
         return DALILoader(source, recipe, opts, device, rank, world,

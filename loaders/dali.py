@@ -187,7 +187,7 @@ def check_options(hw_load=None, pipes=1, augment="pipeline", batch_size=None):
 
 
 class DALILoader:
-    def __init__(self, source, recipe, opts, device, rank=0, world=1, augment=None, prefetch=2):
+    def __init__(self, source, recipe, opts, device, rank=0, world=1, augment=None):
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
@@ -199,7 +199,8 @@ class DALILoader:
         self.amp = opts.amp
         self.source, self.res, self.recipe, self.batch = source, res, tuple(recipe), batch_size
         self.device, self.rank, self.world, self.seed = torch.device(device), rank, world, seed
-        self.workers, self.channels_last, self.mix, self.prefetch = max(1, workers), channels_last, mix, prefetch
+        self.workers, self.channels_last, self.mix = max(1, workers), channels_last, mix
+        self.prefetch = opts.dali_prefetch
         self.drop_last, self.roi, self.hw_load, self.branchless = drop_last, roi, hw_load, branchless
         check_options(hw_load, pipes, opts.dali_augment, batch_size)
         self.pipes, self.concurrent = pipes, concurrent

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -92,8 +93,18 @@ class Samples:
         return np.ascontiguousarray(img), int(self.src.labels[i]), k
 
 
-def write_beton(samples: Samples, out: str, *, write_mode: str, max_resolution: int | None, jpeg_quality: int,
-                compress_probability: float, workers: int, chunksize: int = 100, progress: bool = True):
+@dataclass(frozen=True)
+class Encoding:
+    """How FFCV's RGBImageField stores an image: write_mode (raw | jpg | smart | proportion), the longest side
+    kept, the JPEG quality and, under `proportion`, the fraction stored as JPEG."""
+    write_mode: str = "jpg"
+    max_resolution: int | None = None
+    jpeg_quality: int = 90
+    compress_probability: float = 0.5
+
+
+def write_beton(samples: Samples, out: str, enc: Encoding, *, workers: int, chunksize: int = 100,
+                progress: bool = True):
     import functools
 
     import ffcv.writer
@@ -104,9 +115,10 @@ def write_beton(samples: Samples, out: str, *, write_mode: str, max_resolution: 
     from engine.progress import progress as bar
     ffcv.writer.tqdm = functools.partial(bar, enabled=progress, desc="write", unit="img")
     ffcv.writer.thread_map = functools.partial(thread_map, disable=True)   # a second of counting: no bar
-    fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution,
-                                     jpeg_quality=jpeg_quality, compress_probability=compress_probability,
-                                     smart_threshold=max_resolution and max_resolution ** 2 * 3 // 2),
+    res = enc.max_resolution
+    fields = {"image": RGBImageField(write_mode=enc.write_mode, max_resolution=res, jpeg_quality=enc.jpeg_quality,
+                                     compress_probability=enc.compress_probability,
+                                     smart_threshold=res and res ** 2 * 3 // 2),
               "label": IntField(), "index": IntField()}
     DatasetWriter(out, fields, num_workers=max(1, workers)).from_indexed_dataset(samples, chunksize=chunksize)
 
@@ -199,9 +211,8 @@ def main(argv=None):
     tmp = f"{args.out}.tmp-{os.getpid()}"
     t1 = time.perf_counter()
     try:
-        write_beton(Samples(src, keep), tmp, write_mode=args.write_mode, max_resolution=args.max_resolution,
-                    jpeg_quality=args.jpeg_quality, compress_probability=args.compress_probability, workers=workers,
-                    chunksize=args.chunksize, progress=progress)
+        enc = Encoding(args.write_mode, args.max_resolution, args.jpeg_quality, args.compress_probability)
+        write_beton(Samples(src, keep), tmp, enc, workers=workers, chunksize=args.chunksize, progress=progress)
         os.replace(tmp, args.out)
     finally:
         if os.path.exists(tmp):

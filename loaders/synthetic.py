@@ -9,13 +9,16 @@ from loaders.batch import RawBatch, set_plan
 
 
 class SyntheticLoader:
-    def __init__(self, n, views, opts, device, augment: DeviceAugment, rank=0, world=1, num_classes=10, pool=4):
-        res, batch_size = opts.res, opts.batch_size
+    POOL = 4   # distinct batches replayed
+
+    def __init__(self, source, recipe, opts, device, augment: DeviceAugment, rank=0, world=1):
+        """As many steps as `source` would give; its class count labels the batches (its images are not read)."""
+        res, batch_size, views = opts.res, opts.batch_size, len(recipe)
         g = torch.Generator(device="cpu").manual_seed(opts.seed + rank)
-        self.steps = max(1, n // (batch_size * world))
+        self.steps = max(1, len(source) // (batch_size * world))
         self.augment = augment
         self.pool = [(torch.randint(0, 256, (views, batch_size, 3, res, res), dtype=torch.uint8, generator=g),
-                      torch.randint(0, num_classes, (batch_size,), generator=g)) for _ in range(pool)]
+                      torch.randint(0, source.num_classes, (batch_size,), generator=g)) for _ in range(self.POOL)]
         self.pool = [(v.to(device), y.to(device)) for v, y in self.pool]
         self.base, self.stride = torch.arange(batch_size, device=device) + rank * batch_size, batch_size * world
 

@@ -138,7 +138,7 @@ def main(argv=None):
         elif name in ("torch", "torch-block"):
             ids = mi.search_torch(x, keys, a.k + 1, a.chunk, fused=False if name == "torch-block" else None)[1][:, 1:]
         else:
-            ids = mi.search(x, k=a.k, backend=name, exclude_self=True, nprobe=a.nprobe)[1]
+            ids = mi.search(x, k=a.k, backend=mi.Backend(name, nprobe=a.nprobe), exclude_self=True)[1]
         sync()
         dt = time.perf_counter() - t
         r = {"seconds": dt, "first_seconds": res["results"].get(name, {}).get("first_seconds", dt)}

@@ -19,6 +19,7 @@ is the key i (the whole set against itself) and is not its own neighbour.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -122,29 +123,39 @@ def search_faiss(q: np.ndarray, keys: np.ndarray, k: int, ivf: bool = False, nli
     return torch.from_numpy(s), torch.from_numpy(i)
 
 
+@dataclass(frozen=True)
+class Backend:
+    """Which search runs (one of BACKENDS) and its knobs: the torch path's rows per chunk, the IVF lists probed."""
+    name: str = "auto"
+    chunk: int = 4096
+    nprobe: int = 16
+
+
 def search(queries: torch.Tensor, keys: torch.Tensor | None = None, k: int = 1, *, threshold: float = -1.0,
-           backend: str = "auto", exclude_self: bool = False, chunk: int = 4096, nprobe: int = 16,
-           rows: torch.Tensor | None = None):
+           backend: Backend | str = "auto", exclude_self: bool = False, rows: torch.Tensor | None = None):
     """(sims [Q, k] float32, ids [Q, k] int64) on the queries' device; ids -1 where no neighbour passes.
+    backend: a Backend, or its name with the default knobs.
     rows (with keys None): search only queries[rows] against the whole set (a rank's share of a
     whole-set search); exclude_self then drops each row's own id."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend}: choose from {', '.join(BACKENDS)}")
+    how = Backend(backend) if isinstance(backend, str) else backend
+    if how.name not in BACKENDS:
+        raise ValueError(f"backend {how.name}: choose from {', '.join(BACKENDS)}")
     if rows is not None and keys is not None:
         raise ValueError("rows selects queries of a whole-set search: give no keys")
     keys = queries if keys is None else keys
     q = queries if rows is None else queries[rows.to(queries.device)]
     kk = k + 1 if exclude_self else k
-    if backend == "auto":
-        backend = "faiss" if _faiss() is not None and not fused_search.available(keys) else "torch"
-    if backend == "torch":
-        s, i = search_torch(q, keys, kk, chunk)
+    name = how.name
+    if name == "auto":
+        name = "faiss" if _faiss() is not None and not fused_search.available(keys) else "torch"
+    if name == "torch":
+        s, i = search_torch(q, keys, kk, how.chunk)
     else:
         if _faiss() is None:
-            raise ValueError(f"backend {backend}: faiss is not installed (pip install faiss-cpu)")
+            raise ValueError(f"backend {name}: faiss is not installed (pip install faiss-cpu)")
         kn = np.ascontiguousarray(keys.detach().float().cpu().numpy())
         qn = kn if q is keys else np.ascontiguousarray(q.detach().float().cpu().numpy())
-        s, i = search_faiss(qn, kn, kk, ivf=backend == "faiss-ivf", nprobe=nprobe)
+        s, i = search_faiss(qn, kn, kk, ivf=name == "faiss-ivf", nprobe=how.nprobe)
         s, i = s.to(queries.device), i.to(queries.device).long()
     return _finish(s.float(), i.long(), k, threshold, exclude_self, rows)
 

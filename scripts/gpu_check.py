@@ -18,6 +18,7 @@ FAISS. Parts, each timed with synchronisation after a warm-up, medians of repeat
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -122,7 +123,7 @@ def bare_step(a, dev):
             warm = 3 if a.tiny else 15   # compiled: the first calls compile (minutes for ResNet-50)
             for it in range(warm):
                 step(b, it)
-            s = timed(lambda: step(b, warm), 2 if a.tiny else 20, dev)
+            s = timed(functools.partial(step, b, warm), 2 if a.tiny else 20, dev)
             out[f"{arch}_{res}_{'compiled' if compiled else 'eager'}"] = {"pairs_s": bs / s, "ms": 1000 * s}
             del model, step
     return out

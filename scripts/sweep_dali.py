@@ -142,9 +142,9 @@ def main(argv=None):
                        if stage == "device" else None)
                 opts = LoaderOptions("dali", a.res, batch, workers=kw["workers"], dali_hw_load=kw["hw_load"],
                                      dali_branchless=kw["branchless"], dali_pipes=kw["pipes"],
-                                     dali_concurrent=kw["concurrent"], dali_augment="device" if aug else "pipeline")
-                ld = DALILoader(src, CROPS if stage == "crops" else RECIPES["simclr"], opts, device, augment=aug,
-                                prefetch=kw["prefetch"])
+                                     dali_concurrent=kw["concurrent"], dali_augment="device" if aug else "pipeline",
+                                     dali_prefetch=kw["prefetch"])
+                ld = DALILoader(src, CROPS if stage == "crops" else RECIPES["simclr"], opts, device, augment=aug)
                 rate = timed(ld, a.steps, a.warmup, device)[0]
                 del ld
         except Exception as e:  # one setting the GPU or DALI refuses does not stop the sweep

@@ -9,7 +9,7 @@ import torch
 from tests.helpers import TINY, read_csv, run, run_here
 
 from loaders.order import rank_batches
-from mining.index import recall, search
+from mining.index import Backend, recall, search
 from mining.sampler import PairPlan, pair_order
 
 
@@ -35,7 +35,7 @@ def brute(x, k, threshold, exclude_self):
 def test_backends_match_brute_force(backend):
     x = data()
     ref = brute(x, 5, 0.3, True)
-    sims, ids = search(x, k=5, threshold=0.3, backend=backend, exclude_self=True, chunk=128, nprobe=10 ** 6)
+    sims, ids = search(x, k=5, threshold=0.3, backend=Backend(backend, chunk=128, nprobe=10 ** 6), exclude_self=True)
     assert ids.shape == (600, 5) and ids.dtype == torch.int64
     assert (ids.numpy() == ref).mean() > 0.999  # float32 vs float64 may swap near-ties
     ok = ids >= 0
@@ -48,7 +48,7 @@ def test_backends_match_brute_force(backend):
 def test_threshold_k_and_ivf_recall():
     x = data(2000, 16, seed=1)
     _, exact = search(x, k=10, backend="torch", exclude_self=True)
-    _, ivf = search(x, k=10, backend="faiss-ivf", exclude_self=True, nprobe=4)
+    _, ivf = search(x, k=10, backend=Backend("faiss-ivf", nprobe=4), exclude_self=True)
     r = recall(ivf, exact)
     assert 0.3 < r <= 1.0  # approximate: measured, not equal
     s, i = search(x, k=3, threshold=0.99, backend="faiss", exclude_self=True)
