@@ -167,10 +167,11 @@ def setup(args) -> Run:
     seed_everything(args.seed, 0, r.rank)
 
     # ---- data
-    r.train_src = open_source(args.dataset, args.data, True, args.subset, args.seed, args.val_split)
+    r.train_src = open_source(args.dataset, args.data, train=True, subset=args.subset, seed=args.seed,
+                              val_split=args.val_split)
     r.recipe = RECIPES[args.recipe or METHODS[args.method].recipe]
     opts = flags.loader_options(args, args.batch_size // r.world)
-    r.loader = build_loader(opts, r.train_src, r.recipe, device, r.rank, r.world)
+    r.loader = build_loader(opts, r.train_src, r.recipe, device, rank=r.rank, world=r.world)
     r.steps_per_epoch = len(r.loader)
     if r.steps_per_epoch == 0:
         raise UsageError(f"{len(r.train_src)} training images make no batch of {args.batch_size}: lower --batch-size")
@@ -246,7 +247,7 @@ def knn_at_random_init(r: Run):
         return
     cur = {k: v.clone() for k, v in r.model.state_dict().items()}
     r.model.load_state_dict(r.random_init_state)
-    r.acc0 = knn_monitor(r.model, r.args, r.device, r.train_src, r.test_src, r.norm)
+    r.acc0 = knn_monitor(r.model, r.args, r.device, train_src=r.train_src, test_src=r.test_src, norm=r.norm)
     r.model.load_state_dict(cur)
     if r.main_rank:
         print(f"kNN random init: {r.acc0:.2f}%", flush=True)
@@ -316,7 +317,7 @@ def mid_epoch_checkpoint(r: Run, epoch: int, done: int):
     """`done` batches of `epoch` trained: every rank's RNG state and partial loss go in with the weights."""
     ranks = dist.gather_objects({"rng": ckpt.rng_state(), "loss_sum": float(r.epoch_loss), "good": int(r.epoch_good)})
     if r.main_rank:
-        save_checkpoint(r.ckpt_path, r.step, r.args, r.cfg, epoch, batch=done, ranks=ranks)
+        save_checkpoint(r.ckpt_path, r.step, r.args, r.cfg, epoch=epoch, batch=done, ranks=ranks)
     r.last_ckpt = time.monotonic()
 
 
@@ -337,13 +338,13 @@ def run_epoch(r: Run, epoch: int):
         loss, out = train_step(r, batch, step)
         due = False
         if it % args.log_every == 0 or it == r.steps_per_epoch - 1:
-            due = log_step(r, epoch, it, step, loss, out=out, bar=bar)
+            due = log_step(r, epoch, it, step, loss=loss, out=out, bar=bar)
         bar.update(1)
         if (r.stopping or due) and it + 1 < r.steps_per_epoch:   # mid-epoch (the epoch's end writes its own)
             mid_epoch_checkpoint(r, epoch, it + 1)
             if r.stopping:
                 bar.close()
-                stop_run(r.stopping, epoch, it + 1, r.ckpt_path, r.main_rank, r.log)
+                stop_run(r.stopping, epoch=epoch, batch=it + 1, path=r.ckpt_path, main_rank=r.main_rank, log=r.log)
         t_wait = time.perf_counter()
     bar.close()
     r.last_epoch_s = time.perf_counter() - t_epoch
@@ -355,12 +356,12 @@ def end_epoch(r: Run, epoch: int) -> dict:
     args = r.args
     mean_loss = dist.all_reduce_mean(r.epoch_loss / max(1, r.epoch_good)).item()
     if r.main_rank:
-        save_checkpoint(r.ckpt_path, r.step, args, r.cfg, epoch + 1)
+        save_checkpoint(r.ckpt_path, r.step, args, r.cfg, epoch=epoch + 1)
     r.last_ckpt = time.monotonic()
     row = {"epoch": epoch + 1, "loss": mean_loss, "knn_top1": ""}
     last = epoch + 1 == args.epochs
     if r.test_src is not None and (last or (args.knn_every and (epoch + 1) % args.knn_every == 0)):
-        row["knn_top1"] = knn_monitor(r.model, args, r.device, r.train_src, r.test_src, r.norm)
+        row["knn_top1"] = knn_monitor(r.model, args, r.device, train_src=r.train_src, test_src=r.test_src, norm=r.norm)
         r.log.write("knn", {"epoch": epoch + 1, "knn_top1": row["knn_top1"], "what": "trained"}, epoch + 1)
     if r.main_rank:
         r.log.write("epoch", row, epoch + 1)
@@ -368,7 +369,7 @@ def end_epoch(r: Run, epoch: int) -> dict:
               flush=True)
     dist.barrier()
     if r.stopping and not last:
-        stop_run(r.stopping, epoch + 1, 0, r.ckpt_path, r.main_rank, r.log)
+        stop_run(r.stopping, epoch=epoch + 1, batch=0, path=r.ckpt_path, main_rank=r.main_rank, log=r.log)
     return row
 
 

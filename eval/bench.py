@@ -194,7 +194,8 @@ def build(a, t, name, source, *, device, recipe, res, variant):
     if name == "synthetic-noaug":
         return Replay(build(a, t, "synthetic", source, device=device, recipe=recipe, res=res, variant=variant))
     if name == "tvpil":
-        return TVPIL(source, res, t.batch_size, t.workers, device, source.mean, source.std)
+        return TVPIL(source, res, batch=t.batch_size, workers=t.workers, device=device, mean=source.mean,
+                     std=source.std)
     loader = "dali" if name in ("dali-roi", "dali-device") else name
     # t.bsim is the variant's (bench_config): the BSIM add-on gives the loader its mixtures
     opts = flags.loader_options(t, t.batch_size, name=loader, res=res, seed=0,
@@ -228,7 +229,7 @@ def measure(a, ld, device, step):
         alone = summary([window(stream, a.steps, device, budget_s=a.budget_s) for _ in range(a.repeats)])
         for _ in range(a.warmup):   # the step's own warm-up (allocator, cuDNN autotuning, compilation)
             step(stream.next())
-        e2e = summary([window(stream, a.steps, device, step, a.budget_s) for _ in range(a.repeats)])
+        e2e = summary([window(stream, a.steps, device, work=step, budget_s=a.budget_s) for _ in range(a.repeats)])
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"loader_img_s": alone["img_s"], "loader_range": alone["range"], "loader_batches": alone["batches"],
             "end_to_end_img_s": e2e["img_s"], "end_to_end_range": e2e["range"], "end_to_end_batches": e2e["batches"],
@@ -428,7 +429,7 @@ def main(argv=None):
     if any("sepp" in v for v in variants) and t.batch_size % 2:
         raise UsageError(f"--variants sepp pairs samples in a batch: --batch-size {t.batch_size} must be even")
     a.warmup = t.workers + 1 if a.warmup is None else a.warmup
-    source = open_source(t.dataset, t.data, True, t.subset, t.seed, t.val_split)
+    source = open_source(t.dataset, t.data, train=True, subset=t.subset, seed=t.seed, val_split=t.val_split)
     names = [n.strip() for n in (a.loader or t.loader).split(",") if n.strip()]
     if "synthetic" not in names:
         names.append("synthetic")  # the ceiling is always measured in the same run
@@ -438,7 +439,7 @@ def main(argv=None):
     for arch in archs:
         for r in resolutions:
             for v in variants:
-                out = bench_config(a, source, device, arch, r, v, names)
+                out = bench_config(a, source, device, arch=arch, res=r, variant=v, names=names)
                 res["results"].append(out)
                 print_table(out, a, dev_name, res["cpus"])
     plain = {(x["arch"], x["res"]): x for x in res["results"] if x["variant"] == "plain"}

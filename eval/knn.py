@@ -51,7 +51,8 @@ def knn_accuracy(encoder, train: Images, test: Images, device, *, k=200, tempera
     extraction is sharded, every rank gets the answer."""
     tr = extract_sharded(encoder, train, device, progress=progress, desc="kNN train features")
     te = extract_sharded(encoder, test, device, progress=progress, desc="kNN test features")
-    return knn_scores(tr, te, train.source.num_classes, (k,), temperature, "torch")[min(k, len(tr[0]))]
+    acc = knn_scores(tr, te, train.source.num_classes, ks=(k,), temperature=temperature, backend="torch")
+    return acc[min(k, len(tr[0]))]
 
 
 @cli_main
@@ -102,7 +103,7 @@ def main(argv=None):
         show = rank == 0 and not a.no_progress
         tr = extract_sharded(enc, train, device, progress=show, desc="train features")
         te = extract_sharded(enc, test, device, progress=show, desc="test features")
-        acc = knn_scores(tr, te, train_src.num_classes, ks, a.temperature, a.index)
+        acc = knn_scores(tr, te, train_src.num_classes, ks=ks, temperature=a.temperature, backend=a.index)
         out[name] = {f"k{k}": v for k, v in acc.items()}
         if rank == 0:
             print(f"kNN {name} (T={a.temperature}): " + ", ".join(f"k={k} {v:.2f}%" for k, v in acc.items()),

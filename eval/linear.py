@@ -72,7 +72,7 @@ def probe_images(backbone, train: Images, test: Images, probe: Probe = Probe(), 
     losses = fit(clf, batches, sgd, device=device, prep=normalize, progress=progress)
     batches = labelled_loader(test.source, test.res, per_rank, indices=test.indices, workers=test.workers,
                               train=False)
-    return evaluate(clf, batches, device, test.normalize, amp) | {"losses": losses}
+    return evaluate(clf, batches, device, prep=test.normalize, amp=amp) | {"losses": losses}
 
 
 def build_parser(description=__doc__):

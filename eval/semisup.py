@@ -92,7 +92,7 @@ def main(argv=None):
         sgd = Sgd(epochs, a.lr * a.batch_size / 256, a.wd, nesterov=True, amp=amp, name="fine-tune")
         losses = fit(clf, train, sgd, device=device, prep=norm, progress=rank == 0 and not a.no_progress)
         test = labelled_loader(test_src, a.res, per_rank, indices=a.test_idx, workers=a.workers, train=False)
-        r = evaluate(clf, test, device, norm, amp) | {"losses": losses}
+        r = evaluate(clf, test, device, prep=norm, amp=amp) | {"losses": losses}
         out[name] = r
         if rank == 0:
             print(f"semi-supervised {name} ({a.fraction:g} labelled, {epochs} epochs): top-1 {r['top1']:.2f}%, "

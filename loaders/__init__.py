@@ -70,29 +70,29 @@ class LoaderOptions:
 def build_loader(opts: LoaderOptions, source, recipe, device, rank=0, world=1):
     """The loader opts.name over `source` (ffcv: over the .beton opts.beton made from it)."""
     name = opts.name
-    aug = DeviceAugment(recipe, source.mean, source.std, opts.channels_last, opts.mix, compile=opts.compile_augment,
-                        device=device)
+    aug = DeviceAugment(recipe, source.mean, source.std, channels_last=opts.channels_last, mix=opts.mix,
+                        compile=opts.compile_augment, device=device)
     if opts.res_at is not None and name != "ffcv":
         raise UsageError(f"progressive resolution (`min_res`) needs `loader` ffcv, not {name}")
     if name == "ffcv":
         from loaders.ffcv_loader import FFCVLoader
-        loader = FFCVLoader(recipe, opts, device, aug, rank, world)
+        loader = FFCVLoader(recipe, opts, device, aug, rank=rank, world=world)
         if loader.n != len(source) and rank == 0:
             print(f"note: {opts.beton} holds {loader.n} images, the source {len(source)} (images skipped at "
                   "prepare time, or another subset)", flush=True)
         return loader
     if name == "torch":
         from loaders.torch_loader import TorchLoader
-        return TorchLoader(source, recipe, opts, device, aug, rank, world)
+        return TorchLoader(source, recipe, opts, device, aug, rank=rank, world=world)
     if name == "device":
         from loaders.device import DeviceLoader
-        return DeviceLoader(source, recipe, opts, device, aug, rank, world)
+        return DeviceLoader(source, recipe, opts, device, aug, rank=rank, world=world)
     if name == "synthetic":
         from loaders.synthetic import SyntheticLoader
-        return SyntheticLoader(source, recipe, opts, device, aug, rank, world)
+        return SyntheticLoader(source, recipe, opts, device, aug, rank=rank, world=world)
     if name == "dali":
         from loaders.dali import DALILoader
-        return DALILoader(source, recipe, opts, device, rank, world,
+        return DALILoader(source, recipe, opts, device, rank=rank, world=world,
                           augment=aug if opts.dali_augment == "device" else None)
     raise UsageError(f"`loader` {name}: unknown (choose from {', '.join(LOADERS)})")
 

@@ -233,7 +233,7 @@ class DALILoader:
             self.labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
             self.n = len(source)
         # our order: in-memory sources always, files once a plan is set (the reader shuffles them otherwise)
-        self.order = EpochOrder(self.n, batch_size, rank, world, seed, drop_last)
+        self.order = EpochOrder(self.n, batch_size, rank=rank, world=world, seed=seed, drop_last=drop_last)
         if self.files is None:
             self.steps = len(self.order)
         self.labels = self.labels.to(self.device)

@@ -151,8 +151,8 @@ def fashion_mnist(root: str, train: bool) -> ArraySource:
     if img is None or lab is None:
         raise UsageError(f"`data` {root}: no Fashion-MNIST idx files ({split}-images-idx3-ubyte[.gz]); "
                          f"on Debian: apt-get install dataset-fashion-mnist")
-    return ArraySource(read_idx(img), read_idx(lab).astype(np.int64), 10, (0.286,) * 3, (0.353,) * 3,
-                       "fashion-mnist")
+    return ArraySource(read_idx(img), read_idx(lab).astype(np.int64), num_classes=10, mean=(0.286,) * 3,
+                       std=(0.353,) * 3, name="fashion-mnist")
 
 
 def cifar10(root: str, train: bool) -> ArraySource:
@@ -161,8 +161,8 @@ def cifar10(root: str, train: bool) -> ArraySource:
         ds = CIFAR10(root, train=train, download=False)
     except RuntimeError:
         raise UsageError(f"`data` {root}: no CIFAR-10 (expected {root}/cifar-10-batches-py)")
-    return ArraySource(ds.data, np.asarray(ds.targets, np.int64), 10, (0.491, 0.482, 0.447),
-                       (0.247, 0.243, 0.262), "cifar10")
+    return ArraySource(ds.data, np.asarray(ds.targets, np.int64), num_classes=10, mean=(0.491, 0.482, 0.447),
+                       std=(0.247, 0.243, 0.262), name="cifar10")
 
 
 def stl10(root: str, train: bool) -> ArraySource:
@@ -171,8 +171,8 @@ def stl10(root: str, train: bool) -> ArraySource:
         ds = STL10(root, split="train+unlabeled" if train else "test", download=False)
     except RuntimeError:
         raise UsageError(f"`data` {root}: no STL-10 (expected {root}/stl10_binary)")
-    return ArraySource(ds.data.transpose(0, 2, 3, 1), ds.labels.astype(np.int64), 10,
-                       (0.441, 0.428, 0.387), (0.268, 0.261, 0.269), "stl10")
+    return ArraySource(ds.data.transpose(0, 2, 3, 1), ds.labels.astype(np.int64), num_classes=10,
+                       mean=(0.441, 0.428, 0.387), std=(0.268, 0.261, 0.269), name="stl10")
 
 
 def folder(root: str, train: bool) -> FolderSource:

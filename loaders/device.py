@@ -85,7 +85,8 @@ class DeviceLoader:
         self.n, (_, _, self.H, self.W) = len(images), images.shape
         self.images = torch.from_numpy(images).to(self.device)   # once
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
-        self.order = EpochOrder(self.n, opts.batch_size, rank, world, opts.seed, opts.drop_last)
+        self.order = EpochOrder(self.n, opts.batch_size, rank=rank, world=world, seed=opts.seed,
+                                drop_last=opts.drop_last)
 
     set_plan = set_plan
 
@@ -101,7 +102,7 @@ class DeviceLoader:
         epoch, on the device."""
         parts = self.order.batches(epoch)
         flat = torch.as_tensor(np.concatenate(parts) if parts else np.zeros(0, np.int64), device=self.device)
-        boxes = np.stack([crop_boxes(self.seed, epoch, np.arange(self.n), v, self.H, self.W, s)
+        boxes = np.stack([crop_boxes(self.seed, epoch, np.arange(self.n), v, height=self.H, width=self.W, scale=s)
                           for v, s in enumerate(self.scales)])
         return flat.split([len(p) for p in parts]), torch.as_tensor(boxes, device=self.device)
 

@@ -229,7 +229,7 @@ class FFCVLoader:
             raise UsageError(f"`ffcv_order` {order}: under torchrun only 'ours' (the rank split of one global "
                              "permutation) gives every sample once per epoch")
         if self.order_name == "ours":
-            self.order = EpochOrder(self.n, batch_size, rank, world, seed, drop_last)
+            self.order = EpochOrder(self.n, batch_size, rank=rank, world=world, seed=seed, drop_last=drop_last)
             ffcv_order = _rank_order_class()(self.order)
         elif self.order_name in ("random", "quasi_random"):
             self.order = None   # FFCV's own order: it cannot skip to a batch, nor follow a plan

@@ -53,7 +53,8 @@ class EpochOrder:
     def batches(self, epoch: int | None = None, skip: int | None = None) -> list[np.ndarray]:
         """This rank's batches of `epoch` (default: the current one), from batch `skip` (default: set_epoch's)."""
         epoch = self.epoch if epoch is None else epoch
-        parts = rank_batches(self.permutation(epoch), self.batch, self.rank, self.world, self.drop_last)
+        parts = rank_batches(self.permutation(epoch), self.batch, rank=self.rank, world=self.world,
+                             drop_last=self.drop_last)
         return parts[self.skip if skip is None else skip:]
 
     def samples(self, epoch: int | None = None, skip: int | None = None) -> np.ndarray:

@@ -190,7 +190,7 @@ def main(argv=None):
     progress = not args.no_progress
     args.dataset, found = recognise(args.dataset, args.data)
     print(f"data: {found}", flush=True)
-    src = open_source(args.dataset, args.data, args.split == "train", args.subset, args.seed)
+    src = open_source(args.dataset, args.data, train=args.split == "train", subset=args.subset, seed=args.seed)
 
     t0 = time.perf_counter()
     bad = check(src, workers, progress)

@@ -31,7 +31,7 @@ class MultiCrop(Dataset):
         H, W = img.shape[-2:]
         crops = []
         for v, scale in enumerate(self.scales):
-            t, l, h, w = view_box(self.seed, epoch, int(i), v, H, W, scale)
+            t, l, h, w = view_box(self.seed, epoch, int(i), v, height=H, width=W, scale=scale)
             crops.append(TF.resized_crop(img, t, l, h, w, [self.res, self.res], antialias=True))
         return torch.stack(crops), int(i), label
 
@@ -80,7 +80,8 @@ class TorchLoader:
     def __init__(self, source, recipe, opts, device, augment: DeviceAugment, rank=0, world=1):
         self.source, self.device, self.augment = source, torch.device(device), augment
         seed, workers = opts.seed, opts.workers
-        self.order = EpochOrder(len(source), opts.batch_size, rank, world, seed, opts.drop_last)
+        self.order = EpochOrder(len(source), opts.batch_size, rank=rank, world=world, seed=seed,
+                                drop_last=opts.drop_last)
         self.sampler = EpochBatches(self.order)
         pin = self.device.type == "cuda"
         # Its own generator: creating an iterator must not draw from the global RNG, which the device

@@ -157,7 +157,7 @@ def search(queries: torch.Tensor, keys: torch.Tensor | None = None, k: int = 1, 
         qn = kn if q is keys else np.ascontiguousarray(q.detach().float().cpu().numpy())
         s, i = search_faiss(qn, kn, kk, ivf=name == "faiss-ivf", nprobe=how.nprobe)
         s, i = s.to(queries.device), i.to(queries.device).long()
-    return _finish(s.float(), i.long(), k, threshold, exclude_self, rows)
+    return _finish(s.float(), i.long(), k, threshold=threshold, exclude_self=exclude_self, rows=rows)
 
 
 def center(x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -115,9 +115,10 @@ def main(argv=None):
     device, rank, world = dist.init_device(a.device)
     if rank == 0:
         print(f"data: {found}", flush=True)
-    source = open_source(a.dataset, a.data, True, a.subset, a.seed, a.val_split)
+    source = open_source(a.dataset, a.data, train=True, subset=a.subset, seed=a.seed, val_split=a.val_split)
     res = a.res or DEFAULT_RES.get(a.dataset, 224)
-    encoder, desc = load_encoder(a.encoder, a.arch, a.small_stem, a.stem_stride, a.space)
+    encoder, desc = load_encoder(a.encoder, arch=a.arch, small_stem=a.small_stem, stem_stride=a.stem_stride,
+                                 space=a.space)
     norm = DeviceAugment([], source.mean, source.std).plain
     feats, _ = extract_sharded(encoder.to(device), Images(source, res, norm, batch=a.batch_size, workers=a.workers),
                                device, progress=rank == 0 and not a.no_progress, desc="embedding")
@@ -138,7 +139,7 @@ def main(argv=None):
         q = meta.get("quality")
         if q:
             png = os.path.splitext(a.out)[0] + "_sims.png"
-            histogram(labels, ids, sims, png, f"{a.dataset}: {desc.get('kind')} encoder, {a.space}"
+            histogram(labels, ids, sims, path=png, title=f"{a.dataset}: {desc.get('kind')} encoder, {a.space}"
                       f"{', centred' if a.center else ''}, k={k}")
             print(f"mining quality: precision@1 {q['precision_at_1']:.1%}, precision@{k} {q['precision_at_k']:.1%} "
                   f"(chance {q['chance']:.1%}); similarities: {png}", flush=True)

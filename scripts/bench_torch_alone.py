@@ -28,7 +28,7 @@ def main():
     a = bench.build_parser().parse_args(["--config", "configs/fashion_demo.yaml", "--workers", "2"])
     t = bench.train_args(a)
     warmup, steps, dev = t.workers + 1, 20, torch.device("cpu")
-    src = open_source(t.dataset, t.data, True, t.subset, t.seed)
+    src = open_source(t.dataset, t.data, train=True, subset=t.subset, seed=t.seed)
 
     def loader():
         return build_loader(flags.loader_options(t, t.batch_size, res=t.res, seed=0), src, RECIPES["simclr"], dev)

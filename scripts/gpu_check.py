@@ -87,7 +87,7 @@ def device_epoch(a, dev):
     out = {}
     for loader in ("device", "synthetic"):
         t = train_args(a, study_argv(a, ["--loader", loader]))
-        src = open_source(t.dataset, t.data, True, t.subset, t.seed)
+        src = open_source(t.dataset, t.data, train=True, subset=t.subset, seed=t.seed)
         ld = build_loader(flags.loader_options(t, t.batch_size), src, RECIPES[METHODS[t.method].recipe], dev)
         model, step = model_and_step(t, dev, len(ld), a.tiny)
         ld.set_epoch(0)
@@ -137,7 +137,7 @@ def addons(a, dev):
                         ("no_guard", ["--nonfinite-limit", "0"])):
         t = train_args(a, study_argv(a, ["--loader", "synthetic", *extra]))
         t.sepp = False   # the positives are tagged here (no mining): what the step pays for them
-        src = open_source(t.dataset, t.data, True, t.subset, t.seed)
+        src = open_source(t.dataset, t.data, train=True, subset=t.subset, seed=t.seed)
         opts = flags.loader_options(t, t.batch_size, name="synthetic")
         ld = build_loader(opts, src, RECIPES[METHODS[t.method].recipe], dev)
         model, step = model_and_step(t, dev, tiny=a.tiny)
@@ -177,7 +177,7 @@ def sync_free_steps(a, dev):
     for method in METHODS:
         for amp in amps:
             t = train_args(a, study_argv(a, ["--method", method, "--loader", "device", "--bsim", "--amp", amp]))
-            src = open_source(t.dataset, t.data, True, 2048 if not a.tiny else 256, t.seed)
+            src = open_source(t.dataset, t.data, train=True, subset=2048 if not a.tiny else 256, seed=t.seed)
             ld = build_loader(flags.loader_options(t, t.batch_size), src, RECIPES[METHODS[method].recipe], dev)
             model, step = model_and_step(t, dev, tiny=a.tiny)
             partner = torch.arange(len(src), device=dev).roll(1)

@@ -135,8 +135,8 @@ def main(argv=None):
         batch = kw.pop("batch_size")
         try:
             if stage in ("read", "decode"):
-                rate = raw_rate(src.files, batch, kw["workers"], device, stage == "decode",
-                                kw["hw_load"], a.steps, a.warmup)
+                rate = raw_rate(src.files, batch, threads=kw["workers"], device=device, decode=stage == "decode",
+                                hw_load=kw["hw_load"], steps=a.steps, warmup=a.warmup)
             else:
                 aug = (DeviceAugment(RECIPES["simclr"], src.mean, src.std, compile=device.type == "cuda")
                        if stage == "device" else None)

@@ -24,11 +24,11 @@ q = keys[:a.rows]
 res = []
 for bm, bn, tiles, warps, stages in itertools.product((64, 128), (64, 128, 256), (16, 64), (4, 8), (2, 3)):
     try:
-        fused.tile_maxima(q, keys, bn, bm, tiles, warps, stages)
+        fused.tile_maxima(q, keys, bn=bn, bm=bm, tiles=tiles, num_warps=warps, num_stages=stages)
         torch.cuda.synchronize()
         t = time.perf_counter()
         for _ in range(3):
-            fused.tile_maxima(q, keys, bn, bm, tiles, warps, stages)
+            fused.tile_maxima(q, keys, bn=bn, bm=bm, tiles=tiles, num_warps=warps, num_stages=stages)
         torch.cuda.synchronize()
         dt = (time.perf_counter() - t) / 3 * a.n / a.rows
     except Exception as e:   # out of shared memory / registers for this setting
