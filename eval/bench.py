@@ -194,8 +194,8 @@ def build(a, t, name, source, *, device, recipe, res, variant):
     if name == "synthetic-noaug":
         return Replay(build(a, t, "synthetic", source, device=device, recipe=recipe, res=res, variant=variant))
     if name == "tvpil":
-        return TVPIL(source, res, batch=t.batch_size, workers=t.workers, device=device, mean=source.mean,
-                     std=source.std)
+        return TVPIL(source, res,
+                     batch=t.batch_size, workers=t.workers, device=device, mean=source.mean, std=source.std)
     loader = "dali" if name in ("dali-roi", "dali-device") else name
     # t.bsim is the variant's (bench_config): the BSIM add-on gives the loader its mixtures
     opts = flags.loader_options(t, t.batch_size, name=loader, res=res, seed=0,

@@ -80,7 +80,7 @@ def draw(panels: list[tuple[str, np.ndarray, np.ndarray]], names, path: str, met
 
 
 def embedding_figure(panels: list[tuple[str, str]], path: str, *, n: int = 2000, method: str = "auto",
-                     test_set: tuple = (None, None), device="cpu", progress=False) -> str:
+                     test_set: tuple[str | None, str | None] = (None, None), device="cpu", progress=False) -> str:
     """One panel per (title, checkpoint), drawn to `path`; test_set (dataset, data): another labelled set than
     the runs' own. -> the projection used."""
     drawn, names, used = [], None, method

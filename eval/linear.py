@@ -52,7 +52,7 @@ def probe_features(train, test, num_classes, probe: Probe = Probe(), *, device=N
     clf = Classifier(None, x.shape[1], num_classes, frozen=True,
                      norm=Standardize(x.mean(0), x.std(0))).to(device)
     lr = lr * batch / 256
-    losses = fit(clf, TensorBatches(x, y, batch // dist.world(), seed), Sgd(epochs, lr, wd, name="linear"),
+    losses = fit(clf, TensorBatches(x, y, batch // dist.world(), seed), Sgd(epochs, lr=lr, wd=wd, name="linear"),
                  device=device, progress=progress)
     res = evaluate(clf, TensorBatches(test[0], test[1], 1024, shuffle=False), device, sharded=False)
     return res | {"losses": losses}
@@ -68,7 +68,7 @@ def probe_images(backbone, train: Images, test: Images, probe: Probe = Probe(), 
     per_rank = probe.batch // dist.world()
     batches = labelled_loader(train.source, res, per_rank, indices=train.indices, aug=probe.aug,
                               workers=train.workers, seed=probe.seed)
-    sgd = Sgd(probe.epochs, probe.lr * probe.batch / 256, probe.wd, amp=amp, name="linear")
+    sgd = Sgd(probe.epochs, lr=probe.lr * probe.batch / 256, wd=probe.wd, amp=amp, name="linear")
     losses = fit(clf, batches, sgd, device=device, prep=normalize, progress=progress)
     batches = labelled_loader(test.source, test.res, per_rank, indices=test.indices, workers=test.workers,
                               train=False)

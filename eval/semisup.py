@@ -89,7 +89,7 @@ def main(argv=None):
         if world > 1 and device.type == "cuda":
             clf = torch.nn.SyncBatchNorm.convert_sync_batchnorm(clf)
         train = labelled_loader(train_src, a.res, per_rank, indices=idx, aug=a.aug, workers=a.workers, seed=a.seed)
-        sgd = Sgd(epochs, a.lr * a.batch_size / 256, a.wd, nesterov=True, amp=amp, name="fine-tune")
+        sgd = Sgd(epochs, lr=a.lr * a.batch_size / 256, wd=a.wd, nesterov=True, amp=amp, name="fine-tune")
         losses = fit(clf, train, sgd, device=device, prep=norm, progress=rank == 0 and not a.no_progress)
         test = labelled_loader(test_src, a.res, per_rank, indices=a.test_idx, workers=a.workers, train=False)
         r = evaluate(clf, test, device, prep=norm, amp=amp) | {"losses": losses}

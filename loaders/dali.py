@@ -32,7 +32,7 @@ augment (DALI decodes and crops only; the shared device augmentation, optionally
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -125,7 +125,7 @@ class ViewSpec:
     layout: str
     cpu: bool
     branchless: bool = False
-    dec: dict = field(default_factory=dict)
+    dec: tuple = ()   # the decoder's extra arguments as (name, value) pairs: a frozen spec holds no dict
     crop_only: bool = False
 
 
@@ -138,7 +138,7 @@ def view_ops(fn, types, images, a, spec: ViewSpec, jpegs=None):
     if jpegs is not None:
         v = fn.decoders.image_random_crop(jpegs, device="cpu" if cpu else "mixed", output_type=types.RGB,
                                           random_area=list(a.crop_scale), random_aspect_ratio=RATIO,
-                                          num_attempts=10, **spec.dec)
+                                          num_attempts=10, **dict(spec.dec))
         v = fn.resize(v, resize_x=res, resize_y=res, antialias=True)
     else:
         v = fn.random_resized_crop(images, device=dev, size=[res, res], random_area=list(a.crop_scale),
@@ -261,7 +261,7 @@ class DALILoader:
         spec = ViewSpec(
             res=self.res, mean=self.mean, std=self.std,
             out_dtype=types.FLOAT16 if output_dtype(self.device.type, self.amp) == torch.float16 else types.FLOAT,
-            layout="HWC" if self.channels_last else "CHW", cpu=cpu, branchless=self.branchless, dec=dec,
+            layout="HWC" if self.channels_last else "CHW", cpu=cpu, branchless=self.branchless, dec=tuple(dec.items()),
             crop_only=self.augment is not None)
         names = [f"view{v}" for v in range(len(self.recipe))] + ["index"]
 

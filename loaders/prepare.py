@@ -134,10 +134,14 @@ def build_parser():
     a("--out", default=None, help="FILE.beton to write")
     a("--subset", type=int, default=0, help="write a fixed random subset of N images (0: all)")
     a("--seed", type=int, default=0)
-    a("--max-resolution", type=int, default=None, help="resize so the longer side is <= this (FFCV: 256-512)")
-    a("--jpeg-quality", type=int, default=90)
-    a("--write-mode", default="jpg", help="jpg | raw | proportion | smart (FFCV's ImageNet recipe: proportion)")
-    a("--compress-probability", type=float, default=0.5, help="with --write-mode proportion: share stored as JPEG")
+    enc = Encoding()   # the flags' defaults are the dataclass's
+    a("--max-resolution", type=int, default=enc.max_resolution,
+      help="resize so the longer side is <= this (FFCV: 256-512)")
+    a("--jpeg-quality", type=int, default=enc.jpeg_quality)
+    a("--write-mode", default=enc.write_mode,
+      help="jpg | raw | proportion | smart (FFCV's ImageNet recipe: proportion)")
+    a("--compress-probability", type=float, default=enc.compress_probability,
+      help="with --write-mode proportion: share stored as JPEG")
     a("--workers", type=int, default=None, help="processes (default: all cores)")
     a("--chunksize", type=int, default=100)
     a("--force", action="store_true", help="overwrite OUT")
@@ -211,7 +215,8 @@ def main(argv=None):
     tmp = f"{args.out}.tmp-{os.getpid()}"
     t1 = time.perf_counter()
     try:
-        enc = Encoding(args.write_mode, args.max_resolution, args.jpeg_quality, args.compress_probability)
+        enc = Encoding(write_mode=args.write_mode, max_resolution=args.max_resolution,
+                       jpeg_quality=args.jpeg_quality, compress_probability=args.compress_probability)
         write_beton(Samples(src, keep), tmp, enc, workers=workers, chunksize=args.chunksize, progress=progress)
         os.replace(tmp, args.out)
     finally:

@@ -139,8 +139,8 @@ def main(argv=None):
         q = meta.get("quality")
         if q:
             png = os.path.splitext(a.out)[0] + "_sims.png"
-            histogram(labels, ids, sims, path=png, title=f"{a.dataset}: {desc.get('kind')} encoder, {a.space}"
-                      f"{', centred' if a.center else ''}, k={k}")
+            title = f"{a.dataset}: {desc.get('kind')} encoder, {a.space}{', centred' if a.center else ''}, k={k}"
+            histogram(labels, ids, sims, path=png, title=title)
             print(f"mining quality: precision@1 {q['precision_at_1']:.1%}, precision@{k} {q['precision_at_k']:.1%} "
                   f"(chance {q['chance']:.1%}); similarities: {png}", flush=True)
             print("with --sepp-k 5, --sepp-threshold T keeps: "
