@@ -11,17 +11,21 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from engine import dist
 from engine.errors import UsageError
 
+STEM_STRIDE_HELP = ("foreign weights with a 3x3 small-image stem: its stride, which the weights do not hold "
+                    "(solo-learn's and lightly's CIFAR ResNets: 1); a train.py checkpoint's config has its own")
 
-def load_run(checkpoint: str, random_init: bool = False):
+
+def load_run(checkpoint: str, random_init: bool = False, stem_stride: int = 1):
     """-> (config dict, method model on the CPU) of a train.py checkpoint; random_init: same arch, untrained.
     Foreign ResNet weights (torchvision, timm, MoCo, solo-learn, lightly: mining/encoders.py) give a config of
-    what they hold and a model with only a backbone."""
+    what they hold and a model with only a backbone; a small 3x3 stem's stride is not in the weights, so it is
+    `stem_stride` (a train.py checkpoint's config has its own)."""
     from engine import ckpt
     from models.methods import build_model_from_config
     state = ckpt.load(checkpoint)
     cfg = state.get("config") if isinstance(state, dict) else None
     if cfg is None or "model" not in state:
-        return foreign_run(checkpoint, random_init)
+        return foreign_run(checkpoint, random_init, stem_stride)
     torch.manual_seed(cfg.get("seed", 0))
     model = build_model_from_config(cfg)
     if not random_init:
@@ -29,15 +33,15 @@ def load_run(checkpoint: str, random_init: bool = False):
     return cfg, model
 
 
-def foreign_run(path: str, random_init: bool):
+def foreign_run(path: str, random_init: bool, stem_stride: int = 1):
     from types import SimpleNamespace
 
     from mining.encoders import load_encoder
     from models.backbones import build_backbone
-    enc, desc = load_encoder(path, flag="--checkpoint")
+    enc, desc = load_encoder(path, stem_stride=stem_stride, flag="--checkpoint")
     if random_init:
         torch.manual_seed(0)
-        enc, _ = build_backbone(desc["arch"], desc["small_stem"], width=desc["width"])
+        enc, _ = build_backbone(desc["arch"], desc["small_stem"], stem_stride, width=desc["width"])
     cfg = {"dataset": None, "data": None, "res": None, "seed": 0, "val_split": 0, "method": "none (foreign weights)",
            "arch": desc["arch"]}
     return cfg, SimpleNamespace(backbone=enc)

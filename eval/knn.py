@@ -18,7 +18,7 @@ import torch
 from loaders.datasets import DEFAULT_RES
 from loaders.embed import Images, extract_sharded
 from engine.errors import UsageError, cli_main
-from eval.features import eval_sources, load_run
+from eval.features import STEM_STRIDE_HELP, eval_sources, load_run
 from eval.subset import digest, pick
 from mining.index import BACKENDS, search
 
@@ -62,6 +62,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--stem-stride", type=int, default=1, help=STEM_STRIDE_HELP)
     p.add_argument("--data", default=None, help="dataset root (default: the one the run trained on)")
     p.add_argument("--dataset", default=None)
     p.add_argument("--k", default="20,200", help="comma-separated neighbour counts")
@@ -87,7 +88,7 @@ def main(argv=None):
     if a.index not in BACKENDS:
         raise UsageError(f"--index {a.index}: choose from {', '.join(BACKENDS)}")
     device, rank, world = dist.init_device(a.device)
-    cfg, _ = load_run(a.checkpoint)
+    cfg, _ = load_run(a.checkpoint, stem_stride=a.stem_stride)
     train_src, test_src, norm = eval_sources(cfg, a.dataset, a.data)
     res = a.res or cfg["res"] or DEFAULT_RES.get(train_src.name, 224)
     i_tr, i_te = pick(a.n_train, len(train_src)), pick(a.n_test, len(test_src))
@@ -98,7 +99,7 @@ def main(argv=None):
     train = Images(train_src, res, norm, indices=i_tr, batch=a.batch_size, workers=a.workers)
     test = Images(test_src, res, norm, indices=i_te, batch=a.batch_size, workers=a.workers)
     for name in ["trained"] + (["random-init"] if a.random_init else []):
-        _, model = load_run(a.checkpoint, random_init=name == "random-init")
+        _, model = load_run(a.checkpoint, random_init=name == "random-init", stem_stride=a.stem_stride)
         enc = model.backbone.to(device)
         show = rank == 0 and not a.no_progress
         tr = extract_sharded(enc, train, device, progress=show, desc="train features")

@@ -24,7 +24,7 @@ from loaders.datasets import DEFAULT_RES
 from engine.errors import UsageError, cli_main
 from eval.classify import Classifier, Sgd, Standardize, TensorBatches, evaluate, fit
 from loaders.embed import Images, extract_sharded, feature_dim
-from eval.features import eval_sources, labelled_loader, load_run
+from eval.features import STEM_STRIDE_HELP, eval_sources, labelled_loader, load_run
 from eval.subset import digest, pick
 
 FEATURES_UP_TO = 200_000
@@ -79,6 +79,7 @@ def build_parser(description=__doc__):
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
     p.add_argument("--checkpoint", required=True, help="a train.py checkpoint (RUN/last.pt)")
+    p.add_argument("--stem-stride", type=int, default=1, help=STEM_STRIDE_HELP)
     p.add_argument("--data", default=None, help="dataset root (default: the one the run trained on)")
     p.add_argument("--dataset", default=None)
     p.add_argument("--res", type=int, default=None, help="image size (default: the run's)")
@@ -104,7 +105,7 @@ def setup(a):
         raise UsageError(f"--batch-size {a.batch_size} is not divisible by the {world} processes")
     if a.aug not in ("auto", "rrc", "crop", "none"):
         raise UsageError(f"--aug {a.aug}: choose from auto, rrc, crop, none")
-    cfg, _ = load_run(a.checkpoint)
+    cfg, _ = load_run(a.checkpoint, stem_stride=a.stem_stride)
     train_src, test_src, norm = eval_sources(cfg, a.dataset, a.data)
     a.res = a.res or cfg["res"] or DEFAULT_RES.get(train_src.name, 224)
     a.aug = a.aug if a.aug != "auto" else ("rrc" if a.res >= 96 else "crop")
@@ -147,7 +148,7 @@ def main(argv=None):
     train = Images(train_src, a.res, norm, indices=train_idx, batch=a.batch_size, workers=a.workers)
     test = Images(test_src, a.res, norm, indices=a.test_idx, batch=a.batch_size, workers=a.workers)
     for name in ["trained"] + (["random-init"] if a.random_init else []):
-        _, model = load_run(a.checkpoint, random_init=name == "random-init")
+        _, model = load_run(a.checkpoint, random_init=name == "random-init", stem_stride=a.stem_stride)
         backbone = model.backbone.to(device)
         if mode == "features":
             tr = extract_sharded(backbone, train, device, progress=show, desc="train features", l2=False)

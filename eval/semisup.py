@@ -81,7 +81,7 @@ def main(argv=None):
         print(f"semi-supervised: {len(idx)} labelled images ({counts.min()}-{counts.max()} per class), "
               f"{epochs} epochs", flush=True)
     for name in ["trained"] + (["random-init"] if a.random_init else []):
-        _, model = load_run(a.checkpoint, random_init=name == "random-init")
+        _, model = load_run(a.checkpoint, random_init=name == "random-init", stem_stride=a.stem_stride)
         backbone = model.backbone.to(device)
         torch.manual_seed(a.seed)
         clf = Classifier(backbone, feature_dim(backbone, a.res),

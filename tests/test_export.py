@@ -169,6 +169,28 @@ def test_foreign_weights_say_what_network_they_hold(tmp_path, arch, small, width
         load_encoder(str(tmp_path / "w.pth"), arch=wrong)
 
 
+def test_the_evaluations_take_a_foreign_small_stems_stride(tmp_path):
+    """The stride of a 3x3 stem is not in the weights: the evaluations' --stem-stride sets it (default 1), and the
+    features are those of the network that was saved."""
+    from eval.features import load_run
+    from eval.linear import build_parser
+    from models.backbones import build_backbone
+    torch.manual_seed(2)
+    net, _ = build_backbone("resnet10", True, 2, width=16)
+    torch.save(foreign_forms(net)["solo-learn"], tmp_path / "w.pth")
+    x = torch.randn(2, 3, 32, 32)
+    ref = features(nn.Sequential(*list(net.children())[:-1], nn.Flatten()), x)
+    _, model = load_run(str(tmp_path / "w.pth"), stem_stride=2)
+    assert model.backbone.conv1.stride == (2, 2)
+    torch.testing.assert_close(features(model.backbone, x), ref, rtol=1e-5, atol=1e-5)
+    _, model = load_run(str(tmp_path / "w.pth"))
+    assert model.backbone.conv1.stride == (1, 1)   # the default: solo-learn's and lightly's CIFAR ResNets
+    _, model = load_run(str(tmp_path / "w.pth"), random_init=True, stem_stride=2)
+    assert model.backbone.conv1.stride == (2, 2)
+    a = build_parser().parse_args(["--checkpoint", "w.pth", "--stem-stride", "2"])
+    assert a.stem_stride == 2
+
+
 def _dim(net):
     last = net.layer4[-1]
     return (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
