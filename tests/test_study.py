@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from eval.stats import mean_std, t_two_sided_p, verdict, welch
-from tests.helpers import TINY, run
+from tests.helpers import TINY, run, run_here
 
 
 def test_welch_t_test_matches_hand_computed_values():
@@ -68,7 +68,7 @@ def test_study_on_a_tiny_grid_writes_table_chart_and_skips_finished_runs(tmp_pat
 def test_study_flag_errors(tmp_path):
     r = run(["-m", "eval.study", "--variants", "base,nope", "--out", str(tmp_path)])
     assert r.returncode == 2 and "--variants base,nope: unknown nope" in r.stderr and "Traceback" not in r.stderr
-    r = run(["-m", "eval.study", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path)])
+    r = run_here(["-m", "eval.study", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path)])
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -99,7 +99,7 @@ def test_study_ablation_variants_add_their_flags_and_mine_with_the_base_encoder(
     assert runs["w2"].base is None and train_cmd(a, runs["w2"])[-5:] == ["--bsim", "--bsim-weight", "2", "--epochs", "2"]
     assert runs["own"].base is None and "--sepp-encoder" not in train_cmd(a, runs["own"])
     for bad in ("nameless", "sepp=--sepp", "a/b=--bsim"):
-        r = run(["-m", "eval.study", "--variant", bad, "--out", str(tmp_path)])
+        r = run_here(["-m", "eval.study", "--variant", bad, "--out", str(tmp_path)])
         assert r.returncode == 2 and "expected NAME=TRAIN FLAGS" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -55,10 +55,13 @@ def simclr_ckpt(tmp_path_factory):
     return out / "last.pt"
 
 
-def bad(args, expect, torchrun=0):
+def bad(args, expect, torchrun=0, here=False):
+    """here: in this process (run_here), where an uncaught exception fails the test by raising; the subprocess
+    form also shows that no Traceback reaches the terminal."""
     # tiny, fast settings first: the flag under test comes later and wins
     quick = TINY + ["--subset", "64", "--batch-size", "32", "--epochs", "1"]
-    r = run(["train.py"] + quick + args, torchrun=torchrun, timeout=120)
+    r = run_here(["train.py"] + quick + args) if here else run(["train.py"] + quick + args, torchrun=torchrun,
+                                                                 timeout=120)
     assert r.returncode != 0
     lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     if torchrun:  # torchrun's launcher adds its own ChildFailedError report; none may come from our code
@@ -84,7 +87,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, simclr_ckpt):
         (["--method", "byol", "--resume", str(simclr_ckpt)], "a simclr checkpoint, not byol"),
         (["--resume", str(tmp_path / "none.pt")], "no such file"),
     ]:
-        r = bad(args, expect)
+        r = bad(args, expect, here=args[-1] != "/nonexistent/dir")   # the first in a process of its own
         assert r.returncode == 2, (args, r.returncode)
     if not torch.cuda.is_available():
         assert bad(["--device", "cuda"], "no CUDA device").returncode == 2
@@ -93,7 +96,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, simclr_ckpt):
 def test_corrupt_checkpoint_and_batch_not_divisible(tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    assert bad(["--resume", str(broken)], "no readable checkpoint").returncode == 2
+    assert bad(["--resume", str(broken)], "no readable checkpoint", here=True).returncode == 2
     bad(["--batch-size", "63", "--subset", "128"], "not divisible by the 2 processes", torchrun=2)
 
 
