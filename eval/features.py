@@ -89,15 +89,19 @@ class Labelled(Dataset):
         return self.tf(img), label
 
 
-def labelled_loader(source, res, batch, *, indices=None, aug="rrc", workers=2, seed=0, train=True):
-    """A DataLoader over this rank's share: train: a seeded DistributedSampler (set_epoch each epoch,
-    drop_last so every rank takes the same number of steps); test: the rank's contiguous shard, in order."""
+def labelled_loader(source, res, batch, *, indices=None, aug="rrc", workers=2, seed=0):
+    """Training batches of this rank's share: a seeded DistributedSampler (set_epoch each epoch, drop_last so
+    every rank takes the same number of steps)."""
     rank, world = dist.rank(), dist.world()
-    if train:
-        ds = Labelled(source, res, indices, aug)
-        sampler = DistributedSampler(ds, world, rank, shuffle=True, seed=seed, drop_last=True)
-        return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+    ds = Labelled(source, res, indices, aug)
+    sampler = DistributedSampler(ds, world, rank, shuffle=True, seed=seed, drop_last=True)
+    return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+
+
+def scoring_loader(source, res, batch, *, indices=None, workers=2):
+    """Scoring batches: the rank's contiguous shard of `indices` (all of `source` if None), in order, whole images."""
+    rank, world = dist.rank(), dist.world()
     idx = np.arange(len(source)) if indices is None else np.asarray(indices)
     ds = Labelled(source, res, idx[dist.share(len(idx), rank, world)], "none")
     return DataLoader(ds, batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available())

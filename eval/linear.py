@@ -24,7 +24,7 @@ from loaders.datasets import DEFAULT_RES
 from engine.errors import UsageError, cli_main
 from eval.classify import Classifier, Sgd, Standardize, TensorBatches, evaluate, fit
 from loaders.embed import Images, extract_sharded, feature_dim
-from eval.features import STEM_STRIDE_HELP, eval_sources, labelled_loader, load_run
+from eval.features import STEM_STRIDE_HELP, eval_sources, labelled_loader, load_run, scoring_loader
 from eval.subset import digest, pick
 
 FEATURES_UP_TO = 200_000
@@ -70,8 +70,7 @@ def probe_images(backbone, train: Images, test: Images, probe: Probe = Probe(), 
                               workers=train.workers, seed=probe.seed)
     sgd = Sgd(probe.epochs, lr=probe.lr * probe.batch / 256, wd=probe.wd, amp=amp, name="linear")
     losses = fit(clf, batches, sgd, device=device, prep=normalize, progress=progress)
-    batches = labelled_loader(test.source, test.res, per_rank, indices=test.indices, workers=test.workers,
-                              train=False)
+    batches = scoring_loader(test.source, test.res, per_rank, indices=test.indices, workers=test.workers)
     return evaluate(clf, batches, device, prep=test.normalize, amp=amp) | {"losses": losses}
 
 

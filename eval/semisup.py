@@ -21,7 +21,7 @@ from engine import dist
 from engine.errors import UsageError, cli_main
 from eval.classify import Classifier, Sgd, evaluate, fit
 from loaders.embed import feature_dim
-from eval.features import labelled_loader, load_run
+from eval.features import labelled_loader, load_run, scoring_loader
 from eval.linear import build_parser, save, setup
 
 
@@ -91,7 +91,7 @@ def main(argv=None):
         train = labelled_loader(train_src, a.res, per_rank, indices=idx, aug=a.aug, workers=a.workers, seed=a.seed)
         sgd = Sgd(epochs, lr=a.lr * a.batch_size / 256, wd=a.wd, nesterov=True, amp=amp, name="fine-tune")
         losses = fit(clf, train, sgd, device=device, prep=norm, progress=rank == 0 and not a.no_progress)
-        test = labelled_loader(test_src, a.res, per_rank, indices=a.test_idx, workers=a.workers, train=False)
+        test = scoring_loader(test_src, a.res, per_rank, indices=a.test_idx, workers=a.workers)
         r = evaluate(clf, test, device, prep=norm, amp=amp) | {"losses": losses}
         out[name] = r
         if rank == 0:
