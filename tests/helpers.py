@@ -4,8 +4,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A small, fast configuration: resnet10 with a stride-2 stem at 28 px, tiny heads.
-TINY = ["--arch", "resnet10", "--stem-stride", "2", "--proj-hidden", "64", "--proj-dim", "32",
+# A small, fast configuration: a resnet10 of width 16 (a quarter of torchvision's) with a stride-2 stem at 28 px,
+# tiny heads. Width 16 trains 3x faster than 64 on 2 cores (2.6 s against 7.5 s for the BSIM test's 2 epochs).
+TINY = ["--arch", "resnet10", "--width", "16", "--stem-stride", "2", "--proj-hidden", "64", "--proj-dim", "32",
         "--pred-hidden", "32", "--queue-size", "128", "--warmup-epochs", "0", "--optimizer", "sgd",
         "--knn-every", "-1", "--workers", "1", "--no-progress"]
 
