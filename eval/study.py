@@ -345,7 +345,8 @@ def embeddings(a, runs: list[Run]) -> list[str]:
         path = os.path.join(a.out, f"study_embedding_{m}.png")
         try:   # a picture that fails is said, and the study's table still comes
             embedding_figure([(f"{m} {r.variant} (seed {seed})", os.path.join(r.folder, "last.pt")) for r in got],
-                             path, n=a.embedding_n, device="cuda" if torch.cuda.is_available() else "cpu")
+                             path, n=a.embedding_n, method=a.embedding_method,
+                             device="cuda" if torch.cuda.is_available() else "cpu")
         except Exception as e:
             print(f"[study] embedding of {m} skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
             continue
@@ -385,6 +386,8 @@ def build_parser():
     p.add_argument("--eval-test", type=int, default=0, help="images scored (0: the whole split)")
     p.add_argument("--embedding-n", type=int, default=2000, help="test images in the embedding pictures of the "
                    "first seed's base beside each add-on (0: no picture)")
+    p.add_argument("--embedding-method", default="auto", help="the pictures' projection: auto (UMAP where "
+                   "umap-learn is installed, else t-SNE, else PCA) | umap | tsne | pca (seconds, not minutes)")
     return p
 
 
@@ -408,6 +411,9 @@ def parse(argv=None):
         raise UsageError(f"--config {a.config}: no such file")
     if a.parallel < 1:
         raise UsageError(f"--parallel {a.parallel}: must be >= 1")
+    from eval.embedding import METHODS as PROJECTIONS
+    if a.embedding_method not in PROJECTIONS:
+        raise UsageError(f"--embedding-method {a.embedding_method}: choose from {', '.join(PROJECTIONS)}")
     a.config = os.path.abspath(a.config) if a.config else None
     a.out = os.path.abspath(a.out)
     import flags as train_flags   # the runs' epochs: base2x trains twice as many

@@ -38,7 +38,7 @@ def test_study_on_a_tiny_grid_writes_table_chart_and_skips_finished_runs(tmp_pat
     extra = " ".join(TINY + ["--subset", "256", "--epochs", "1", "--batch-size", "64", "--sepp-threshold", "0"])
     args = ["-m", "eval.study", "--methods", "simclr", "--variants", "base,sepp", "--seeds", "0,1",
             "--out", str(out), "--parallel", "2", "--linear-epochs", "2", "--eval-train", "400",
-            "--eval-test", "200", "--embedding-n", "200", "--extra", extra]
+            "--eval-test", "200", "--embedding-n", "200", "--embedding-method", "pca", "--extra", extra]
     r = run(args, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert r.stdout.count(": done (") == 4
@@ -68,6 +68,8 @@ def test_study_on_a_tiny_grid_writes_table_chart_and_skips_finished_runs(tmp_pat
 def test_study_flag_errors(tmp_path):
     r = run(["-m", "eval.study", "--variants", "base,nope", "--out", str(tmp_path)])
     assert r.returncode == 2 and "--variants base,nope: unknown nope" in r.stderr and "Traceback" not in r.stderr
+    r = run_here(["-m", "eval.study", "--embedding-method", "mds", "--out", str(tmp_path)])
+    assert r.returncode == 2 and "--embedding-method mds: choose from auto, umap, tsne, pca" in r.stderr
     r = run_here(["-m", "eval.study", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path)])
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
 
@@ -116,9 +118,10 @@ def test_an_interrupted_study_goes_on_where_it_stopped(tmp_path):
 
     from tests.helpers import ROOT
     out = tmp_path / "study"
-    extra = " ".join(TINY + ["--subset", "512", "--epochs", "2", "--batch-size", "32", "--ckpt-every-min", "0.002"])
+    extra = " ".join(TINY + ["--subset", "256", "--epochs", "2", "--batch-size", "32", "--ckpt-every-min", "0.002"])
     args = ["-m", "eval.study", "--methods", "simclr", "--variants", "base,base2x", "--seeds", "0", "--out",
-            str(out), "--linear-epochs", "2", "--eval-train", "400", "--eval-test", "200", "--extra", extra]
+            str(out), "--linear-epochs", "2", "--eval-train", "400", "--eval-test", "200", "--embedding-n", "0",
+            "--extra", extra]
     p = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
     twice = out / "runs" / "simclr-base2x-s0"
