@@ -12,9 +12,9 @@ import os
 import numpy as np
 import torch
 
-from engine.errors import parser_error_one_line
+from engine.errors import UsageError, parser_error_one_line
+from eval.features import STEM_STRIDE_HELP
 from loaders.datasets import DEFAULT_RES
-from engine.errors import UsageError
 
 METHODS = ("auto", "umap", "tsne", "pca")
 
@@ -43,12 +43,13 @@ def project(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndar
     return x @ vt[:2].T, "PCA"
 
 
-def set_features(checkpoint: str, n: int, dataset=None, data=None, device="cpu", progress=False):
-    """(features [n, D] of n seeded test images, their labels, class names) of a checkpoint's backbone."""
+def set_features(checkpoint: str, n: int, dataset=None, data=None, device="cpu", progress=False, stem_stride=1):
+    """(features [n, D] of n seeded test images, their labels, class names) of a checkpoint's backbone;
+    stem_stride: as eval.features.load_run, for foreign weights with a small stem."""
     from loaders.embed import Images, extract_sharded
     from eval.features import eval_sources, load_run
     from eval.subset import pick
-    cfg, model = load_run(checkpoint)
+    cfg, model = load_run(checkpoint, stem_stride=stem_stride)
     _, test, norm = eval_sources(cfg, dataset, data)
     idx = pick(n, len(test))
     res = cfg["res"] or DEFAULT_RES.get(test.name, 224)
@@ -80,13 +81,15 @@ def draw(panels: list[tuple[str, np.ndarray, np.ndarray]], names, path: str, met
 
 
 def embedding_figure(panels: list[tuple[str, str]], path: str, *, n: int = 2000, method: str = "auto",
-                     test_set: tuple[str | None, str | None] = (None, None), device="cpu", progress=False) -> str:
+                     test_set: tuple[str | None, str | None] = (None, None), device="cpu", progress=False,
+                     stem_stride: int = 1) -> str:
     """One panel per (title, checkpoint), drawn to `path`; test_set (dataset, data): another labelled set than
-    the runs' own. -> the projection used."""
+    the runs' own; stem_stride: foreign weights' small stem (eval.features.load_run). -> the projection used."""
     drawn, names, used = [], None, method
     dataset, data = test_set
     for title, ck in panels:
-        f, y, names = set_features(ck, n, dataset=dataset, data=data, device=device, progress=progress)
+        f, y, names = set_features(ck, n, dataset=dataset, data=data, device=device, progress=progress,
+                                   stem_stride=stem_stride)
         xy, used = project(f, method)
         drawn.append((title, xy, y))
     draw(drawn, names, path, used)
@@ -104,6 +107,7 @@ def main(argv=None):
     p.add_argument("--method", default="auto", help=" | ".join(METHODS))
     p.add_argument("--data", default=None, help="another labelled set (default: the run's)")
     p.add_argument("--dataset", default=None)
+    p.add_argument("--stem-stride", type=int, default=1, help=STEM_STRIDE_HELP)
     p.add_argument("--out", default=None, help="PNG path (default: RUN/embedding.png)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
@@ -115,6 +119,7 @@ def main(argv=None):
         raise UsageError(f"{len(titles)} --title for {len(a.embedding)} --embedding: give one per panel, or none")
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.embedding[0])), "embedding.png")
     used = embedding_figure(list(zip(titles, a.embedding)), out, n=a.n, method=a.method,
-                            test_set=(a.dataset, a.data), device=a.device, progress=not a.no_progress)
+                            test_set=(a.dataset, a.data), device=a.device, progress=not a.no_progress,
+                            stem_stride=a.stem_stride)
     print(f"embedding ({used}): {out}", flush=True)
     return out

@@ -28,6 +28,7 @@ from engine import dist
 from mining import fused as fused_search
 
 BACKENDS = ("auto", "faiss", "faiss-ivf", "torch")
+CHUNK = 4096   # the torch path's query rows per chunk: search_torch's and Backend's default
 
 
 def _faiss():
@@ -77,7 +78,7 @@ def _rescore(q: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor) -> torch.Te
                       for s in range(0, q.shape[0], rows)])
 
 
-def search_torch(q: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096, block: int = 1024,
+def search_torch(q: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = CHUNK, block: int = 1024,
                  fused: bool | None = None):
     """Exact search. On CUDA (with triton) the fused kernel of mining/fused.py, which never stores the
     scores; elsewhere chunks of rows, scores in the keys' dtype (bf16/fp16 on GPU halves the traffic) and
@@ -127,7 +128,7 @@ def search_faiss(q: np.ndarray, keys: np.ndarray, k: int, ivf: bool = False, nli
 class Backend:
     """Which search runs (one of BACKENDS) and its knobs: the torch path's rows per chunk, the IVF lists probed."""
     name: str = "auto"
-    chunk: int = 4096
+    chunk: int = CHUNK
     nprobe: int = 16
 
 

@@ -241,3 +241,20 @@ def test_the_embedding_picture_of_two_runs_side_by_side(tmp_path):
     assert f"embedding (PCA): {out}" in r.stdout
     img = np.asarray(Image.open(out).convert("RGB"))
     assert img.shape[1] > 1.8 * img.shape[0] and img.std() > 10   # two panels side by side, not blank
+
+
+@needs_fashion
+def test_the_embedding_picture_takes_a_foreign_small_stems_stride(tmp_path):
+    """eval.plot --embedding --stem-stride, as the evaluations: the stride reaches the network that is drawn."""
+    from eval.embedding import set_features
+    from models.backbones import build_backbone
+    from tests.conftest import FASHION
+    net, _ = build_backbone("resnet10", True, 2, width=16)
+    torch.save(foreign_forms(net)["solo-learn"], tmp_path / "w.pth")
+    w, data = str(tmp_path / "w.pth"), ("fashion-mnist", FASHION)
+    f1, y1, _ = set_features(w, 16, *data)
+    f2, y2, _ = set_features(w, 16, *data, stem_stride=2)
+    assert f1.shape == f2.shape and (y1 == y2).all() and not np.allclose(f1, f2, atol=1e-3)
+    r = run_here(["-m", "eval.plot", "--embedding", w, "--stem-stride", "2", "--dataset", data[0], "--data", data[1],
+                  "--n", "64", "--method", "pca", "--out", str(tmp_path / "e.png"), "--no-progress"])
+    assert r.returncode == 0 and (tmp_path / "e.png").exists(), r.stderr[-2000:]
