@@ -7,16 +7,27 @@ installed, otherwise t-SNE from scikit-learn, or PCA), coloured by label, one pa
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 
 import numpy as np
 import torch
 
 from engine.errors import UsageError, parser_error_one_line
-from eval.features import STEM_STRIDE_HELP
+from eval.features import STEM_STRIDE_HELP, eval_sources, load_run
 from loaders.datasets import DEFAULT_RES
 
 METHODS = ("auto", "umap", "tsne", "pca")
+NEEDS = {"umap": ("umap", "umap-learn"), "tsne": ("sklearn", "scikit-learn")}   # method: (module, package)
+
+
+def check_method(method: str, flag: str = "--method"):
+    """One line, before any work, for a projection that is unknown or whose package is not installed."""
+    if method not in METHODS:
+        raise UsageError(f"{flag} {method}: choose from {', '.join(METHODS)}")
+    module, package = NEEDS.get(method, (None, None))
+    if module and importlib.util.find_spec(module) is None:
+        raise UsageError(f"{flag} {method}: {package} is not installed (pip install {package})")
 
 
 def project(x: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
@@ -47,7 +58,6 @@ def set_features(checkpoint: str, n: int, dataset=None, data=None, device="cpu",
     """(features [n, D] of n seeded test images, their labels, class names) of a checkpoint's backbone;
     stem_stride: as eval.features.load_run, for foreign weights with a small stem."""
     from loaders.embed import Images, extract_sharded
-    from eval.features import eval_sources, load_run
     from eval.subset import pick
     cfg, model = load_run(checkpoint, stem_stride=stem_stride)
     _, test, norm = eval_sources(cfg, dataset, data)
@@ -84,7 +94,7 @@ def embedding_figure(panels: list[tuple[str, str]], path: str, *, n: int = 2000,
                      test_set: tuple[str | None, str | None] = (None, None), device="cpu", progress=False,
                      stem_stride: int = 1) -> str:
     """One panel per (title, checkpoint), drawn to `path`; test_set (dataset, data): another labelled set than
-    the runs' own; stem_stride: foreign weights' small stem (eval.features.load_run). -> the projection used."""
+    the runs' own; stem_stride: the stride of foreign weights' small stem (eval.features.load_run). -> the projection used."""
     drawn, names, used = [], None, method
     dataset, data = test_set
     for title, ck in panels:
@@ -112,8 +122,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    if a.method not in METHODS:
-        raise UsageError(f"--method {a.method}: choose from {', '.join(METHODS)}")
+    check_method(a.method)
     titles = a.title or [os.path.basename(os.path.dirname(os.path.abspath(c))) for c in a.embedding]
     if len(titles) != len(a.embedding):
         raise UsageError(f"{len(titles)} --title for {len(a.embedding)} --embedding: give one per panel, or none")

@@ -331,9 +331,9 @@ def chart(s: dict, path: str, title: str):
     plt.close(fig)
 
 
-def embeddings(a, runs: list[Run]) -> list[str]:
-    """Per method, the test set's embedding of the first seed's base run beside each add-on's (eval/embedding.py):
-    study_embedding_METHOD.png."""
+def embeddings(a, runs: list[Run]) -> list[tuple[str, str]]:
+    """Per training method, the test set's embedding of the first seed's base run beside each add-on's
+    (eval/embedding.py): study_embedding_<method>.png. -> (path, the projection used) per picture."""
     import torch
 
     from eval.embedding import embedding_figure
@@ -344,13 +344,13 @@ def embeddings(a, runs: list[Run]) -> list[str]:
             continue
         path = os.path.join(a.out, f"study_embedding_{m}.png")
         try:   # a picture that fails is said, and the study's table still comes
-            embedding_figure([(f"{m} {r.variant} (seed {seed})", os.path.join(r.folder, "last.pt")) for r in got],
-                             path, n=a.embedding_n, method=a.embedding_method,
-                             device="cuda" if torch.cuda.is_available() else "cpu")
+            used = embedding_figure([(f"{m} {r.variant} (seed {seed})", os.path.join(r.folder, "last.pt"))
+                                     for r in got], path, n=a.embedding_n, method=a.embedding_method,
+                                    device="cuda" if torch.cuda.is_available() else "cpu")
         except Exception as e:
             print(f"[study] embedding of {m} skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
             continue
-        out.append(path)
+        out.append((path, used))
     return out
 
 
@@ -387,7 +387,7 @@ def build_parser():
     p.add_argument("--embedding-n", type=int, default=2000, help="test images in the embedding pictures of the "
                    "first seed's base beside each add-on (0: no picture)")
     p.add_argument("--embedding-method", default="auto", help="the pictures' projection: auto (UMAP where "
-                   "umap-learn is installed, else t-SNE, else PCA) | umap | tsne | pca (seconds, not minutes)")
+                   "umap-learn is installed, else t-SNE, else PCA) | umap | tsne | pca")
     return p
 
 
@@ -411,9 +411,8 @@ def parse(argv=None):
         raise UsageError(f"--config {a.config}: no such file")
     if a.parallel < 1:
         raise UsageError(f"--parallel {a.parallel}: must be >= 1")
-    from eval.embedding import METHODS as PROJECTIONS
-    if a.embedding_method not in PROJECTIONS:
-        raise UsageError(f"--embedding-method {a.embedding_method}: choose from {', '.join(PROJECTIONS)}")
+    from eval.embedding import check_method
+    check_method(a.embedding_method, "--embedding-method")
     a.config = os.path.abspath(a.config) if a.config else None
     a.out = os.path.abspath(a.out)
     import flags as train_flags   # the runs' epochs: base2x trains twice as many
@@ -443,8 +442,8 @@ def main(argv=None):
         curves(a, runs, os.path.join(a.out, "study_curves.png"), f"kNN monitor during training, mean over seeds "
                f"({split} split subset)")
     if a.embedding_n:
-        for path in embeddings(a, runs):
-            print(f"[study] embedding: {path}", flush=True)
+        for path, used in embeddings(a, runs):
+            print(f"[study] embedding ({used}): {path}", flush=True)
     print(open(os.path.join(a.out, "study.md")).read(), flush=True)
     failed = [r.name for r in runs if r.result.get("error")]
     if failed:

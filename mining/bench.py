@@ -108,7 +108,7 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--backends", default="torch,torch-plain,faiss,faiss-ivf")
-    p.add_argument("--chunk", type=int, default=4096)
+    p.add_argument("--chunk", type=int, default=mi.CHUNK)
     p.add_argument("--nprobe", type=int, default=16)
     p.add_argument("--repeat", type=int, default=1, help="runs of each back end (the last is reported)")
     p.add_argument("--refresh-arch", default=None, help="also time this arch's step and embedding pass")

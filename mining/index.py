@@ -28,7 +28,7 @@ from engine import dist
 from mining import fused as fused_search
 
 BACKENDS = ("auto", "faiss", "faiss-ivf", "torch")
-CHUNK = 4096   # the torch path's query rows per chunk: search_torch's and Backend's default
+CHUNK = 4096   # the unfused torch path's query rows per chunk: search_torch's, Backend's and mining.bench's default
 
 
 def _faiss():

@@ -246,6 +246,8 @@ def test_the_embedding_picture_of_two_runs_side_by_side(tmp_path):
 @needs_fashion
 def test_the_embedding_picture_takes_a_foreign_small_stems_stride(tmp_path):
     """eval.plot --embedding --stem-stride, as the evaluations: the stride reaches the network that is drawn."""
+    from PIL import Image
+
     from eval.embedding import set_features
     from models.backbones import build_backbone
     from tests.conftest import FASHION
@@ -255,6 +257,11 @@ def test_the_embedding_picture_takes_a_foreign_small_stems_stride(tmp_path):
     f1, y1, _ = set_features(w, 16, *data)
     f2, y2, _ = set_features(w, 16, *data, stem_stride=2)
     assert f1.shape == f2.shape and (y1 == y2).all() and not np.allclose(f1, f2, atol=1e-3)
-    r = run_here(["-m", "eval.plot", "--embedding", w, "--stem-stride", "2", "--dataset", data[0], "--data", data[1],
-                  "--n", "64", "--method", "pca", "--out", str(tmp_path / "e.png"), "--no-progress"])
-    assert r.returncode == 0 and (tmp_path / "e.png").exists(), r.stderr[-2000:]
+    drawn = []
+    for stride in ("1", "2"):   # the CLI's pictures differ by the stride: it reaches the network drawn
+        out = tmp_path / f"e{stride}.png"
+        r = run_here(["-m", "eval.plot", "--embedding", w, "--stem-stride", stride, "--dataset", data[0], "--data",
+                      data[1], "--n", "64", "--method", "pca", "--out", str(out), "--no-progress"])
+        assert r.returncode == 0, r.stderr[-2000:]
+        drawn.append(np.asarray(Image.open(out).convert("RGB")))
+    assert drawn[0].shape == drawn[1].shape and not np.array_equal(*drawn)

@@ -60,6 +60,7 @@ def test_study_on_a_tiny_grid_writes_table_chart_and_skips_finished_runs(tmp_pat
     assert "| simclr | sepp | 2 |" in md and "Welch" in md and "git" in md.lower() and "test split" in md
     assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "study_embedding_simclr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"   # base beside sepp
+    assert f"[study] embedding (PCA): {out / 'study_embedding_simclr.png'}" in r.stdout
     again = run(args, timeout=300)   # a second call skips the finished runs
     assert again.returncode == 0 and again.stdout.count("skipped (evaluated before)") == 4, again.stdout[-2000:]
     assert json.loads((out / "study.json").read_text())["rows"] == s["rows"]
@@ -70,6 +71,11 @@ def test_study_flag_errors(tmp_path):
     assert r.returncode == 2 and "--variants base,nope: unknown nope" in r.stderr and "Traceback" not in r.stderr
     r = run_here(["-m", "eval.study", "--embedding-method", "mds", "--out", str(tmp_path)])
     assert r.returncode == 2 and "--embedding-method mds: choose from auto, umap, tsne, pca" in r.stderr
+    assert "Traceback" not in r.stderr
+    import importlib.util
+    if importlib.util.find_spec("umap") is None:   # said before any run trains, not after the study
+        r = run_here(["-m", "eval.study", "--embedding-method", "umap", "--out", str(tmp_path)])
+        assert r.returncode == 2 and "--embedding-method umap: umap-learn is not installed" in r.stderr, r.stderr
     r = run_here(["-m", "eval.study", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path)])
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
 
