@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from eval.knn import knn_predict
 from eval.linear import Probe, probe_features
 from eval.semisup import balanced_subset
-from tests.helpers import TINY, read_csv, run, run_here
+from tests.helpers import TINY, run, run_here
 
 
 def _clusters(n, d, classes, spread, seed):
@@ -140,7 +140,7 @@ def test_linear_probe_under_torchrun_equals_one_process(tiny_run, tmp_path):
     process (fixed feature statistics, the same global batches)."""
     common = ["-m", "eval.linear", "--checkpoint", str(tiny_run / "last.pt"), "--epochs", "3", "--n-train", "2048",
               "--n-test", "500", "--workers", "1", "--no-progress"]
-    one = run(common + ["--json", str(tmp_path / "one.json")])
+    one = run_here(common + ["--json", str(tmp_path / "one.json")])
     two = run(common + ["--json", str(tmp_path / "two.json")], torchrun=2)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-1500:], two.stderr[-1500:])
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
@@ -154,9 +154,9 @@ def test_linear_probe_under_torchrun_equals_one_process(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_linear_probe_on_images_trains_through_the_frozen_backbone(tiny_run, tmp_path):
     before = torch.load(tiny_run / "last.pt", weights_only=False)["model"]
-    r = run(["-m", "eval.linear", "--checkpoint", str(tiny_run / "last.pt"), "--mode", "images", "--epochs", "2",
-             "--n-train", "1024", "--n-test", "500", "--batch-size", "128", "--workers", "1", "--no-progress",
-             "--json", str(tmp_path / "img.json")])
+    r = run_here(["-m", "eval.linear", "--checkpoint", str(tiny_run / "last.pt"), "--mode", "images", "--epochs",
+                  "2", "--n-train", "1024", "--n-test", "500", "--batch-size", "128", "--workers", "1", "--no-progress",
+                  "--json", str(tmp_path / "img.json")])
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "img.json").read_text())
     assert res["mode"] == "images" and res["aug"] == "crop" and res["trained"]["n"] == 500
@@ -209,9 +209,9 @@ def test_bench_builds_the_model_train_py_trains_from_a_config():
 @pytest.mark.slow
 def test_bench_suite_covers_every_combination_and_draws_a_chart(tmp_path):
     out = tmp_path / "suite.json"
-    r = run(["-m", "eval.bench", "--loader", "torch,synthetic", "--arch", "resnet10", "--stem-stride", "2",
-             "--res", "28", "--variants", "plain,bsim+sepp", "--method", "byol", "--batch-size", "16",
-             "--steps", "2", "--repeats", "2", "--warmup", "1", "--workers", "1", "--json", str(out)])
+    r = run_here(["-m", "eval.bench", "--loader", "torch,synthetic", "--arch", "resnet10", "--stem-stride", "2",
+                  "--res", "28", "--variants", "plain,bsim+sepp", "--method", "byol", "--batch-size", "16",
+                  "--steps", "2", "--repeats", "2", "--warmup", "1", "--workers", "1", "--json", str(out)])
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     combos = {(x["res"], x["variant"]) for x in res["results"]}

@@ -55,7 +55,7 @@ def encoder_and_pairs(tmp_path_factory):
     torch.save(backbone.state_dict(), d / "enc.pth")
     args = ["-m", "mining.mine", "--encoder", str(d / "enc.pth"), "--arch", "resnet10", "--stem-stride", "2",
             "--subset", "300", "--seed", "1", "--k", "6", "--no-progress", "--workers", "1"]
-    r = run(args + ["--out", str(d / "pairs.pt")])
+    r = run_here(args + ["--out", str(d / "pairs.pt")])
     assert r.returncode == 0, r.stderr[-2000:]
     return d, args
 
@@ -91,7 +91,7 @@ def test_centred_mining_searches_centred_features(encoder_and_pairs, tmp_path):
     from loaders.datasets import open_source
     from mining.encoders import load_encoder
     d, args = encoder_and_pairs
-    r = run(args + ["--center", "--out", str(tmp_path / "c.pt")])
+    r = run_here(args + ["--center", "--out", str(tmp_path / "c.pt")])
     assert r.returncode == 0 and "--sepp-threshold T keeps" in r.stdout, r.stderr[-2000:]
     pairs = torch.load(tmp_path / "c.pt", weights_only=False)
     src = open_source("fashion-mnist", None, True, 300, 1)

@@ -39,7 +39,7 @@ def test_study_on_a_tiny_grid_writes_table_chart_and_skips_finished_runs(tmp_pat
     args = ["-m", "eval.study", "--methods", "simclr", "--variants", "base,sepp", "--seeds", "0,1",
             "--out", str(out), "--parallel", "2", "--linear-epochs", "2", "--eval-train", "400",
             "--eval-test", "200", "--embedding-n", "200", "--embedding-method", "pca", "--extra", extra]
-    r = run(args, timeout=900)
+    r = run_here(args)   # the study in this process; its runs are processes of their own
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert r.stdout.count(": done (") == 4
     s = json.loads((out / "study.json").read_text())
@@ -61,7 +61,7 @@ def test_study_on_a_tiny_grid_writes_table_chart_and_skips_finished_runs(tmp_pat
     assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "study_embedding_simclr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"   # base beside sepp
     assert f"[study] embedding (PCA): {out / 'study_embedding_simclr.png'}" in r.stdout
-    again = run(args, timeout=300)   # a second call skips the finished runs
+    again = run_here(args)   # a second call skips the finished runs
     assert again.returncode == 0 and again.stdout.count("skipped (evaluated before)") == 4, again.stdout[-2000:]
     assert json.loads((out / "study.json").read_text())["rows"] == s["rows"]
 
@@ -139,7 +139,7 @@ def test_an_interrupted_study_goes_on_where_it_stopped(tmp_path):
     assert "1/2 simclr-base-s0: done" in first and "left" in first, first[-2000:]
     base = out / "runs" / "simclr-base-s0"
     (base / "eval_linear.json").unlink()
-    r = run(args, timeout=900)
+    r = run_here(args)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     log = (base / "study.log").read_text()
     assert log.count("train.py") == 1 and log.count("eval.knn") == 1 and log.count("eval.linear") == 2, log
