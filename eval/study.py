@@ -13,8 +13,10 @@ mines; its training time is the pre-training cost the table reports), bsim+sepp 
 --variant NAME="TRAIN FLAGS" (an ablation: its flags added to the method's; with --sepp it mines with the
 base run's encoder unless the flags name --sepp-encoder or --sepp-pairs). The base run is
 always part of the grid. A run whose two evaluations are written is skipped, so a study continues where it
-stopped, in a later session or on another machine (copy the output folder). Runs of a study trained with
---val-split (in the config or --extra) are scored on that validation split, never on the test split.
+stopped, in a later session or on another machine (copy the output folder); --summarise writes the tables
+of the runs evaluated so far and trains nothing. A variant that mines with a base run is held against base2x
+as well as base: the two cost the same. Runs of a study trained with --val-split (in the config or --extra)
+are scored on that validation split, never on the test split.
 """
 from __future__ import annotations
 
@@ -216,16 +218,21 @@ def summarise(a, runs: list[Run]) -> dict:
     groups, tests = [], []
     for m in a.methods:
         base = [x for x in rows if x["method"] == m and x["variant"] == "base" and "linear" in x]
+        twice = [x for x in rows if x["method"] == m and x["variant"] == "base2x" and "linear" in x]
         for v in ("base",) + tuple(x for x in a.variants if x != "base"):
             got = [x for x in rows if x["method"] == m and x["variant"] == v and "linear" in x]
             if not got:
                 continue
             g = {"method": m, "variant": v, "seeds": len(got)}
+            # a variant that mines with a base run is also held against base2x, which costs what it costs
+            refs = [("base", base)] + ([("base2x", twice)] if twice and mines_with_base(a, v) else [])
             for key, _ in METRICS:
                 g[key] = mean_std([x[key] for x in got])
-                if v != "base" and base:
-                    t = welch([x[key] for x in base], [x[key] for x in got])
-                    tests.append({"method": m, "variant": v, "metric": key, **t, "verdict": verdict(t)})
+                for name, ref in refs if v != "base" else []:
+                    if ref:
+                        t = welch([x[key] for x in ref], [x[key] for x in got])
+                        tests.append({"method": m, "variant": v, "against": name, "metric": key, **t,
+                                      "verdict": verdict(t)})
             train = [x["train_s"] for x in got if x["train_s"] is not None]
             g["train_s"] = sum(train) / len(train) if train else None
             groups.append(g)
@@ -253,12 +260,19 @@ def markdown(a, s: dict, split: str, sha: str) -> str:
                   f"shared by {', '.join(mining)}."]
     if a.custom:
         lines += ["", "Variants: " + "; ".join(f"{n} = `{f}`" for n, f in a.custom.items()) + "."]
-    lines += ["", "Differences to the method's base (variant - base), Welch's t-test over seeds:", "",
-              "| method | variant | metric | difference | p | verdict |", "|---|---|---|---|---|---|"]
-    names = dict(METRICS)
-    for t in s["tests"]:
-        lines.append(f"| {t['method']} | {t['variant']} | {names[t['metric']]} | {t['diff']:+.2f} | "
-                     f"{t['p']:.3f} | {t['verdict']} |")
+    names, seeds = dict(METRICS), {(g["method"], g["variant"]): g["seeds"] for g in s["groups"]}
+    for ref, title in (("base", "Differences to the method's base (variant - base), Welch's t-test over seeds:"),
+                       ("base2x", "Against base2x, the compute-fair control of the variants that mine with a base "
+                        "run (variant - base2x):")):
+        tests = [t for t in s["tests"] if t["against"] == ref]
+        if not tests:
+            continue
+        lines += ["", title, "", "| method | variant (seeds) | metric | difference | p | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for t in tests:
+            n = f"{seeds[(t['method'], t['variant'])]} vs {seeds[(t['method'], ref)]}"
+            lines.append(f"| {t['method']} | {t['variant']} ({n}) | {names[t['metric']]} | {t['diff']:+.2f} | "
+                         f"{t['p']:.3f} | {t['verdict']} |")
     lines += ["", "Runs:", "", "| run | " + " | ".join(n for _, n in METRICS) + " | train s | eval s |",
               "|---|" + "---|" * (len(METRICS) + 2)]
     for x in s["rows"]:
@@ -386,6 +400,8 @@ def build_parser():
     p.add_argument("--eval-test", type=int, default=0, help="images scored (0: the whole split)")
     p.add_argument("--embedding-n", type=int, default=2000, help="test images in the embedding pictures of the "
                    "first seed's base beside each add-on (0: no picture)")
+    p.add_argument("--summarise", action="store_true", help="write the tables and charts from the runs already "
+                   "evaluated under --out; train and evaluate nothing (the others are named and left out)")
     p.add_argument("--embedding-method", default="auto", help="the pictures' projection: auto (UMAP where "
                    "umap-learn is installed, else t-SNE, else PCA) | umap | tsne | pca")
     return p
@@ -426,8 +442,18 @@ def main(argv=None):
     a = parse(argv)
     os.makedirs(a.out, exist_ok=True)
     runs = plan(a)
-    print(f"[study] {len(runs)} runs in {a.out} ({a.parallel} at a time)", flush=True)
-    run_all(a, runs)
+    if a.summarise:   # the tables of what is evaluated; nothing trains
+        missing = [r.name for r in runs if not done(r)]
+        runs = [r for r in runs if done(r)]
+        if not runs:
+            raise UsageError(f"--summarise: no run under {os.path.join(a.out, 'runs')} has both evaluations")
+        for r in runs:
+            r.result = read_json(os.path.join(r.folder, "study_run.json")) or {}
+        print(f"[study] --summarise: {len(runs)} evaluated runs in {a.out}"
+              + (f"; left out, not evaluated: {', '.join(missing)}" if missing else ""), flush=True)
+    else:
+        print(f"[study] {len(runs)} runs in {a.out} ({a.parallel} at a time)", flush=True)
+        run_all(a, runs)
     s = summarise(a, runs)
     cfg = (read_json(os.path.join(runs[0].folder, "config.json")) or {})
     split = "validation" if cfg.get("val_split") else "test"

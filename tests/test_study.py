@@ -148,3 +148,38 @@ def test_an_interrupted_study_goes_on_where_it_stopped(tmp_path):
     assert json.loads((twice / "config.json").read_text())["epochs"] == 4
     rows = json.loads((out / "study.json").read_text())["rows"]
     assert len(rows) == 2 and not any(x["error"] for x in rows) and all("linear" in x for x in rows)
+
+
+def test_summarise_tables_the_evaluated_runs_and_holds_sepp_against_base2x(tmp_path, capsys):
+    """--summarise trains nothing: the runs with both evaluations make the tables (a run without them is named
+    and left out), and a variant that mines with the base run is tested against base2x as well as base."""
+    from eval.study import main
+    lin = {("base", 0): 80.0, ("base", 1): 81.0, ("base", 2): 80.5, ("base2x", 0): 82.0, ("base2x", 1): 82.6,
+           ("sepp", 0): 81.0, ("sepp", 1): 81.4, ("sepp", 2): 80.8, ("bsim", 0): 80.2}
+    for (v, s), top1 in lin.items():
+        d = tmp_path / "runs" / f"simclr-{v}-s{s}"
+        d.mkdir(parents=True)
+        (d / "eval_knn.json").write_text(json.dumps({"trained": {"k20": top1 - 1, "k200": top1 - 2}}))
+        (d / "eval_linear.json").write_text(json.dumps({"trained": {"top1": top1, "n": 10000}}))
+        (d / "study_run.json").write_text(json.dumps({"train_s": 100.0 * (1 + (v == "base2x")), "eval_s": 5.0}))
+    (tmp_path / "runs" / "simclr-bsim-s1").mkdir()   # begun, not evaluated
+    s = main(["--methods", "simclr", "--variants", "base,base2x,bsim,sepp", "--seeds", "0,1,2", "--out",
+              str(tmp_path), "--embedding-n", "0", "--summarise"])
+    out = capsys.readouterr().out
+    assert "9 evaluated runs" in out and "left out, not evaluated: simclr-base2x-s2, simclr-bsim-s1, " \
+        "simclr-bsim-s2" in out and "at a time" not in out
+    assert not any((tmp_path / "runs" / n / "summary.json").exists() for n in ("simclr-bsim-s1", "simclr-bsim-s2"))
+    assert sorted((x["variant"], x["seed"]) for x in s["rows"]) == sorted(lin)
+    got = {(t["variant"], t["against"], t["metric"]): t for t in s["tests"]}
+    col = lambda v: [lin[(v, k)] for k in range(3) if (v, k) in lin]   # noqa: E731
+    assert got[("sepp", "base", "linear")]["p"] == pytest.approx(welch(col("base"), col("sepp"))["p"])
+    twice = got[("sepp", "base2x", "linear")]
+    assert twice["diff"] == pytest.approx(np.mean(col("sepp")) - np.mean(col("base2x")))
+    assert twice["p"] == pytest.approx(welch(col("base2x"), col("sepp"))["p"])
+    assert ("bsim", "base2x", "linear") not in got and ("base2x", "base2x", "linear") not in got
+    assert got[("bsim", "base", "linear")]["verdict"] == "too few seeds to tell"
+    md = (tmp_path / "study.md").read_text()
+    assert "| simclr | sepp (3 vs 2) | linear top-1 | -1.23 |" in md and "Against base2x" in md
+    assert "| simclr | base2x | 2 | 81.30 ± 0.42 | 80.30 ± 0.42 | 82.30 ± 0.42 | 200 | 200 |" in md
+    r = run_here(["-m", "eval.study", "--methods", "simclr", "--out", str(tmp_path / "none"), "--summarise"])
+    assert r.returncode == 2 and "--summarise: no run under" in r.stderr and "Traceback" not in r.stderr
