@@ -14,9 +14,10 @@ mines; its training time is the pre-training cost the table reports), bsim+sepp 
 base run's encoder unless the flags name --sepp-encoder or --sepp-pairs). The base run is
 always part of the grid. A run whose two evaluations are written is skipped, so a study continues where it
 stopped, in a later session or on another machine (copy the output folder); --summarise writes the tables
-of the runs evaluated so far and trains nothing. A variant that mines with a base run is held against base2x
-as well as base: the two cost the same. Runs of a study trained with --val-split (in the config or --extra)
-are scored on that validation split, never on the test split.
+of the runs evaluated so far and trains nothing. A variant that mines with the base run is held against
+base2x as well as base (where base2x is in the grid): twice the base's epochs, about what the variant and its
+miner train together. Runs of a study trained with --val-split (in the config or --extra) are scored on that
+validation split, never on the test split.
 """
 from __future__ import annotations
 
@@ -224,15 +225,16 @@ def summarise(a, runs: list[Run]) -> dict:
             if not got:
                 continue
             g = {"method": m, "variant": v, "seeds": len(got)}
-            # a variant that mines with a base run is also held against base2x, which costs what it costs
-            refs = [("base", base)] + ([("base2x", twice)] if twice and mines_with_base(a, v) else [])
+            # a variant that mines with the base run is also held against base2x: twice the base's epochs, about
+            # what the variant and its miner train together
+            refs = [] if v == "base" else [(n, ref) for n, ref in (("base", base), ("base2x", twice))
+                                           if ref and (n == "base" or mines_with_base(a, v))]
             for key, _ in METRICS:
                 g[key] = mean_std([x[key] for x in got])
-                for name, ref in refs if v != "base" else []:
-                    if ref:
-                        t = welch([x[key] for x in ref], [x[key] for x in got])
-                        tests.append({"method": m, "variant": v, "against": name, "metric": key, **t,
-                                      "verdict": verdict(t)})
+                for name, ref in refs:
+                    t = welch([x[key] for x in ref], [x[key] for x in got])
+                    tests.append({"method": m, "variant": v, "against": name, "metric": key, **t,
+                                  "verdict": verdict(t)})
             train = [x["train_s"] for x in got if x["train_s"] is not None]
             g["train_s"] = sum(train) / len(train) if train else None
             groups.append(g)
@@ -260,6 +262,9 @@ def markdown(a, s: dict, split: str, sha: str) -> str:
                   f"shared by {', '.join(mining)}."]
     if a.custom:
         lines += ["", "Variants: " + "; ".join(f"{n} = `{f}`" for n, f in a.custom.items()) + "."]
+    if s.get("left_out"):
+        lines += ["", "Summarised from the runs evaluated so far; left out, not evaluated: "
+                  f"{', '.join(s['left_out'])}."]
     names, seeds = dict(METRICS), {(g["method"], g["variant"]): g["seeds"] for g in s["groups"]}
     for ref, title in (("base", "Differences to the method's base (variant - base), Welch's t-test over seeds:"),
                        ("base2x", "Against base2x, the compute-fair control of the variants that mine with a base "
@@ -354,7 +359,7 @@ def embeddings(a, runs: list[Run]) -> list[tuple[str, str]]:
     out, seed = [], min(a.seeds)
     for m in a.methods:
         got = [r for r in runs if (r.method, r.seed) == (m, seed) and os.path.isfile(os.path.join(r.folder, "last.pt"))]
-        if len(got) < 2:
+        if len(got) < 2 or got[0].variant != "base":   # the base beside the add-ons, or no picture
             continue
         path = os.path.join(a.out, f"study_embedding_{m}.png")
         try:   # a picture that fails is said, and the study's table still comes
@@ -392,6 +397,9 @@ def build_parser():
     p.add_argument("--extra", default="", help="more train.py flags for every run, one string (they win)")
     p.add_argument("--out", default="runs/study")
     p.add_argument("--parallel", type=int, default=1, help="runs side by side (on one GPU, or the CPU)")
+    p.add_argument("--summarise", action="store_true", help="write the tables and charts from the runs already "
+                   "evaluated under --out (and the embedding pictures, unless --embedding-n 0); train and evaluate "
+                   "nothing (the others are named and left out)")
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--linear-batch-size", type=int, default=256, help="the linear probe's batch (its lr per 256)")
     p.add_argument("--curve-every", type=int, default=0, help="the kNN monitor every N epochs of each run (train.py "
@@ -400,8 +408,6 @@ def build_parser():
     p.add_argument("--eval-test", type=int, default=0, help="images scored (0: the whole split)")
     p.add_argument("--embedding-n", type=int, default=2000, help="test images in the embedding pictures of the "
                    "first seed's base beside each add-on (0: no picture)")
-    p.add_argument("--summarise", action="store_true", help="write the tables and charts from the runs already "
-                   "evaluated under --out; train and evaluate nothing (the others are named and left out)")
     p.add_argument("--embedding-method", default="auto", help="the pictures' projection: auto (UMAP where "
                    "umap-learn is installed, else t-SNE, else PCA) | umap | tsne | pca")
     return p
@@ -440,21 +446,23 @@ def parse(argv=None):
 def main(argv=None):
     from engine.ckpt import git_sha
     a = parse(argv)
-    os.makedirs(a.out, exist_ok=True)
-    runs = plan(a)
+    runs, missing = plan(a), []
     if a.summarise:   # the tables of what is evaluated; nothing trains
         missing = [r.name for r in runs if not done(r)]
         runs = [r for r in runs if done(r)]
         if not runs:
-            raise UsageError(f"--summarise: no run under {os.path.join(a.out, 'runs')} has both evaluations")
+            raise UsageError(f"--summarise: no run of this grid (--methods/--variants/--seeds) under "
+                             f"{os.path.join(a.out, 'runs')} has {' and '.join(EVALS)}; check --out and the grid, "
+                             "or leave --summarise out to train them")
         for r in runs:
             r.result = read_json(os.path.join(r.folder, "study_run.json")) or {}
         print(f"[study] --summarise: {len(runs)} evaluated runs in {a.out}"
               + (f"; left out, not evaluated: {', '.join(missing)}" if missing else ""), flush=True)
     else:
+        os.makedirs(a.out, exist_ok=True)
         print(f"[study] {len(runs)} runs in {a.out} ({a.parallel} at a time)", flush=True)
         run_all(a, runs)
-    s = summarise(a, runs)
+    s = summarise(a, runs) | {"left_out": missing}
     cfg = (read_json(os.path.join(runs[0].folder, "config.json")) or {})
     split = "validation" if cfg.get("val_split") else "test"
     sha = git_sha()

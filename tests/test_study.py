@@ -155,7 +155,8 @@ def test_summarise_tables_the_evaluated_runs_and_holds_sepp_against_base2x(tmp_p
     and left out), and a variant that mines with the base run is tested against base2x as well as base."""
     from eval.study import main
     lin = {("base", 0): 80.0, ("base", 1): 81.0, ("base", 2): 80.5, ("base2x", 0): 82.0, ("base2x", 1): 82.6,
-           ("sepp", 0): 81.0, ("sepp", 1): 81.4, ("sepp", 2): 80.8, ("bsim", 0): 80.2}
+           ("sepp", 0): 81.0, ("sepp", 1): 81.4, ("sepp", 2): 80.8, ("bsim", 0): 80.2, ("k5", 0): 81.0,
+           ("k5", 1): 81.5, ("own", 0): 80.1, ("own", 1): 80.9}
     for (v, s), top1 in lin.items():
         d = tmp_path / "runs" / f"simclr-{v}-s{s}"
         d.mkdir(parents=True)
@@ -164,10 +165,11 @@ def test_summarise_tables_the_evaluated_runs_and_holds_sepp_against_base2x(tmp_p
         (d / "study_run.json").write_text(json.dumps({"train_s": 100.0 * (1 + (v == "base2x")), "eval_s": 5.0}))
     (tmp_path / "runs" / "simclr-bsim-s1").mkdir()   # begun, not evaluated
     s = main(["--methods", "simclr", "--variants", "base,base2x,bsim,sepp", "--seeds", "0,1,2", "--out",
-              str(tmp_path), "--embedding-n", "0", "--summarise"])
+              str(tmp_path), "--embedding-n", "0", "--summarise", "--variant", "k5=--sepp --sepp-k 5",
+              "--variant", "own=--sepp --sepp-pairs p.pt"])
     out = capsys.readouterr().out
-    assert "9 evaluated runs" in out and "left out, not evaluated: simclr-base2x-s2, simclr-bsim-s1, " \
-        "simclr-bsim-s2" in out and "at a time" not in out
+    left = "left out, not evaluated: simclr-base2x-s2, simclr-bsim-s1, simclr-bsim-s2, simclr-k5-s2, simclr-own-s2"
+    assert "13 evaluated runs" in out and left in out and "at a time" not in out
     assert not any((tmp_path / "runs" / n / "summary.json").exists() for n in ("simclr-bsim-s1", "simclr-bsim-s2"))
     assert sorted((x["variant"], x["seed"]) for x in s["rows"]) == sorted(lin)
     got = {(t["variant"], t["against"], t["metric"]): t for t in s["tests"]}
@@ -177,9 +179,11 @@ def test_summarise_tables_the_evaluated_runs_and_holds_sepp_against_base2x(tmp_p
     assert twice["diff"] == pytest.approx(np.mean(col("sepp")) - np.mean(col("base2x")))
     assert twice["p"] == pytest.approx(welch(col("base2x"), col("sepp"))["p"])
     assert ("bsim", "base2x", "linear") not in got and ("base2x", "base2x", "linear") not in got
+    assert ("k5", "base2x", "linear") in got and ("own", "base2x", "linear") not in got   # own: not mined by base
     assert got[("bsim", "base", "linear")]["verdict"] == "too few seeds to tell"
     md = (tmp_path / "study.md").read_text()
-    assert "| simclr | sepp (3 vs 2) | linear top-1 | -1.23 |" in md and "Against base2x" in md
+    assert "| simclr | sepp (3 vs 2) | linear top-1 | -1.23 |" in md and "Against base2x" in md and left in md
     assert "| simclr | base2x | 2 | 81.30 ± 0.42 | 80.30 ± 0.42 | 82.30 ± 0.42 | 200 | 200 |" in md
     r = run_here(["-m", "eval.study", "--methods", "simclr", "--out", str(tmp_path / "none"), "--summarise"])
-    assert r.returncode == 2 and "--summarise: no run under" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--summarise: no run of this grid" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "none").exists()
