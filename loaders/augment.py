@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -163,38 +164,108 @@ def grey_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> 
     return torch.where(b_first, contr(bright(x)), bright(contr(x)))
 
 
-def augment_view(u8: torch.Tensor, aug: ViewAug) -> torch.Tensor:
-    """uint8 [B, C, H, W] (C = 1 or 3) -> float [B, 3, H, W] in [0, 1], randomly augmented per sample.
+@dataclass
+class ViewParams:
+    """One view's random draws for a batch, per sample ([B] tensors; None where the recipe turns the op off):
+    what augment_view (branchless, the whole batch) and loaders/augment_cpu.py (per sample, only the ops drawn)
+    both apply, so the two paths give the same pixels for the same draws."""
+    flip: torch.Tensor | None = None        # bool
+    jitter: torch.Tensor | None = None      # bool
+    factors: torch.Tensor | None = None     # float32 [B, 4]: brightness, contrast, saturation, hue
+    order: torch.Tensor | None = None       # int64 [B, 4]: the jitter ops in the sample's order
+    gray: torch.Tensor | None = None        # bool
+    blur: torch.Tensor | None = None        # bool
+    sigma: torch.Tensor | None = None       # float32
+    solarize: torch.Tensor | None = None    # bool
+
+    def row(self, b: int) -> dict:
+        """Sample b's draws as Python values (the per-sample path's branches)."""
+        return {k: (None if v is None else v[b].tolist()) for k, v in vars(self).items()}
+
+
+def random_params(n: int, aug: ViewAug, device) -> ViewParams:
+    """Draws from the global RNG, in the order augment_view always drew them."""
+    p = ViewParams()
+    if aug.flip > 0:
+        p.flip = _coin(n, aug.flip, device)
+    if aug.jitter > 0:
+        jp = jitter_params(n, aug, device)
+        p.factors, p.order, p.jitter = jp["factors"], jp["order"], _coin(n, aug.jitter, device)
+    if aug.gray > 0:
+        p.gray = _coin(n, aug.gray, device)
+    if aug.blur > 0:
+        p.sigma = _uniform(n, *aug.sigma, device)
+        p.blur = _coin(n, aug.blur, device)
+    if aug.solarize > 0:
+        p.solarize = _coin(n, aug.solarize, device)
+    return p
+
+
+DRAW0 = 64   # the keyed draws of a view start here (loaders/crops.py's crop box uses draws 0-39)
+
+
+def keyed_params(aug: ViewAug, seed: int, epoch: int, index: torch.Tensor, view: int) -> ViewParams:
+    """Draws from the (seed, epoch, sample, view) stream of loaders/crops.py, on index's device: the same for a
+    sample whichever loader, worker, batch or resume point it comes from, and equal on the CPU and the GPU."""
+    from loaders.crops import crop_keys, uniforms
+    u = uniforms(crop_keys(seed, epoch, index.long(), view), range(DRAW0, DRAW0 + 14))
+    lo = torch.tensor([max(0.0, 1 - aug.brightness), max(0.0, 1 - aug.contrast), max(0.0, 1 - aug.saturation),
+                       -aug.hue], dtype=torch.float64, device=index.device)
+    hi = torch.tensor([1 + aug.brightness, 1 + aug.contrast, 1 + aug.saturation, aug.hue], dtype=torch.float64,
+                      device=index.device)
+    p = ViewParams()
+    if aug.flip > 0:
+        p.flip = u[:, 0] < aug.flip
+    if aug.jitter > 0:
+        p.jitter, p.factors = u[:, 1] < aug.jitter, (lo + u[:, 2:6] * (hi - lo)).float()
+        p.order = u[:, 6:10].argsort(1)
+    if aug.gray > 0:
+        p.gray = u[:, 10] < aug.gray
+    if aug.blur > 0:
+        p.blur = u[:, 11] < aug.blur
+        p.sigma = (aug.sigma[0] + u[:, 12] * (aug.sigma[1] - aug.sigma[0])).float()
+    if aug.solarize > 0:
+        p.solarize = u[:, 13] < aug.solarize
+    return p
+
+
+def _where(coin, a, b):
+    return torch.where(coin.view(-1, 1, 1, 1), a, b)
+
+
+def augment_view(u8: torch.Tensor, aug: ViewAug, params: ViewParams | None = None) -> torch.Tensor:
+    """uint8 [B, C, H, W] (C = 1 or 3) -> float [B, 3, H, W] in [0, 1], randomly augmented per sample: with
+    `params`' draws, or draws from the global RNG. Branchless: every op on every sample, selected with
+    torch.where (no host-device sync on a GPU).
     A grey source (C = 1) is augmented on its one channel and expanded at the end: the same draws and, up to
     float rounding, the same pixels as its three-channel copy (tests/test_augment.py), at a third of the work."""
-    B, dev = u8.shape[0], u8.device
+    p = params if params is not None else random_params(u8.shape[0], aug, u8.device)
     x = u8.float().div_(255)
     grey = x.shape[1] == 1
-    if aug.flip > 0:
-        x = torch.where(_coin(B, aug.flip, dev).view(-1, 1, 1, 1), x.flip(-1), x)
-    if aug.jitter > 0:
-        p = jitter_params(B, aug, dev)
-        x = torch.where(_coin(B, aug.jitter, dev).view(-1, 1, 1, 1), (grey_jitter if grey else color_jitter)(x, **p),
-                        x)
-    if aug.gray > 0:
-        g = float(sum(GRAY)) * x if grey else grayscale(x).expand_as(x)
-        x = torch.where(_coin(B, aug.gray, dev).view(-1, 1, 1, 1), g, x)
-    if aug.blur > 0:
-        sig = _uniform(B, *aug.sigma, dev)
-        x = torch.where(_coin(B, aug.blur, dev).view(-1, 1, 1, 1), blur(x, sig, blur_size(x.shape[-1])), x)
-    if aug.solarize > 0:
-        x = torch.where(_coin(B, aug.solarize, dev).view(-1, 1, 1, 1), solarize(x), x)
+    if p.flip is not None:
+        x = _where(p.flip, x.flip(-1), x)
+    if p.jitter is not None:
+        x = _where(p.jitter, (grey_jitter if grey else color_jitter)(x, p.factors, p.order), x)
+    if p.gray is not None:
+        x = _where(p.gray, float(sum(GRAY)) * x if grey else grayscale(x).expand_as(x), x)
+    if p.blur is not None:
+        x = _where(p.blur, blur(x, p.sigma, blur_size(x.shape[-1])), x)
+    if p.solarize is not None:
+        x = _where(p.solarize, solarize(x), x)
     return x.expand(-1, 3, -1, -1) if grey else x
 
 
 class DeviceAugment:
-    """The shared device stage: RawBatch (uint8 crops) -> Batch (augmented, normalized float views)."""
+    """The shared device stage: RawBatch (uint8 crops) -> Batch (augmented, normalized float views). The draws
+    come from the (seed, epoch, sample, view) stream (keyed_params). On a GPU the batch path runs (branchless);
+    on a CPU the per-sample path (loaders/augment_cpu.py, only the ops drawn), the same pixels either way."""
 
-    def __init__(self, recipe, mean, std, channels_last: bool = False, mix=None, compile: bool | str = False,
-                 device=None):
-        self.recipe, self.mix = tuple(recipe), mix   # mix: loaders.mix.MixSpec for BSIM, or None
+    def __init__(self, recipe, mean, std, channels_last: bool = False, mix=None, *, compile: bool | str = False,
+                 device=None, seed: int = 0):
+        self.recipe, self.mix, self.seed = tuple(recipe), mix, seed   # mix: loaders.mix.MixSpec for BSIM, or None
         # compile: torch.compile fuses the many elementwise passes (jitter evaluates its 4 ops at each of its 4
         # random-order slots) into a few kernels; same math, for GPU runs (a string: the compile backend)
+        self.compiled = bool(compile)
         self.view_fn = (torch.compile(augment_view, dynamic=False, backend=compile if isinstance(compile, str)
                                       else "inductor") if compile else augment_view)
         # on the training device from the start: no host-to-device copy inside a step (elsewhere: moved once)
@@ -207,11 +278,41 @@ class DeviceAugment:
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
+    def per_sample(self, device: torch.device) -> bool:
+        return device.type == "cpu" and not self.compiled
+
+    def view_batch(self, u8: torch.Tensor, index: torch.Tensor, epoch: int, v: int) -> torch.Tensor:
+        """View v of a batch, uint8 [B, C, H, W] -> normalized float [B, 3, H, W] (either path)."""
+        p = keyed_params(self.recipe[v], self.seed, epoch, index, v)
+        if not self.per_sample(u8.device):
+            return self.normalize(self.view_fn(u8, self.recipe[v], p))
+        from loaders.augment_cpu import augment_sample, normalize
+        hwc = u8.permute(0, 2, 3, 1).numpy()
+        out = np.empty((len(hwc), *hwc.shape[1:3], 3), np.float32)
+        mean, std = self.mean.flatten().tolist(), self.std.flatten().tolist()
+        for b in range(len(hwc)):
+            out[b] = normalize(augment_sample(hwc[b], self.recipe[v], p.row(b)), mean, std)
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)
+
+    def sample_views(self, crops: np.ndarray, index: int, epoch: int) -> np.ndarray:
+        """The per-sample path for one sample (a loader's worker): uint8 [V, H, W, C] -> normalized float32
+        [V, H, W, 3]."""
+        from loaders.augment_cpu import augment_views
+        i = torch.tensor([index])
+        draws = [keyed_params(a, self.seed, epoch, i, v).row(0) for v, a in enumerate(self.recipe)]
+        return augment_views(crops, self.recipe, draws, self.mean.flatten().tolist(), self.std.flatten().tolist())
+
     def __call__(self, raw: RawBatch) -> Batch:
         if raw.views.shape[0] != len(self.recipe):
             raise ValueError(f"loader gave {raw.views.shape[0]} views, recipe has {len(self.recipe)}")
-        views = torch.stack([self.normalize(self.view_fn(v, a)) for v, a in zip(raw.views, self.recipe)])
-        batch = Batch(views=views, index=raw.index, label=raw.label)
+        views = torch.stack([self.view_batch(u, raw.index, raw.epoch, v) for v, u in enumerate(raw.views)])
+        return self.finish(views, raw.index, raw.label)
+
+    def finish(self, views: torch.Tensor, index: torch.Tensor, label: torch.Tensor) -> Batch:
+        """Augmented, normalized views [V, B, 3, H, W] -> Batch: the run's memory format, and BSIM's mixtures."""
+        if not views[0].is_contiguous(memory_format=self.memory_format):   # a worker's [B, V, H, W, C]
+            views = torch.stack([v.contiguous(memory_format=self.memory_format) for v in views])
+        batch = Batch(views=views, index=index, label=label)
         if self.mix is not None:
             from loaders.mix import make_mix
             batch.mix = make_mix(views[0], self.mix)

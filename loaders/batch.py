@@ -43,10 +43,12 @@ class Batch:
 @dataclass
 class RawBatch:
     """What a back end hands to the shared device stage: uint8 crops [V, B, C, H, W] already on the device
-    (C is 1 for grayscale sources; the device stage expands to 3), before colour augmentation."""
+    (C is 1 for grayscale sources; the device stage expands to 3), before colour augmentation, and the epoch
+    they belong to (the augmentation's draws are keyed by seed, epoch, sample and view)."""
     views: torch.Tensor
     index: torch.Tensor
     label: torch.Tensor
+    epoch: int = 0
 
 
 @runtime_checkable

@@ -73,6 +73,25 @@ def _fill(out, seed, epoch, indices, view, size, scale):
                                                               size[0], size[1], scale[0], scale[1])
 
 
+@njit(cache=True)
+def reduction(ratio):
+    """The DCT scale libjpeg decodes at (1, 2, 4 or 8): the largest power of two <= ratio, where ratio is the
+    smallest crop side over the output size, so that no crop is upsampled from a reduced decode."""
+    s = 1
+    while s < 8 and 2 * s <= ratio:
+        s *= 2
+    return s
+
+
+@njit(cache=True)
+def scaled_box(t, l, h, w, sy, sx, height, width):
+    """A full-size box (t, l, h, w) in the image decoded at scale (sy, sx), of size (height, width): edges
+    rounded, inside the image, at least 1 px."""
+    top, left = min(int(np.round(t * sy)), height - 1), min(int(np.round(l * sx)), width - 1)
+    bottom, right = min(int(np.round((t + h) * sy)), height), min(int(np.round((l + w) * sx)), width)
+    return top, left, max(1, bottom - top), max(1, right - left)
+
+
 def crop_boxes(seed: int, epoch: int, indices, view: int, height: int, width: int, scale) -> np.ndarray:
     """int32 [len(indices), 4] of (top, left, h, w): crop_box for every sample of `indices` (same-sized images)."""
     idx = np.ascontiguousarray(indices, dtype=np.int64)
@@ -86,3 +105,40 @@ def view_box(seed: int, epoch: int, index: int, view: int, height: int, width: i
     key = np.uint64(crop_key(seed, epoch, index, view))   # numba hands a uint64 back as a Python int
     t, l, h, w = crop_box(key, height, width, float(scale[0]), float(scale[1]))
     return int(t), int(l), int(h), int(w)
+
+
+# The same stream in torch, on whatever device the sample indices live (the augmentation's draws, made where
+# the views are, with no host-device copy). int64 holds uint64's bits: products and sums wrap alike, and a right
+# shift is made logical by masking the sign's copies.
+def _i64(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_M1, _M2, _GOLD = (_i64(c) for c in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15))
+
+
+def _shr(x, k: int):
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix_t(x):
+    x = (x ^ _shr(x, 30)) * _M1
+    x = (x ^ _shr(x, 27)) * _M2
+    return x ^ _shr(x, 31)
+
+
+def crop_keys(seed: int, epoch: int, index, view: int):
+    """crop_key for a tensor of sample indices (int64, any device): the same bits as the numba function."""
+    import torch
+    h = _mix_t(torch.full_like(index, _i64((seed + 0x632BE59BD9B4E019) % (1 << 64))))
+    h = _mix_t(h ^ epoch)
+    h = _mix_t(h ^ index)
+    return _mix_t(h ^ (view + 1))
+
+
+def uniforms(keys, draws):
+    """float64 [len(keys), len(draws)]: _u01(key, draw) for every key and draw (bit-equal to the numba stream)."""
+    import torch
+    d = torch.as_tensor(list(draws), dtype=torch.int64, device=keys.device)
+    h = _mix_t(keys.view(-1, 1) + d.view(1, -1) * _GOLD)
+    return _shr(h, 11).double() * (1.0 / 9007199254740992.0)

@@ -115,4 +115,4 @@ class DeviceLoader:
         """One step's batch from the resident images, all on the device: gather, V crops, augmentation."""
         imgs = self.images[idx]
         views = torch.stack([resized_crops(imgs, boxes[v, idx], self.res) for v in range(len(self.scales))])
-        return self.augment(RawBatch(views, idx, self.labels[idx]))
+        return self.augment(RawBatch(views, idx, self.labels[idx], epoch=self.order.epoch))

@@ -18,17 +18,17 @@ class SyntheticLoader:
         self.steps = max(1, len(source) // (batch_size * world))
         self.augment = augment
         self.pool = [(torch.randint(0, 256, (views, batch_size, 3, res, res), dtype=torch.uint8, generator=g),
-                      torch.randint(0, source.num_classes, (batch_size,), generator=g)) for _ in range(self.POOL)]
+                      torch.randint(0, max(1, source.num_classes), (batch_size,), generator=g)) for _ in range(self.POOL)]
         self.pool = [(v.to(device), y.to(device)) for v, y in self.pool]
         self.base, self.stride = torch.arange(batch_size, device=device) + rank * batch_size, batch_size * world
 
     resumes_mid_epoch = True
     order = None   # the same pool of batches every epoch
-    skip = 0
+    skip = epoch = 0
     set_plan = set_plan
 
     def set_epoch(self, epoch: int, skip: int = 0):
-        self.skip = skip
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self):
         return self.steps
@@ -36,4 +36,4 @@ class SyntheticLoader:
     def __iter__(self):
         for s in range(self.skip, self.steps):
             views, label = self.pool[s % len(self.pool)]
-            yield self.augment(RawBatch(views, self.base + s * self.stride, label))  # unique over ranks
+            yield self.augment(RawBatch(views, self.base + s * self.stride, label, epoch=self.epoch))   # unique over ranks

@@ -33,7 +33,7 @@ def test_views_are_crops_of_source_pil_reference(fashion):
     """Each view equals PIL's crop + bilinear resize of the region the (seed, epoch, sample, view) stream drew."""
     ds = MultiCrop(fashion, 24, [(0.2, 1.0), (0.2, 1.0)], seed=3)
     for i in range(20):
-        views, idx, label = ds[(i, 5)]
+        views, idx, label, bad = ds[(i, 5)]
         src, y = fashion.load(i)
         assert idx == i and label == y
         for k, v in enumerate(views):
