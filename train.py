@@ -381,12 +381,28 @@ def finish(r: Run, row: dict):
         knn += f" (random init {r.acc0:.2f}%)" if r.acc0 is not None else ""
         print(f"done: {knn}; {r.images / r.time:.0f} img/s, each as {len(r.recipe)} views, "
               f"{r.wait / r.time:.0%} of the time waiting for data; checkpoint {r.ckpt_path}", flush=True)
+    skipped = report_skipped(r)
+    if r.main_rank and r.time > 0:
         with open(os.path.join(args.out, "summary.json"), "w") as f:
             json.dump({"epochs": args.epochs, "loss": row["loss"], "knn_top1": row.get("knn_top1"),
                        "knn_random_init": r.acc0, "img_s": r.images / r.time, "data_wait": r.wait / r.time,
-                       "world": r.world, "device": str(r.device)}, f, indent=1)
+                       "world": r.world, "device": str(r.device), "skipped": skipped}, f, indent=1)
     r.log.close()
     dist.cleanup()
+
+
+def report_skipped(r: Run) -> int:
+    """The unreadable files every rank's loader skipped: a count at the end, the list in OUT/skipped.txt."""
+    skipped = {}
+    for part in dist.gather_objects(dict(getattr(r.loader, "skipped", {}))):
+        skipped.update(part)
+    if r.main_rank and skipped:
+        path = os.path.join(r.args.out, "skipped.txt")
+        with open(path, "w") as f:
+            f.writelines(f"{why}\n" for _, why in sorted(skipped.items()))
+        print(f"skipped {len(skipped)} unreadable image(s), each replaced in its batch by another: listed in {path}",
+              flush=True)
+    return len(skipped)
 
 
 @cli_main

@@ -3,6 +3,7 @@ iterable of Batch with set_epoch and len."""
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, fields
 from typing import Callable
 
@@ -11,7 +12,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
-from engine.errors import UsageError
+from engine.errors import DataError, UsageError
 from loaders.augment import DeviceAugment
 from loaders.mix import MixSpec
 
@@ -108,7 +109,11 @@ class Plain(Dataset):
         return len(self.indices)
 
     def __getitem__(self, k):
-        img, label = self.source.load(int(self.indices[k]))
+        try:
+            img, label = self.source.load(int(self.indices[k]))
+        except DataError as e:   # scored as a black image rather than ending the evaluation: said once per file
+            print(f"warning: {str(e).split(' (')[0]}: embedded as a black image", file=sys.stderr, flush=True)
+            return torch.zeros(3, self.res, self.res, dtype=torch.uint8), int(self.source.labels[int(self.indices[k])])
         if img.shape[-1] != self.res or img.shape[-2] != self.res:
             img = TF.resize(img, [self.res, self.res], antialias=True)
         return img, label

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,10 @@ class FolderSource:
         if not self.files:
             raise UsageError(f"`data` {root}: no images found (expected {root}/<class>/<image>.jpg)")
         self.labels = np.asarray(labels, dtype=np.int64)
+        empty = [c for k, c in enumerate(classes) if not (self.labels == k).any()]
+        if empty:   # kept, so that class k is the k-th folder wherever the set is read
+            print(f"note: {len(empty)} class folder(s) of {root} hold no images ({', '.join(empty[:3])}"
+                  f"{', ...' if len(empty) > 3 else ''}): empty classes", file=sys.stderr, flush=True)
         self.classes, self.num_classes = classes, len(classes)
         self.mean, self.std, self.name = IMAGENET_MEAN, IMAGENET_STD, "imagefolder"
 
@@ -71,6 +76,24 @@ class FolderSource:
         except Exception as e:  # torchvision raises RuntimeError for corrupt/truncated data
             raise DataError(f"cannot decode {path}: {str(e).splitlines()[0]} "
                             f"(remove it, or list bad files with: python -m loaders.prepare --check --data DIR)")
+
+    def load_reduced(self, i: int, reduce):
+        """(uint8 [3, h, w], label, (H, W)): image i decoded whole at 1/s of its size (H, W), where
+        s = reduce(H, W) is 1, 2, 4 or 8; a JPEG is then decoded by libjpeg at that DCT scale (a fraction of a
+        full decode's work), any other format at full size. DataError if the file cannot be decoded."""
+        from PIL import Image
+        path = self.files[i]
+        try:
+            with Image.open(path) as im:
+                H, W = im.height, im.width
+                s = reduce(H, W)
+                if s > 1 and im.format == "JPEG":
+                    im.draft("RGB", (-(-W // s), -(-H // s)))   # libjpeg's scaled size: ceil(side / s)
+                a = np.array(im.convert("RGB"))   # writable: torch.from_numpy warns otherwise
+        except Exception as e:   # PIL: OSError (truncated), UnidentifiedImageError (not an image), ...
+            raise DataError(f"cannot decode {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                            f"(remove it, or list bad files with: python -m loaders.prepare --check --data DIR)")
+        return torch.from_numpy(a).permute(2, 0, 1), int(self.labels[i]), (H, W)
 
 
 class UnlabelledSource(FolderSource):
@@ -311,6 +334,14 @@ class Subset:
 
     def load(self, i: int):
         return self.src.load(int(self.keep[i]))
+
+    def load_reduced(self, i: int, reduce):
+        return self.src.load_reduced(int(self.keep[i]), reduce)
+
+
+def reducible(source) -> bool:
+    """Whether a source decodes at a reduced (DCT) scale: load_reduced (image files)."""
+    return isinstance(source.src if isinstance(source, Subset) else source, FolderSource)
 
 
 def fingerprint(source) -> str:

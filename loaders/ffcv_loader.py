@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 from engine.errors import DataError, UsageError
 from loaders.augment import DeviceAugment
 from loaders.batch import RawBatch
-from loaders.crops import crop_box, crop_key
+from loaders.crops import crop_box, crop_key, reduction, scaled_box
 from loaders.order import EpochOrder
 
 @intrinsic
@@ -86,7 +86,7 @@ def _decoder_class():
             my_range = Compiler.get_iterator()
             imdecode_c = Compiler.compile(imdecode)
             resize_crop_c = Compiler.compile(resize_crop)
-            scales, seed, V = self.scales, self.seed, len(self.scales)
+            scales, seed, V, res = self.scales, self.seed, len(self.scales), self.res
             epoch_addr = self.epoch.ctypes.data
 
             def decode(batch_indices, my_storage, metadata, storage_state):
@@ -98,15 +98,27 @@ def _decoder_class():
                     image_data = mem_read(field["data_ptr"], storage_state)
                     height = np.uint32(field["height"])
                     width = np.uint32(field["width"])
-                    if field["mode"] == jpg:
-                        buf = temp_storage[dst_ix]
-                        imdecode_c(image_data, buf, height, width, height, width, 0, 0, 1, 1, False, False)
-                        img = buf.reshape(-1)[:3 * height * width].reshape(height, width, 3)
-                    else:
-                        img = image_data.reshape(height, width, 3)
+                    boxes = np.empty((V, 4), np.int64)
+                    smallest = 1 << 30
                     for v in range(V):
                         i, j, h, w = crop_box(crop_key(seed, epoch, source_ix, v), int(height), int(width),
                                               scales[v, 0], scales[v, 1])
+                        boxes[v, 0], boxes[v, 1], boxes[v, 2], boxes[v, 3] = i, j, h, w
+                        smallest = min(smallest, h, w)
+                    s = 1
+                    if field["mode"] == jpg:   # libjpeg's DCT-scaled decode: 1/s of the work where crops allow
+                        s = reduction(smallest / res)
+                        buf = temp_storage[dst_ix]
+                        imdecode_c(image_data, buf, height, width, height, width, 0, 0, 1, s, False, False)
+                        hs, ws = (int(height) + s - 1) // s, (int(width) + s - 1) // s   # TJSCALED
+                        img = buf.reshape(-1)[:3 * hs * ws].reshape(hs, ws, 3)
+                    else:
+                        hs, ws = int(height), int(width)
+                        img = image_data.reshape(height, width, 3)
+                    for v in range(V):
+                        i, j, h, w = boxes[v, 0], boxes[v, 1], boxes[v, 2], boxes[v, 3]
+                        if s > 1:
+                            i, j, h, w = scaled_box(i, j, h, w, hs / height, ws / width, hs, ws)
                         resize_crop_c(img, i, i + h, j, j + w, destination[dst_ix, v])
                 return destination[:len(batch_indices)]
 
@@ -279,13 +291,13 @@ class FFCVLoader:
         self.decoder.epoch[0] = self.epoch
         self.loader.next_epoch = self.epoch
         for images, label, index in epoch_batches(iter(self.loader)):
-            yield device_batch(images, label, index, self.augment)
+            yield device_batch(images, label, index, self.augment, self.epoch)
 
 
-def device_batch(images, label, index, augment):
+def device_batch(images, label, index, augment, epoch: int = 0):
     """The device stage: FFCV's outputs (uint8 [B, V, H, W, 3] crops, labels, indices, on the device after
-    ToDevice) -> Batch."""
+    ToDevice) of `epoch` -> Batch."""
     views = images.permute(1, 0, 4, 2, 3)   # [B, V, H, W, 3] -> [V, B, 3, H, W]
     if images.device.type == "cpu":   # FFCV reuses its buffers a few batches later: copies of what outlives the step
         label, index = label.clone(), index.clone()
-    return augment(RawBatch(views, index, label))
+    return augment(RawBatch(views, index, label, epoch=epoch))

@@ -4,36 +4,81 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
+from engine.errors import DataError
 from loaders.augment import DeviceAugment
 from loaders.batch import RawBatch, set_plan
-from loaders.crops import view_box
+from loaders.crops import reduction, scaled_box, view_box
+from loaders.datasets import reducible
 from loaders.order import EpochOrder
 
 
 class MultiCrop(Dataset):
-    """Item (index, epoch) -> (uint8 [V, C, res, res], index, label): one decode, V crops."""
+    """Item (index, epoch) -> one sample: one decode (DCT-scaled by libjpeg when every crop is at least twice
+    the output size), V random-resized crops, and with `augment` (a CPU run) their augmentation, in the worker.
+    An unreadable file is replaced by the next readable sample (a fixed stride away) and reported."""
 
-    def __init__(self, source, res: int, scales, seed: int):
+    def __init__(self, source, res: int, scales, seed: int, augment: DeviceAugment | None = None):
         self.source, self.res, self.scales, self.seed = source, res, tuple(scales), seed
+        self.augment, self.reduce = augment, reducible(source)
 
     def __len__(self):
         return len(self.source)
 
+    def boxes(self, i: int, epoch: int, height: int, width: int):
+        return [view_box(self.seed, epoch, i, v, height=height, width=width, scale=s) for v, s in enumerate(self.scales)]
+
+    def crops(self, i: int, epoch: int):
+        """uint8 [V, C, res, res] crops of sample i and its label; DataError if its file cannot be decoded."""
+        if self.reduce:
+            boxes = []
+
+            def reduce(height, width):   # the largest power of two that keeps every crop >= res
+                boxes.extend(self.boxes(i, epoch, height, width))
+                return reduction(min(min(h, w) for _, _, h, w in boxes) / self.res)
+            img, label, (H, W) = self.source.load_reduced(i, reduce)
+            sy, sx = img.shape[-2] / H, img.shape[-1] / W
+            boxes = [scaled_box(*b, sy, sx, *img.shape[-2:]) for b in boxes]
+        else:
+            img, label = self.source.load(i)
+            boxes = self.boxes(i, epoch, *img.shape[-2:])
+        crops = [TF.resized_crop(img, t, l, h, w, [self.res, self.res], antialias=True) for t, l, h, w in boxes]
+        return torch.stack(crops), label
+
     def __getitem__(self, item):
         i, epoch = item
-        img, label = self.source.load(int(i))
-        H, W = img.shape[-2:]
-        crops = []
-        for v, scale in enumerate(self.scales):
-            t, l, h, w = view_box(self.seed, epoch, int(i), v, height=H, width=W, scale=scale)
-            crops.append(TF.resized_crop(img, t, l, h, w, [self.res, self.res], antialias=True))
-        return torch.stack(crops), int(i), label
+        bad = []
+        for j in substitutes(i, len(self.source)):
+            try:
+                views, label = self.crops(j, epoch)
+                break
+            except DataError as e:
+                bad.append((j, str(e)))
+        else:
+            raise DataError(f"no readable image among {len(bad)} tried from sample {i}: {bad[0][1]}")
+        if self.augment is not None:   # a CPU run: the augmentation here, overlapping the step
+            views = torch.from_numpy(self.augment.sample_views(views.permute(0, 2, 3, 1).numpy(), j, epoch))
+        return views, j, label, bad
+
+
+def substitutes(i: int, n: int, tries: int = 16):
+    """Sample i, then the samples that stand in for it when its file is unreadable (a fixed stride apart)."""
+    for k in range(min(tries, n)):
+        yield (i + k * 7919) % n
+
+
+def collate(items):
+    """Worker items -> (views [V, B, ...]: stacked on dim 1, so a worker's float views [V, H, W, 3] arrive as
+    channels_last per view with no copy), index [B], label [B], and the unreadable files met."""
+    views = torch.stack([it[0] for it in items], dim=1)
+    return (views, torch.tensor([it[1] for it in items]), torch.tensor([it[2] for it in items]),
+            [b for it in items for b in it[3]])
 
 
 class EpochBatches:
@@ -49,6 +94,15 @@ class EpochBatches:
 
     def __len__(self):
         return len(self.order)
+
+
+def _worker_init(worker_id):
+    """The stop signals' rule below, then one OpenCV thread per worker (the workers are the parallelism): in that
+    order, so that OpenCV's threads inherit the blocked signals (a thread that does not block them would take
+    an outside SIGTERM and end the worker)."""
+    _stop_signals_to_the_main_process(worker_id)
+    import cv2
+    cv2.setNumThreads(1)
 
 
 def _stop_signals_to_the_main_process(_worker_id):
@@ -83,15 +137,18 @@ class TorchLoader:
         self.order = EpochOrder(len(source), opts.batch_size, rank=rank, world=world, seed=seed,
                                 drop_last=opts.drop_last)
         self.sampler = EpochBatches(self.order)
+        self.skipped: dict[int, str] = {}   # unreadable files met: sample -> why
         pin = self.device.type == "cuda"
+        # On a CPU the workers augment too (loaders/augment_cpu.py), overlapping the step; on a GPU the device does.
+        in_workers = augment if isinstance(augment, DeviceAugment) and augment.per_sample(self.device) else None
         # Its own generator: creating an iterator must not draw from the global RNG, which the device
         # augmentation uses (a resumed run creates its iterator at another point of that stream).
         gen = torch.Generator().manual_seed(seed)
-        self.loader = DataLoader(MultiCrop(source, opts.res, [a.crop_scale for a in recipe], seed),
+        self.loader = DataLoader(MultiCrop(source, opts.res, [a.crop_scale for a in recipe], seed, in_workers),
                                  batch_sampler=self.sampler, num_workers=workers, pin_memory=pin,
                                  persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                                 generator=gen,
-                                 worker_init_fn=_stop_signals_to_the_main_process if workers else None)
+                                 generator=gen, collate_fn=collate,
+                                 worker_init_fn=_worker_init if workers else None)
 
     set_plan = set_plan
 
@@ -103,12 +160,22 @@ class TorchLoader:
         return len(self.sampler)
 
     def __iter__(self):
-        for views, index, label in self.loader:
+        for views, index, label, bad in self.loader:
+            self.report(bad)
             yield self.to_device(views, index, label)
+
+    def report(self, bad):
+        """One warning per unreadable file, the first time it is met (its sample is replaced in the batch)."""
+        for i, why in bad:
+            if i not in self.skipped:
+                self.skipped[i] = why
+                print(f"warning: skipped an unreadable image ({len(self.skipped)} so far): {why.split(' (')[0]}",
+                      file=sys.stderr, flush=True)
 
     def to_device(self, views, index, label):
         """The device stage: a worker's batch (pinned on a GPU run) -> Batch, copied without waiting."""
         nb = self.device.type == "cuda"
-        raw = RawBatch(views.to(self.device, non_blocking=nb).transpose(0, 1),
-                       index.to(self.device, non_blocking=nb), label.to(self.device, non_blocking=nb))
-        return self.augment(raw)
+        views, index, label = (t.to(self.device, non_blocking=nb) for t in (views, index, label))
+        if views.dtype != torch.uint8:   # augmented in the workers
+            return self.augment.finish(views.permute(0, 1, 4, 2, 3), index, label)
+        return self.augment(RawBatch(views, index, label, epoch=self.order.epoch))

@@ -95,6 +95,31 @@ def make_image_folder(root, per_class=6, classes=2, seed=0, bad=True):
     return sorted(good, key=lambda p: (os.path.dirname(p), p)), broken
 
 
+def add_bad_files(root, seed=1):
+    """The files a real folder holds besides good JPEGs (issue 45), in root/<class>/ of an image folder: a
+    truncated JPEG, a PNG named .jpg, CMYK and grayscale JPEGs, a 1x1 image, a text file named .JPEG, and an
+    empty class folder. -> {case: path}; the truncated JPEG and the text file cannot be decoded."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    d = os.path.join(root, classes[-1])
+    img = Image.fromarray(smooth_image(rng, 90, 120))
+    paths = {k: os.path.join(d, f"zz_bad_{k}.{ext}") for k, ext in (
+        ("truncated", "jpg"), ("png", "jpg"), ("cmyk", "jpg"), ("grey", "jpg"), ("tiny", "jpg"), ("text", "JPEG"))}
+    img.save(paths["truncated"], quality=90)
+    with open(paths["truncated"], "r+b") as f:
+        f.truncate(os.path.getsize(paths["truncated"]) // 2)
+    img.save(paths["png"], format="PNG")
+    img.convert("CMYK").save(paths["cmyk"], quality=90)
+    img.convert("L").save(paths["grey"], quality=90)
+    img.resize((1, 1)).save(paths["tiny"], quality=90)
+    with open(paths["text"], "w") as f:
+        f.write("not an image\n" * 20)
+    os.makedirs(os.path.join(root, "zz_empty_class"), exist_ok=True)
+    return paths
+
+
 def kill_and_resume_equals_uninterrupted(args, tmp_path):
     """Run `args` (train.py ... without --out) to the end; run it again, SIGKILL it once its first checkpoint
     is written, resume with --resume auto: the final weights must equal the uninterrupted run's. Only the killed
