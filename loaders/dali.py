@@ -32,6 +32,8 @@ augment (DALI decodes and crops only; the shared device augmentation, optionally
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,11 +212,13 @@ class DALILoader:
         self.cpu = self.device.type != "cuda"
         self.mean, self.std = source.mean, source.std
         base = source.src if isinstance(source, Subset) else source
-        self.files = None
+        self.files, self.skipped = None, {}
         if isinstance(base, FolderSource):
             keep = source.keep if isinstance(source, Subset) else np.arange(len(base))
             files, labels = [base.files[i] for i in keep], np.asarray(base.labels)[keep]
             bad = set(_read_skip_list(skip_files)) if skip_files else set()
+            self.skipped = unreadable([f for f in files if f not in bad], say=rank == 0)   # path -> why
+            bad |= set(self.skipped)
             if bad:
                 kept = [k for k, f in enumerate(files) if f not in bad]
                 files, labels = [files[k] for k in kept], labels[kept]
@@ -372,10 +376,20 @@ class DALILoader:
                     raise RuntimeError(f"DALI gave {steps} batches this epoch, expected {self.steps}")
                 return
             except RuntimeError as e:
-                raise DataError(f"DALI: {_first_line(e)} (remove the file, or list bad files "
-                                "with python -m loaders.prepare --check and pass the report with --skip-files)")
+                raise DataError(self.explain(e))
             self._pos += 1
             yield self._batch(outs)
+
+    def explain(self, e) -> str:
+        """A DALI decode failure in words: DALI seldom names the file, so the files are decoded once more with PIL
+        to name the unreadable ones (a file that looks whole to sniff() but is not)."""
+        hint = "list them with python -m loaders.prepare --check and pass the report with --skip-files"
+        if self.files is None:
+            return f"DALI: {_first_line(e)} ({hint})"
+        from loaders.prepare import _check_one
+        bad = [(f, why) for f in self.files if (why := _check_one(f))]
+        named = f"; unreadable: {bad[0][0]} ({bad[0][1]})" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+        return f"DALI: {_first_line(e)}{named if bad else ''} ({hint})"
 
     def _batch(self, outs):
         """The device stage: one dict of DALI outputs per pipeline -> Batch (tests/test_device_check.py runs it
@@ -383,7 +397,7 @@ class DALILoader:
         views = _stack([[o[f"view{v}"] for o in outs] for v in range(len(self.recipe))]).to(self.device)
         index = torch.cat([o["index"].view(-1) for o in outs]).to(self.device, non_blocking=True).long()
         if self.augment is not None:   # uint8 CHW crops -> the shared device stage
-            return self.augment(RawBatch(views, index, self.labels[index]))
+            return self.augment(RawBatch(views, index, self.labels[index], epoch=self.epoch))
         if self.channels_last:   # HWC from DALI: a channels_last NCHW view, no copy
             views = views.permute(0, 1, 4, 2, 3)
         if self.cpu:
@@ -413,6 +427,38 @@ def _first_line(e) -> str:
     hits = [ln for ln in lines if ln.startswith("Failed to") or "rror" in ln and "/" in ln and "File " not in ln]
     rest = [ln for ln in lines if not ln.startswith(("Critical", "File ", "Error in"))]
     return (hits or rest or ["unknown"])[0][:400]
+
+
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF", b"P5", b"P6",
+               b"\x00\x00\x00\x0cjP")
+
+
+def sniff(path: str) -> str | None:
+    """Why DALI could not decode this file, from its first and last bytes (not an image, a JPEG cut short); None
+    if it looks whole. DALI stops the whole pipeline at a file it cannot decode, so such files are left out."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, os.path.getsize(path) - 64))
+            tail = f.read()
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror}"
+    if not head.startswith(IMAGE_MAGIC):
+        return f"cannot decode {path}: not an image file"
+    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail:
+        return f"cannot decode {path}: a truncated JPEG (no end-of-image marker)"
+    return None
+
+
+def unreadable(files: list[str], say: bool) -> dict[str, str]:
+    """{path: why} for the files sniff() finds unreadable, with one warning each (where `say`)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:   # reads of a few bytes: the disk's latency, not the CPU
+        found = {f: why for f, why in zip(files, pool.map(sniff, files, chunksize=256)) if why}
+    for k, why in enumerate(found.values()):
+        if say:
+            print(f"warning: skipped an unreadable image ({k + 1} so far): {why}", file=sys.stderr, flush=True)
+    return found
 
 
 def _read_skip_list(path):

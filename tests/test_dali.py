@@ -14,7 +14,7 @@ from loaders.augment import RECIPES, DeviceAugment, ViewAug
 from loaders.batch import RawBatch
 from engine.errors import DataError
 from loaders.datasets import ArraySource, IMAGENET_MEAN, IMAGENET_STD, open_source
-from tests.helpers import TINY, make_image_folder, run, smooth_image
+from tests.helpers import TINY, add_bad_files, make_image_folder, run, smooth_image
 
 MEAN, STD = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
 
@@ -248,18 +248,28 @@ def test_two_ranks_cover_every_file_once_per_epoch(tmp_path):
     assert not np.array_equal(*orders)  # reshuffled after the epoch
 
 
-def test_corrupt_file_is_named_and_can_be_skipped(tmp_path):
+def test_unreadable_files_are_skipped_or_named(tmp_path, capsys):
+    """Files that are not images or JPEGs cut short are left out at the start, one warning each; a file that
+    looks whole but fails inside DALI stops the run with an error naming it (or is skipped with --skip-files)."""
     _, bad = make_image_folder(str(tmp_path / "img"), per_class=8)
+    extra = add_bad_files(str(tmp_path / "img"))
     src = open_source("imagefolder", str(tmp_path / "img"), True)
     loader = build_loader(LoaderOptions("dali", 16, 4, workers=1), src, RECIPES["simclr"], "cpu")
-    with pytest.raises(DataError, match="zz_(corrupt|truncated).jpg"):
+    assert sorted(loader.skipped) == sorted([*bad, extra["truncated"], extra["text"]])
+    assert capsys.readouterr().err.count("warning: skipped an unreadable image") == 4
+    assert sum(len(b.index) for b in loader) == 20   # and CMYK, grey, PNG-named and 1x1 files decode
+    with open(bad[0], "r+b") as f:   # whole-looking: an end marker after the random bytes
+        f.seek(0, 2)
+        f.write(b"\xff\xd9")
+    loader = build_loader(LoaderOptions("dali", 16, 4, workers=1), src, RECIPES["simclr"], "cpu")
+    with pytest.raises(DataError, match="zz_corrupt.jpg"):
         for _ in loader:
             pass
     report = tmp_path / "bad.txt"
     report.write_text("# 2 bad\n" + "".join(f"{p}\tOSError\n" for p in bad))
     loader = build_loader(LoaderOptions("dali", 16, 4, workers=1, skip_files=str(report)),
                           src, RECIPES["simclr"], "cpu")
-    assert sum(len(b.index) for b in loader) == 16 and len(loader) == 4
+    assert sum(len(b.index) for b in loader) == 20 and len(loader) == 5
     with pytest.raises(UsageError, match="`skip_files`"):
         build_loader(LoaderOptions("dali", 16, 4, skip_files=str(tmp_path / "nope.txt")), src, RECIPES["simclr"], "cpu")
 
