@@ -6,8 +6,10 @@ data-wait fraction and peak GPU / host memory, measured in one run so that the r
     python -m eval.bench --loader torch,ffcv,dali --beton F.beton --arch resnet18,resnet50 --res 128,224 \
         --variants plain,bsim,sepp,bsim+sepp --json suite.json --png suite.png
 
-`tvpil` is the baseline users run today: torchvision DataLoader + PIL SimCLR augmentation in the workers
-(measured in the plain variant only). Images/s counts source images; each one is V (=2) augmented views.
+`tvpil` is the baseline users run today: lightly's SimCLRTransform (torchvision + PIL) in DataLoader workers
+(measured in the plain variant only); on image files the run also measures the decode ceiling, the same files
+decoded whole by as many processes as the loaders have workers (eval/baselines.py). --loader-only times each
+loader alone and skips the end-to-end windows. Images/s counts source images; each one is V (=2) augmented views.
 Variant sepp: the loader follows a SePP pair plan (random pairs: the cost does not depend on who is paired)
 and the step computes the semantic-positive term; bsim: the loader mixes, the step adds the mixture term.
 """
@@ -28,6 +30,7 @@ import flags
 from engine.errors import parser_error_one_line
 from engine.errors import UsageError, cli_main
 from engine.step import build_step
+from eval.baselines import TVPIL, decode_ceiling
 from loaders import build_loader
 from loaders.augment import RECIPES
 from loaders.dali import AUGMENT_MODES
@@ -88,38 +91,6 @@ def summary(windows: list[dict]) -> dict:
     rates = sorted(w["img_s"] for w in windows)
     return {"img_s": float(np.median(rates)), "range": [rates[0], rates[-1]],
             "wait": float(np.median([w["wait"] for w in windows])), "batches": [w["batches"] for w in windows]}
-
-
-class TVPIL:
-    """torchvision DataLoader + PIL two-view SimCLR augmentation (the common baseline)."""
-
-    def __init__(self, source, res, batch, workers, device, mean, std):
-        import torchvision.transforms as T
-        from PIL import Image
-        from torch.utils.data import DataLoader, Dataset
-        tf = T.Compose([T.RandomResizedCrop(res, antialias=True), T.RandomHorizontalFlip(),
-                        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(0.2),
-                        T.RandomApply([T.GaussianBlur(max(3, int(0.1 * res)) | 1, (0.1, 2.0))], p=0.5),
-                        T.ToTensor(), T.Normalize(mean, std)])
-
-        class DS(Dataset):
-            def __len__(self):
-                return len(source)
-
-            def __getitem__(self, i):
-                img, y = source.load(i)
-                a = img.permute(1, 2, 0).numpy()
-                pil = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).convert("RGB")
-                return torch.stack([tf(pil), tf(pil)]), i, y
-
-        self.dl = DataLoader(DS(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                             pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-        self.device = device
-
-    def __iter__(self):
-        from loaders.batch import Batch
-        for v, i, y in self.dl:
-            yield Batch(v.to(self.device, non_blocking=True).transpose(0, 1), i.to(self.device), y.to(self.device))
 
 
 class Replay:
@@ -194,8 +165,7 @@ def build(a, t, name, source, *, device, recipe, res, variant):
     if name == "synthetic-noaug":
         return Replay(build(a, t, "synthetic", source, device=device, recipe=recipe, res=res, variant=variant))
     if name == "tvpil":
-        return TVPIL(source, res,
-                     batch=t.batch_size, workers=t.workers, device=device, mean=source.mean, std=source.std)
+        return TVPIL(source, res, batch=t.batch_size, workers=t.workers, device=device)
     loader = "dali" if name in ("dali-roi", "dali-device") else name
     # t.bsim is the variant's (bench_config): the BSIM add-on gives the loader its mixtures
     opts = flags.loader_options(t, t.batch_size, name=loader, res=res, seed=0,
@@ -227,9 +197,13 @@ def measure(a, ld, device, step):
         for _ in range(a.warmup):   # DataLoader workers deliver their first batches together: not timed
             stream.next()
         alone = summary([window(stream, a.steps, device, budget_s=a.budget_s) for _ in range(a.repeats)])
-        for _ in range(a.warmup):   # the step's own warm-up (allocator, cuDNN autotuning, compilation)
-            step(stream.next())
-        e2e = summary([window(stream, a.steps, device, work=step, budget_s=a.budget_s) for _ in range(a.repeats)])
+        if a.loader_only:
+            e2e = {"img_s": None, "range": None, "batches": [], "wait": None}
+        else:
+            for _ in range(a.warmup):   # the step's own warm-up (allocator, cuDNN autotuning, compilation)
+                step(stream.next())
+            e2e = summary([window(stream, a.steps, device, work=step, budget_s=a.budget_s)
+                           for _ in range(a.repeats)])
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"loader_img_s": alone["img_s"], "loader_range": alone["range"], "loader_batches": alone["batches"],
             "end_to_end_img_s": e2e["img_s"], "end_to_end_range": e2e["range"], "end_to_end_batches": e2e["batches"],
@@ -275,8 +249,9 @@ def bench_model(a, arch, res, device):
     return t, model, t.recipe or METHODS[t.method].recipe
 
 
-def bench_config(a, source, device, arch, res, variant, names):
-    """One arch x resolution x variant: every loader, the ceilings, ratios. -> result dict."""
+def bench_config(a, source, device, arch, res, variant, names, decode=None):
+    """One arch x resolution x variant: every loader, the ceilings (`decode`: the decode ceiling's measurement),
+    ratios. -> result dict."""
     t, model, recipe = bench_model(a, arch, res, device)
     t.bsim, t.sepp = "bsim" in variant, "sepp" in variant
     step = make_step(t, model, max(1, len(source) // t.batch_size))
@@ -285,7 +260,7 @@ def bench_config(a, source, device, arch, res, variant, names):
                                                 "compile_augment", "small_stem", "stem_stride", "proj_hidden",
                                                 "proj_dim", "pred_hidden", "optimizer", "workers", "nonfinite_limit")}
            | {"recipe": recipe}}
-    for name in names + ["synthetic-noaug"]:
+    for name in names + ([] if a.loader_only else ["synthetic-noaug"]):
         if name == "tvpil" and variant != "plain":
             continue
         r = out["loaders"][name] = measure(a, build(a, t, name, source, device=device, recipe=recipe, res=res,
@@ -293,12 +268,17 @@ def bench_config(a, source, device, arch, res, variant, names):
         if name == "synthetic-noaug":   # replays ready batches: there is no loader to time
             r["loader_img_s"] = r["loader_range"] = None
         print(f"  {arch} {res}px {variant} {name}: loader {r['loader_img_s'] or 0:.0f} img/s, end to end "
-              f"{r['end_to_end_img_s']:.0f} img/s (median of {a.repeats})", flush=True)
-    ceiling = out["step_alone_img_s"] = out["loaders"]["synthetic"]["end_to_end_img_s"]
-    bare = out["step_no_augmentation_img_s"] = out["loaders"]["synthetic-noaug"]["end_to_end_img_s"]
-    for name, r in out["loaders"].items():
-        r["ratio_to_ceiling"] = r["end_to_end_img_s"] / ceiling
-        r["ratio_to_step"] = r["end_to_end_img_s"] / bare
+              f"{r['end_to_end_img_s'] or 0:.0f} img/s (median of {a.repeats})", flush=True)
+    if not a.loader_only:
+        ceiling = out["step_alone_img_s"] = out["loaders"]["synthetic"]["end_to_end_img_s"]
+        bare = out["step_no_augmentation_img_s"] = out["loaders"]["synthetic-noaug"]["end_to_end_img_s"]
+        for name, r in out["loaders"].items():
+            r["ratio_to_ceiling"] = r["end_to_end_img_s"] / ceiling
+            r["ratio_to_step"] = r["end_to_end_img_s"] / bare
+    if decode:
+        out["decode_ceiling_img_s"] = decode["img_s"]
+        for r in out["loaders"].values():
+            r["loader_vs_decode_ceiling"] = (r["loader_img_s"] or 0) / decode["img_s"]
     for name in ("torch", "device", "ffcv", "dali"):
         if "tvpil" in out["loaders"] and name in out["loaders"]:
             out[f"{name}_vs_tvpil_loader"] = (out["loaders"][name]["loader_img_s"]
@@ -312,14 +292,15 @@ def print_table(r, a, device_name, cpus):
     print(f"\n{t['method']} {r['arch']} {r['res']}px {r['variant']} batch {t['batch_size']} amp={t['amp']} heads "
           f"{t['proj_hidden']}-{t['proj_dim']} on {device_name} ({cpus} CPUs); images/s (each as 2 views), median "
           f"[min-max] of {a.repeats} windows of {a.steps} batches (or {a.budget_s:g} s) after {a.warmup} warm-up")
-    print(f"{'loader':<16} {'loader alone':>19} {'end to end':>17} {'/ceiling':>9} {'/step':>6} {'data wait':>10} "
-          f"{'GPU MB':>8} {'host MB':>8}")
+    print(f"{'loader':<16} {'loader alone':>19} {'/decode':>8} {'end to end':>17} {'/ceiling':>9} {'/step':>6} "
+          f"{'data wait':>10} {'GPU MB':>8} {'host MB':>8}")
     rng = lambda v, lo_hi: f"{v:.0f} [{lo_hi[0]:.0f}-{lo_hi[1]:.0f}]" if v is not None else "-"   # noqa: E731
+    num = lambda x, k, fmt: format(x[k], fmt) if x.get(k) is not None else "-"   # noqa: E731
     for name, x in r["loaders"].items():
-        gpu = f"{x['peak_gpu_mb']:.0f}" if x["peak_gpu_mb"] is not None else "-"
-        print(f"{name:<16} {rng(x['loader_img_s'], x['loader_range']):>19} "
-              f"{rng(x['end_to_end_img_s'], x['end_to_end_range']):>17} {x['ratio_to_ceiling']:>9.2f} "
-              f"{x['ratio_to_step']:>6.2f} {x['data_wait']:>10.0%} {gpu:>8} {x['peak_host_mb']:>8.0f}")
+        print(f"{name:<16} {rng(x['loader_img_s'], x['loader_range']):>19} {num(x, 'loader_vs_decode_ceiling', '.2f'):>8} "
+              f"{rng(x['end_to_end_img_s'], x['end_to_end_range']):>17} {num(x, 'ratio_to_ceiling', '.2f'):>9} "
+              f"{num(x, 'ratio_to_step', '.2f'):>6} {num(x, 'data_wait', '.0%'):>10} {num(x, 'peak_gpu_mb', '.0f'):>8} "
+              f"{x['peak_host_mb']:>8.0f}")
         cut = [b for b in x["loader_batches"] + x["end_to_end_batches"] if b < a.steps]
         if cut:
             print(f"{'':<16} (time budget: windows of {x['loader_batches']} / {x['end_to_end_batches']} batches)")
@@ -339,10 +320,13 @@ def plot(results: list, path: str, title: str):
         names = list(r["loaders"])
         x = np.arange(len(names))
         alone = [r["loaders"][n]["loader_img_s"] or np.nan for n in names]
-        e2e = [r["loaders"][n]["end_to_end_img_s"] for n in names]
+        e2e = [r["loaders"][n]["end_to_end_img_s"] or np.nan for n in names]
         ax.bar(x - 0.2, alone, 0.4, label="loader alone")
         ax.bar(x + 0.2, e2e, 0.4, label="end to end")
-        ax.axhline(r["step_no_augmentation_img_s"], color="k", ls="--", lw=1, label="step alone")
+        if "step_no_augmentation_img_s" in r:
+            ax.axhline(r["step_no_augmentation_img_s"], color="k", ls="--", lw=1, label="step alone")
+        if r.get("decode_ceiling_img_s"):
+            ax.axhline(r["decode_ceiling_img_s"], color="r", ls=":", lw=1, label="decode ceiling")
         ax.set_yscale("log")
         ax.set_xticks(x, names, fontsize=8)
         ax.set_ylabel("images/s")
@@ -405,6 +389,9 @@ def build_parser():
                    help="device: the dataset's share of free device memory at most")
     p.add_argument("--nonfinite-limit", type=int, default=None, help="as train.py (0: the step without the "
                    "non-finite guard, to measure what the guard costs)")
+    p.add_argument("--loader-only", action="store_true", help="time each loader alone (no end-to-end windows)")
+    p.add_argument("--decode-ceiling", action=argparse.BooleanOptionalAction, default=True,
+                   help="on image files, also time whole-file decodes by as many processes as --workers")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="bar chart (default: the --json path with .png)")
     return p
@@ -434,12 +421,16 @@ def main(argv=None):
     if "synthetic" not in names:
         names.append("synthetic")  # the ceiling is always measured in the same run
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    decode = decode_ceiling(source, t.workers, repeats=a.repeats) if a.decode_ceiling else None
+    if decode:
+        print(f"decode ceiling: {decode['img_s']:.0f} img/s ({decode['workers']} processes decoding whole files)",
+              flush=True)
     res = {"config": vars(a), "device": dev_name, "cpus": os.cpu_count(), "torch": torch.__version__,
-           "date": time.strftime("%Y-%m-%d"), "results": []}
+           "date": time.strftime("%Y-%m-%d"), "decode_ceiling": decode, "results": []}
     for arch in archs:
         for r in resolutions:
             for v in variants:
-                out = bench_config(a, source, device, arch=arch, res=r, variant=v, names=names)
+                out = bench_config(a, source, device, arch=arch, res=r, variant=v, names=names, decode=decode)
                 res["results"].append(out)
                 print_table(out, a, dev_name, res["cpus"])
     plain = {(x["arch"], x["res"]): x for x in res["results"] if x["variant"] == "plain"}
