@@ -34,18 +34,23 @@ def _data_flags(a):
       "most this share of the free device memory")
     a("--method", default="simclr", help="simclr | moco | byol | simsiam")
     a("--dataset", default=None, help="fashion-mnist | imagefolder | images (unlabelled) | filelist | cifar10 | stl10 "
-      "(default: what --data holds; without --data, fashion-mnist)")
-    a("--data", default=None, help="dataset root or file list (fashion-mnist: /usr/share/datasets/fashion-mnist)")
+      "(default: what --data holds; without --data, fashion-mnist; with --loader ffcv, what the .beton holds)")
+    a("--data", default=None, help="dataset root or file list (fashion-mnist: /usr/share/datasets/fashion-mnist; "
+      "with --loader ffcv: not needed, the .beton's sidecar names it)")
     a("--subset", type=int, default=0, help="train on a fixed random subset of N images (0: all; with ffcv: "
       "the subset the .beton was written with, prepare --subset N --seed S)")
     a("--val-split", type=int, default=0, help="hold out N training samples (the same for every --seed) as the "
       "validation split: training uses the rest, the kNN monitor and the evaluations score on them instead of "
-      "the test split (tune on this, never on the test split)")
+      "the test split (tune on this, never on the test split). A labelled set with no split of its own holds "
+      "out 10%% (at most 10000) when this is 0")
 
 
 def _loader_flags(a):
     """The back ends' own settings (ffcv, dali) and progressive resolution."""
-    a("--beton", default=None, help="--loader ffcv: the .beton written by python -m loaders.prepare")
+    a("--beton", default=None, help="--loader ffcv: the .beton written by python -m loaders.prepare; it is the "
+      "data set (its sidecar FILE.json names its kind, folder, classes, mean and std)")
+    a("--val-beton", default=None, help="--loader ffcv: a .beton of the val split to score on (prepare --split "
+      "val; default: the val split of the .beton's data set where it is here, else 10%% of the .beton held out)")
     a("--ffcv-order", default="auto", help="auto (one process: random, quasi_random with --no-os-cache; "
       "torchrun: ours) | "
       "quasi_random | random | ours (the rank split of one global permutation, as the other loaders)")
@@ -173,8 +178,7 @@ def resolve(args):
     for k, v in METHOD_DEFAULTS[args.method].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
-    from loaders.datasets import recognise
-    args.dataset, args.data_found = recognise(args.dataset, args.data)
+    resolve_data(args)
     if args.res is None:
         args.res = DEFAULT_RES.get(args.dataset, 224)
     if args.small_stem is None:
@@ -186,13 +190,27 @@ def resolve(args):
                              f"need 0 < min-res <= --res ({args.res}) and start-ramp <= end-ramp")
     from loaders.dali import check_options
     check_options(args.dali_hw_load, args.dali_pipes, args.dali_augment)
-    if args.val_split < 0 or (args.val_split and args.loader == "ffcv"):
-        raise UsageError(f"--val-split {args.val_split}: must be >= 0, and the ffcv loader reads a .beton of the "
-                         "whole training set: use --loader torch, device or dali")
     if args.epochs < 1 or args.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
     extensions.check(args)   # each add-on its own flags (extensions.py), once the core flags are checked
     return args
+
+
+def resolve_data(args):
+    """The data set: what --data holds, or with --loader ffcv what the .beton's sidecar says (--dataset, --data and
+    --subset may be left out; given, they must agree with it: loaders/beton.py)."""
+    from loaders.splits import DataSpec, recognised
+    if args.val_split < 0:
+        raise UsageError(f"--val-split {args.val_split}: must be >= 0")
+    if args.val_beton and args.loader != "ffcv":
+        raise UsageError(f"--val-beton {args.val_beton} scores a .beton run: add --loader ffcv --beton FILE")
+    if args.loader == "ffcv" and not args.beton:
+        raise UsageError("--loader ffcv needs --beton FILE (make one with: python -m loaders.prepare --out FILE)")
+    spec, args.data_found = recognised(DataSpec.from_args(args))
+    args.dataset, args.data = spec.dataset, spec.data
+    if args.loader == "ffcv":   # recorded whole: the run's evaluations read the same files from anywhere
+        args.beton = os.path.abspath(args.beton)
+        args.val_beton = args.val_beton and os.path.abspath(args.val_beton)
 
 
 def loader_options(args, batch_size: int, **override):

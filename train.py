@@ -39,8 +39,8 @@ from eval.subset import pick
 from loaders import build_loader
 from loaders.augment import RECIPES, DeviceAugment
 from loaders.batch import Loader
-from loaders.datasets import NoLabels, open_source
 from loaders.embed import Images
+from loaders.splits import DataSpec, Splits, open_splits
 from models.methods import METHODS, build_model_from_config
 
 
@@ -166,9 +166,10 @@ def setup(args) -> Run:
         args.resume = r.ckpt_path if ckpt.exists(r.ckpt_path) else None
     seed_everything(args.seed, 0, r.rank)
 
-    # ---- data
-    r.train_src = open_source(args.dataset, args.data, train=True, subset=args.subset, seed=args.seed,
-                              val_split=args.val_split)
+    # ---- data: what trains (and is the kNN bank), what the monitor scores (loaders/splits.py)
+    splits = open_splits(DataSpec.from_args(args))
+    args.val_split = splits.val_split   # recorded: the run's evaluations hold out the same samples
+    r.train_src = splits.train
     r.recipe = RECIPES[args.recipe or METHODS[args.method].recipe]
     opts = flags.loader_options(args, args.batch_size // r.world)
     r.loader = build_loader(opts, r.train_src, r.recipe, device, rank=r.rank, world=r.world)
@@ -187,7 +188,7 @@ def setup(args) -> Run:
     # after DDP, which copies rank 0's weights to every rank: each rank's share of the kNN monitor is then
     # embedded by the same network (before it, each rank would keep its own random draw)
     r.random_init_state = {k: v.clone() for k, v in model.state_dict().items()} if args.knn_random_init else None
-    r.test_src = monitor_split(args, r.main_rank) if args.knn_every >= 0 else None
+    r.test_src = monitor_split(args, splits, r.main_rank)
     r.norm = (r.loader.augment or  # None: DALI normalizes in its pipeline
               DeviceAugment(r.recipe, r.train_src.mean, r.train_src.std, args.channels_last)).plain
     r.extensions = build_extensions(args, r, model)   # the add-ons (extensions.py), bound to the loop's events
@@ -195,7 +196,7 @@ def setup(args) -> Run:
     r.lr_s = r.step.lr
 
     resume(r)
-    r.cfg = {k: v for k, v in vars(args).items()} | {"world": r.world, "git_sha": ckpt.git_sha()}
+    r.cfg = {k: v for k, v in vars(args).items()} | {"world": r.world, "git_sha": ckpt.git_sha()} | splits.record()
     if r.main_rank:
         with open(os.path.join(args.out, "config.json"), "w") as f:
             json.dump(r.cfg, f, indent=1)
@@ -205,15 +206,17 @@ def setup(args) -> Run:
     return r
 
 
-def monitor_split(args, main_rank: bool):
-    """The kNN monitor's labelled split; None, said once, for unlabelled images (nothing to score against)."""
-    try:
-        return open_source(args.dataset, args.data, False, val_split=args.val_split)
-    except NoLabels:
-        if main_rank:
-            print("kNN monitor off: unlabelled images have no labels to score against (evaluate with eval.knn "
-                  "--data LABELLED_SET)", flush=True)
+def monitor_split(args, splits: Splits, main_rank: bool):
+    """The kNN monitor's labelled split (None: off, or unlabelled images, said once); where it comes from, said
+    once where it is not the data set's own split (held out of the training set, a val .beton, ...)."""
+    if main_rank and splits.note:
+        print(f"scored on: {splits.note}" + (" (--val-split N sets how many)" if splits.auto else ""), flush=True)
+    if args.knn_every < 0:
         return None
+    if splits.scored is None and main_rank:
+        print("kNN monitor off: unlabelled images have no labels to score against (evaluate with eval.knn "
+              "--data LABELLED_SET)", flush=True)
+    return splits.scored
 
 
 def resume(r: Run):

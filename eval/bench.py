@@ -225,8 +225,9 @@ TRAIN_FLAGS = ("method", "dataset", "data", "subset", "beton", "batch_size", "sm
 
 
 def train_args(a, arch=None, res=None):
-    """The namespace train.py would run with: --config, then the bench's own flags given, then arch/res."""
-    argv = ["--config", a.config] if a.config else []
+    """The namespace train.py would run with: --config, then the bench's own flags given, then arch/res. With
+    --beton, as train.py --loader ffcv: the .beton is the data set (--dataset/--data/--subset agree with it)."""
+    argv = (["--config", a.config] if a.config else []) + (["--loader", "ffcv"] if a.beton else [])
     for k in TRAIN_FLAGS:
         v, flag = getattr(a, k), "--" + k.replace("_", "-")
         if isinstance(v, bool):
@@ -240,6 +241,28 @@ def train_args(a, arch=None, res=None):
     return t
 
 
+def bench_sources(t, names) -> dict:
+    """{loader: the images it reads}. With a .beton, ffcv reads the .beton's own images (and the synthetic loaders
+    take their count and classes from it); every other loader, the data set it was written from (its subset,
+    seed and split; the unreadable files it skipped are read, and skipped or reported by each loader)."""
+    names = {n.split("-")[0] if n.startswith("dali") else n for n in names} | {"synthetic"}
+    if t.loader != "ffcv":
+        src = open_source(t.dataset, t.data, train=True, subset=t.subset, seed=t.seed, val_split=t.val_split)
+        return dict.fromkeys(names, src)
+    from loaders.beton import BetonSource, beton_meta, data_of
+    meta = beton_meta(t.beton)
+    out = dict.fromkeys({"ffcv", "synthetic"} & names, BetonSource(t.beton, meta))
+    rest = names - set(out)
+    if rest and not os.path.exists(data_of(meta) or ""):
+        raise UsageError(f"--beton {t.beton}: its data set ({data_of(meta)}) is not on this machine for "
+                         f"{', '.join(sorted(rest))}: bench ffcv alone")
+    if rest:
+        src = open_source(meta["dataset"], meta.get("data"), meta.get("split", "train") == "train",
+                          subset=meta.get("subset") or 0, seed=meta.get("seed", 0))
+        out |= dict.fromkeys(rest, src)
+    return out
+
+
 def bench_model(a, arch, res, device):
     """(train.py's flags, the model train.py builds from them, its augmentation recipe) for arch x res."""
     t = train_args(a, arch, res)
@@ -249,12 +272,12 @@ def bench_model(a, arch, res, device):
     return t, model, t.recipe or METHODS[t.method].recipe
 
 
-def bench_config(a, source, device, arch, res, variant, names, decode=None):
-    """One arch x resolution x variant: every loader, the ceilings (`decode`: the decode ceiling's measurement),
-    ratios. -> result dict."""
+def bench_config(a, sources, device, arch, res, variant, names, decode=None):
+    """One arch x resolution x variant: every loader (sources: its images, bench_sources), the ceilings (`decode`:
+    the decode ceiling's measurement), ratios. -> result dict."""
     t, model, recipe = bench_model(a, arch, res, device)
     t.bsim, t.sepp = "bsim" in variant, "sepp" in variant
-    step = make_step(t, model, max(1, len(source) // t.batch_size))
+    step = make_step(t, model, max(1, len(sources["synthetic"]) // t.batch_size))
     out = {"arch": arch, "res": res, "variant": variant, "loaders": {},
            "train": {k: getattr(t, k) for k in ("method", "batch_size", "amp", "channels_last", "compile",
                                                 "compile_augment", "small_stem", "stem_stride", "proj_hidden",
@@ -263,7 +286,8 @@ def bench_config(a, source, device, arch, res, variant, names, decode=None):
     for name in names + ([] if a.loader_only else ["synthetic-noaug"]):
         if name == "tvpil" and variant != "plain":
             continue
-        r = out["loaders"][name] = measure(a, build(a, t, name, source, device=device, recipe=recipe, res=res,
+        src = sources[name.split("-")[0] if name.startswith("dali") else name.replace("-noaug", "")]
+        r = out["loaders"][name] = measure(a, build(a, t, name, src, device=device, recipe=recipe, res=res,
                                                     variant=variant), device, step)
         if name == "synthetic-noaug":   # replays ready batches: there is no loader to time
             r["loader_img_s"] = r["loader_range"] = None
@@ -416,12 +440,13 @@ def main(argv=None):
     if any("sepp" in v for v in variants) and t.batch_size % 2:
         raise UsageError(f"--variants sepp pairs samples in a batch: --batch-size {t.batch_size} must be even")
     a.warmup = t.workers + 1 if a.warmup is None else a.warmup
-    source = open_source(t.dataset, t.data, train=True, subset=t.subset, seed=t.seed, val_split=t.val_split)
     names = [n.strip() for n in (a.loader or t.loader).split(",") if n.strip()]
     if "synthetic" not in names:
         names.append("synthetic")  # the ceiling is always measured in the same run
+    sources = bench_sources(t, names)
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    decode = decode_ceiling(source, t.workers, repeats=a.repeats) if a.decode_ceiling else None
+    files = next((s for n, s in sources.items() if n not in ("ffcv", "synthetic")), sources["synthetic"])
+    decode = decode_ceiling(files, t.workers, repeats=a.repeats) if a.decode_ceiling else None
     if decode:
         print(f"decode ceiling: {decode['img_s']:.0f} img/s ({decode['workers']} processes decoding whole files)",
               flush=True)
@@ -430,7 +455,7 @@ def main(argv=None):
     for arch in archs:
         for r in resolutions:
             for v in variants:
-                out = bench_config(a, source, device, arch=arch, res=r, variant=v, names=names, decode=decode)
+                out = bench_config(a, sources, device, arch=arch, res=r, variant=v, names=names, decode=decode)
                 res["results"].append(out)
                 print_table(out, a, dev_name, res["cpus"])
     plain = {(x["arch"], x["res"]): x for x in res["results"] if x["variant"] == "plain"}

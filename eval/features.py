@@ -3,6 +3,9 @@
 loaders/embed.py (sharded over ranks; shared with the SePP bank)."""
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torchvision.transforms.v2 as T
@@ -48,23 +51,41 @@ def foreign_run(path: str, random_init: bool, stem_stride: int = 1):
 
 
 def eval_sources(cfg: dict, dataset: str | None = None, data: str | None = None):
-    """(train source, test source, uint8 -> normalized float) of the run's dataset, or of --dataset/--data.
-    A run trained with --val-split is scored on its validation split (the rest of the training set trains
-    the kNN / probe), never on the test split."""
+    """(training source, scored source, uint8 -> normalized float) of the run's data set, or of --dataset/--data,
+    as loaders/splits.py splits it: the run's own is its whole training set (or its .beton) less the samples it
+    held out (--val-split, or a set with no val split of its own), which are scored; another data set's scored
+    split is its test or val split, or a part of it held out. Never a scored image among the training ones."""
     from loaders.augment import DeviceAugment
-    from loaders.datasets import open_source, recognise
-    if data is None:   # the run's own set (a class tree trained --dataset images has its labels back)
-        dataset, data = dataset or cfg["dataset"], cfg["data"]
-        dataset = None if dataset == "images" else dataset
-    dataset, found = recognise(dataset, data)
-    if dataset == "images":
-        raise UsageError(f"scoring needs labels, and {data} holds unlabelled images: point --data at a labelled "
+    from loaders.splits import DataSpec, open_splits, recognised
+    own = DataSpec.of_run(cfg)
+    if data is None and own.beton and not os.path.isfile(own.beton):
+        raise UsageError(f"the run trained on {own.beton}, which is not here: copy it here, or point --data at a "
+                         "labelled set to score on")
+    if data is None or _same_data(cfg, dataset, data):   # the run's own set (a class tree trained as images: labelled)
+        spec = replace(own, dataset=dataset or own.dataset)
+    else:
+        spec = DataSpec(dataset, data)
+    spec, found = recognised(spec)
+    if spec.dataset == "images":
+        raise UsageError(f"scoring needs labels, and {spec.data} holds unlabelled images: point --data at a labelled "
                          "set (class folders, Fashion-MNIST, CIFAR-10, STL-10, a file list)")
+    splits = open_splits(spec)
     if dist.rank() == 0:
         print(f"data: {found}", flush=True)
-    split = cfg.get("val_split", 0) if dataset == cfg["dataset"] else 0   # a run tuned on a validation split
-    train, test = open_source(dataset, data, True, val_split=split), open_source(dataset, data, False, val_split=split)
-    return train, test, DeviceAugment([], train.mean, train.std).plain
+        if splits.note:
+            print(f"scored on: {splits.note}", flush=True)
+    train = splits.train
+    return train, splits.scored, DeviceAugment([], train.mean, train.std).plain
+
+
+def _same_data(cfg: dict, dataset: str | None, data: str) -> bool:
+    """Whether --data names the run's own data set (then the samples it held out are held out again)."""
+    from loaders.datasets import DEFAULT_DATA
+    if cfg.get("loader") == "ffcv" and cfg.get("beton"):
+        return False
+    mine = cfg.get("data") or DEFAULT_DATA.get(cfg.get("dataset"))
+    same_kind = dataset in (None, cfg.get("dataset"))
+    return bool(mine) and same_kind and os.path.realpath(mine) == os.path.realpath(data)
 
 
 class Labelled(Dataset):

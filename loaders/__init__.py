@@ -69,19 +69,17 @@ class LoaderOptions:
 
 
 def build_loader(opts: LoaderOptions, source, recipe, device, rank=0, world=1):
-    """The loader opts.name over `source` (ffcv: over the .beton opts.beton made from it)."""
+    """The loader opts.name over `source` (ffcv: the .beton opts.beton, whose rows `source` is: a BetonSource of
+    it, a Subset of one, or a source with the same samples)."""
     name = opts.name
     aug = DeviceAugment(recipe, source.mean, source.std, channels_last=opts.channels_last, mix=opts.mix,
                         compile=opts.compile_augment, device=device)
     if opts.res_at is not None and name != "ffcv":
         raise UsageError(f"progressive resolution (`min_res`) needs `loader` ffcv, not {name}")
-    if name == "ffcv":
+    if name == "ffcv":   # the source is the .beton's (loaders/beton.py), all its rows or some
+        from loaders.beton import rows_of
         from loaders.ffcv_loader import FFCVLoader
-        loader = FFCVLoader(recipe, opts, device, aug, rank=rank, world=world)
-        if loader.n != len(source) and rank == 0:
-            print(f"note: {opts.beton} holds {loader.n} images, the source {len(source)} (images skipped at "
-                  "prepare time, or another subset)", flush=True)
-        return loader
+        return FFCVLoader(recipe, opts, device, aug, rank=rank, world=world, rows=rows_of(source, opts.beton))
     if name == "torch":
         from loaders.torch_loader import TorchLoader
         return TorchLoader(source, recipe, opts, device, aug, rank=rank, world=world)

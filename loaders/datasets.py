@@ -200,10 +200,35 @@ def stl10(root: str, train: bool) -> ArraySource:
 
 def folder(root: str, train: bool) -> FolderSource:
     sub = os.path.join(root, "train" if train else "val")
-    if not train and not os.path.isdir(sub) and os.path.isdir(os.path.join(root, "train")):
-        raise UsageError(f"`data` {root}: train/ has no val/ beside it to score on (the training images would "
+    if train:
+        return FolderSource(sub if os.path.isdir(sub) else root)
+    val = FolderSource(sub if os.path.isdir(sub) else val_folder(root))
+    trained = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root
+    classes = sorted(d.name for d in os.scandir(trained) if d.is_dir())   # as FolderSource numbers them
+    if val.classes != classes:   # labels are class folders in sorted order: other folders, other labels
+        raise UsageError(f"`data` {root}: its val split has {len(val.classes)} classes ({', '.join(val.classes[:3])} "
+                         f"...), the training set {len(classes)} ({', '.join(classes[:3])} ...): give both the same "
+                         "class folders")
+    return val
+
+
+class NoValSplit(UsageError):
+    """A labelled source with no split of its own to score on: scoring it would score the training images on
+    themselves (loaders/splits.py holds a part of them out instead)."""
+
+
+def val_folder(root: str) -> str:
+    """The val split of a class tree with no val/ inside: a val/ beside it when the tree is a train/ folder."""
+    if os.path.isdir(os.path.join(root, "train")):
+        raise NoValSplit(f"`data` {root}: train/ has no val/ beside it to score on (the training images would "
                          "score themselves): add val/<class>/ images, or turn the kNN monitor off (`knn_every` -1)")
-    return FolderSource(sub if os.path.isdir(sub) else root)
+    here = os.path.abspath(root)
+    beside = os.path.join(os.path.dirname(here), "val")
+    if os.path.basename(here) == "train" and os.path.isdir(beside):
+        return beside
+    raise NoValSplit(f"`data` {root}: a class-per-folder tree with no val/ beside it to score on (the training "
+                     "images would score themselves): put it in DIR/train with a DIR/val/<class>/ beside it, or "
+                     "turn the kNN monitor off (`knn_every` -1)")
 
 
 def images(root: str, train: bool) -> UnlabelledSource:
@@ -216,7 +241,10 @@ def filelist(path: str, train: bool) -> FileListSource:
     """--data LIST.txt (train) ; the test split is LIST with 'train' replaced by 'val' when that file exists."""
     if not train:
         other = path.replace("train", "val")
-        path = other if other != path and os.path.isfile(other) else path
+        if other == path or not os.path.isfile(other):
+            raise NoValSplit(f"`data` {path}: no val list to score on (its name with 'train' made 'val'; the "
+                             "training images would score themselves)")
+        path = other
     return FileListSource(path)
 
 
@@ -304,15 +332,28 @@ def open_source(dataset: str, root: str | None, train: bool = True, subset: int 
         raise UsageError(f"`data` {root}: no such directory")
     if dataset == "images" and not train:   # a validation split of unlabelled images has no labels either
         raise NoLabels(f"--data {root}: unlabelled images have no labels to score against")
-    src = DATASETS[dataset](root, train or val_split > 0)
+    src = carve(DATASETS[dataset](root, train or val_split > 0), train, subset, seed, val_split)
+    if len(src) == 0:
+        raise UsageError(f"`data` {root}: the {dataset} {'train' if train else 'test'} split is empty")
+    return src
+
+
+def held_out(n: int, k: int) -> np.ndarray:
+    """Mask of the k of n training samples held out as a validation split: it depends on n and k only, so it
+    is the same for every run and --seed."""
+    held = np.zeros(n, bool)
+    held[np.random.default_rng([n, 17]).permutation(n)[:k]] = True
+    return held
+
+
+def carve(src, train: bool = True, subset: int = 0, seed: int = 0, val_split: int = 0):
+    """The rows of a whole training split `src` that open_source gives: val_split > 0 holds that many out
+    (held_out), train=True keeps the rest, train=False the held-out ones; then a fixed random `subset`."""
     if val_split > 0:
         if val_split >= len(src):
             raise UsageError(f"`val_split` {val_split}: the training set has only {len(src)} samples")
-        held = np.zeros(len(src), bool)
-        held[np.random.default_rng([len(src), 17]).permutation(len(src))[:val_split]] = True
+        held = held_out(len(src), val_split)
         src = Subset(src, np.flatnonzero(~held if train else held))
-    if len(src) == 0:
-        raise UsageError(f"`data` {root}: the {dataset} {'train' if train else 'test'} split is empty")
     if 0 < subset < len(src):
         src = Subset(src, np.sort(np.random.default_rng(seed).permutation(len(src))[:subset]))
     return src

@@ -134,8 +134,8 @@ def _rank_order_class():
     class RankOrder(TraversalOrder):
         """FFCV's view of our EpochOrder: this rank's samples of an epoch, from the resumed batch on."""
 
-        def __init__(self, order: EpochOrder):
-            self.order = order
+        def __init__(self, order: EpochOrder, rows=None):
+            self.order, self.rows = order, rows   # rows: the .beton rows of the order's positions (None: all)
 
         def __call__(self, loader):  # ffcv 1.0.2 calls the order it was given with the loader
             self.loader, self.indices, self.seed = loader, loader.indices, loader.seed
@@ -143,7 +143,8 @@ def _rank_order_class():
             return self
 
         def sample_order(self, epoch):
-            return self.order.samples(epoch).astype(np.uint64)
+            s = self.order.samples(epoch)
+            return (s if self.rows is None else self.rows[s]).astype(np.uint64)
 
     return RankOrder
 
@@ -222,7 +223,10 @@ def check_beton(path: str):
 
 
 class FFCVLoader:
-    def __init__(self, recipe, opts, device, augment: DeviceAugment, rank=0, world=1):
+    """rows: the .beton rows to read (a training set that holds some out to score); Batch.index is then a
+    sample's position among them, as every loader's index is its position in the training source."""
+
+    def __init__(self, recipe, opts, device, augment: DeviceAugment, rank=0, world=1, *, rows=None):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import Squeeze, ToDevice, ToTensor
@@ -230,8 +234,14 @@ class FFCVLoader:
         order, res_at, os_cache = opts.ffcv_order, opts.res_at, opts.os_cache
         res = res_at(0) if res_at else opts.res
         reader = check_beton(path)
-        self.n = int(reader.num_samples)
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.n = int(reader.num_samples) if rows is None else len(self.rows)
         self.device, self.augment, self.res_at = torch.device(device), augment, res_at
+        self.position = None   # .beton row -> position among `rows`, on the device
+        if self.rows is not None:
+            self.position = torch.full((int(reader.num_samples),), -1, dtype=torch.int64)
+            self.position[torch.from_numpy(self.rows)] = torch.arange(self.n)
+            self.position = self.position.to(self.device)
         self.decoder = _decoder_class()(res, [a.crop_scale for a in recipe], seed)
         # auto: under torchrun our rank split; on one process FFCV's RANDOM, or QUASI_RANDOM when os_cache is
         # off (what it is for: it reads a few pages at a time, so batches come from few pages)
@@ -242,7 +252,7 @@ class FFCVLoader:
                              "permutation) gives every sample once per epoch")
         if self.order_name == "ours":
             self.order = EpochOrder(self.n, batch_size, rank=rank, world=world, seed=seed, drop_last=drop_last)
-            ffcv_order = _rank_order_class()(self.order)
+            ffcv_order = _rank_order_class()(self.order, self.rows)
         elif self.order_name in ("random", "quasi_random"):
             self.order = None   # FFCV's own order: it cannot skip to a batch, nor follow a plan
             ffcv_order = OrderOption.RANDOM if self.order_name == "random" else OrderOption.QUASI_RANDOM
@@ -257,7 +267,7 @@ class FFCVLoader:
         workers = min(max(1, opts.workers), numba.config.NUMBA_NUM_THREADS)  # numba refuses more threads than cores
         self.loader = Loader(path, batch_size=batch_size, num_workers=workers, os_cache=os_cache,
                              order=ffcv_order, distributed=False, seed=seed, drop_last=drop_last,
-                             pipelines=pipelines, batches_ahead=opts.batches_ahead)
+                             pipelines=pipelines, batches_ahead=opts.batches_ahead, indices=self.rows)
         self.steps = len(self.order) if self.order is not None else len(self.loader)
         self.epoch = 0
 
@@ -291,6 +301,8 @@ class FFCVLoader:
         self.decoder.epoch[0] = self.epoch
         self.loader.next_epoch = self.epoch
         for images, label, index in epoch_batches(iter(self.loader)):
+            if self.position is not None:
+                index = self.position[index]
             yield device_batch(images, label, index, self.augment, self.epoch)
 
 

@@ -9,7 +9,9 @@ Fields: `image` (RGBImageField; grayscale sources are stored as RGB), `label` (I
 (IntField: the sample's position in the .beton, 0..N-1, the id every loader reports in Batch.index).
 Images that cannot be decoded (corrupt, truncated) are skipped, counted and listed in the report file
 (OUT.report.txt); the rest are written. The .beton is written to OUT.tmp-PID and renamed at the end, so a
-killed run never leaves a half-written OUT. OUT.json records what was written (counts, classes, settings).
+killed run never leaves a half-written OUT. OUT.json, the sidecar, records what was written: the data set (kind,
+folder, split, classes, mean and std), the counts (the source's, the subset's, the skipped) and the settings. A
+run on the .beton takes its data set from it (loaders/beton.py).
 """
 from __future__ import annotations
 
@@ -225,7 +227,7 @@ def main(argv=None):
     dt = time.perf_counter() - t1
     base = _base(src)
     meta = {"dataset": args.dataset, "data": os.path.abspath(args.data) if args.data else None,
-            "split": args.split, "num_samples": int(len(keep)), "skipped": len(bad),
+            "split": args.split, "num_samples": int(len(keep)), "skipped": len(bad), "source_samples": len(base),
             "num_classes": int(src.num_classes), "classes": getattr(base, "classes", None),
             "mean": list(src.mean), "std": list(src.std), "subset": args.subset, "seed": args.seed,
             "write_mode": args.write_mode, "max_resolution": args.max_resolution,

@@ -5,6 +5,7 @@ written to a pairs file that serves a whole training run (train.py --sepp-pairs 
     python -m mining.mine --encoder runs/base/last.pt --dataset fashion-mnist --out pairs.pt --k 20
     python -m mining.mine --encoder moco_v2_800ep.pth.tar --arch resnet50 --dataset imagefolder \
         --data /data/imagenet --out imagenet_pairs.pt          # ResNet weights of MoCo, solo-learn, lightly, ...
+    python -m mining.mine --encoder runs/base/last.pt --beton data/inet.beton --out pairs.pt   # a .beton run's
     torchrun --nproc_per_node=8 -m mining.mine ...                # embedding and search sharded over ranks
 
 The file holds ids [N, k] (int32, -1 for none), their cosine similarities, and metadata: dataset, number of
@@ -26,7 +27,8 @@ from loaders.datasets import DEFAULT_RES
 from loaders.embed import Images, extract_sharded
 from engine.errors import UsageError, cli_main
 from loaders.augment import DeviceAugment
-from loaders.datasets import fingerprint, open_source, recognise
+from loaders.datasets import fingerprint
+from loaders.splits import DataSpec, open_splits, recognised
 from mining.encoders import load_encoder
 from mining.index import BACKENDS, center, search_whole_set
 
@@ -80,8 +82,10 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser_error_one_line(p)
     p.add_argument("--encoder", required=True, help="RUN/last.pt[:momentum] or a ResNet state dict file")
-    p.add_argument("--dataset", default=None, help="as train.py (default: what --data holds)")
+    p.add_argument("--dataset", default=None, help="as train.py (default: what --data holds, or the .beton)")
     p.add_argument("--data", default=None)
+    p.add_argument("--beton", default=None, help="the .beton a train.py --loader ffcv run trains on: its data set "
+                   "(as train.py, --dataset and --data may be left out)")
     p.add_argument("--subset", type=int, default=0, help="as train.py: the same --subset and --seed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-split", type=int, default=0, help="as train.py: mine the training part only")
@@ -111,11 +115,13 @@ def main(argv=None):
                          f"projector, an index of {' | '.join(BACKENDS)}")
     if not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
         raise UsageError(f"--out {a.out}: no such directory")
-    a.dataset, found = recognise(a.dataset, a.data)
+    spec, found = recognised(DataSpec(a.dataset, a.data, a.subset, a.seed, a.val_split, beton=a.beton))
     device, rank, world = dist.init_device(a.device)
     if rank == 0:
         print(f"data: {found}", flush=True)
-    source = open_source(a.dataset, a.data, train=True, subset=a.subset, seed=a.seed, val_split=a.val_split)
+    a.dataset = spec.dataset
+    splits = open_splits(spec)   # the samples train.py trains on: what it holds out to score is not mined
+    source, a.val_split = splits.train, splits.val_split
     res = a.res or DEFAULT_RES.get(a.dataset, 224)
     encoder, desc = load_encoder(a.encoder, arch=a.arch, small_stem=a.small_stem, stem_stride=a.stem_stride,
                                  space=a.space)
@@ -128,8 +134,9 @@ def main(argv=None):
     sims, ids = search_whole_set(feats.half() if feats.is_cuda else feats, k=k, backend=a.index)
     ids, sims = ids.cpu().numpy().astype(np.int32), sims.cpu().numpy().astype(np.float32)
     labels = np.asarray(source.labels)
-    meta = {"dataset": a.dataset, "n": len(source), "fingerprint": fingerprint(source), "subset": a.subset,
-            "seed": a.seed, "val_split": a.val_split, "encoder": os.path.abspath(a.encoder), "encoder_desc": desc,
+    meta = {"dataset": a.dataset, "beton": a.beton and os.path.abspath(a.beton), "n": len(source),
+            "fingerprint": fingerprint(source), "subset": a.subset, "seed": a.seed, "val_split": a.val_split,
+            "encoder": os.path.abspath(a.encoder), "encoder_desc": desc,
             "space": a.space, "centered": a.center, "k": k, "res": res, "dim": int(feats.shape[1]),
             "git_sha": ckpt.git_sha()}
     if (labels >= 0).any():

@@ -88,9 +88,8 @@ class SePP(Extension):
 
     def __init__(self, args, loader, source, normalize, device, *, rank, world, model=None):
         if loader.order is not None and loader.order.n != len(source):
-            raise UsageError(f"--sepp: the loader holds {loader.order.n} samples, --dataset/--data/--subset give "
-                             f"{len(source)}; mining needs the same samples (write the .beton from the same "
-                             "data and --subset, with no unreadable images)")
+            raise UsageError(f"--sepp: the loader holds {loader.order.n} samples, the training set {len(source)}; "
+                             "mining needs the same samples")
         if args.batch_size // world % 2:
             raise UsageError(f"--sepp pairs samples inside a batch: the per-rank batch ({args.batch_size // world}) "
                              "must be even")
@@ -127,7 +126,7 @@ class SePP(Extension):
             raise UsageError(f"--sepp-pairs {path}: mined on {meta.get('n')} samples of {meta.get('dataset')} "
                              f"(fingerprint {meta.get('fingerprint')}), this run trains on {mine[0]} samples "
                              f"(fingerprint {mine[1]}): mine again with the same --dataset/--data/--subset/--seed/"
-                             "--val-split")
+                             "--val-split, or the same --beton")
         a = self.args
         sims, ids = sims[:, :a.sepp_k], ids[:, :a.sepp_k]
         bad = (sims < a.sepp_threshold) | (ids < 0)
