@@ -101,8 +101,10 @@ def test_unreadable_files_are_replaced_and_reported(tmp_path):
 def test_a_run_on_a_folder_with_bad_files_ends_and_counts_them(tmp_path):
     """CMYK, grey, a PNG named .jpg and a 1x1 image decode; the truncated JPEG and the text file are skipped with
     one warning each and counted at the end; the empty class folder is said once."""
-    make_image_folder(str(tmp_path / "img"), per_class=12, bad=False)
-    bad = add_bad_files(str(tmp_path / "img"))
+    make_image_folder(str(tmp_path / "img" / "train"), per_class=12, bad=False)
+    bad = add_bad_files(str(tmp_path / "img" / "train"))
+    make_image_folder(str(tmp_path / "img" / "val"), per_class=2, bad=False)
+    os.makedirs(tmp_path / "img" / "val" / "zz_empty_class")
     out = str(tmp_path / "run")
     r = run_here(["train.py", *TINY, "--data", str(tmp_path / "img"), "--res", "24", "--epochs", "2",
                   "--batch-size", "8", "--out", out, "--workers", "1"])
