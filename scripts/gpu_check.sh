@@ -36,7 +36,8 @@ DEV=(--device cuda)
 SCALE=1
 if [ "${DRY:-0}" = 1 ]; then DEV=(--device cpu --tiny); SCALE=4; fi
 total=$SETUP; for p in $PARTS; do total=$(( total + ${p#*:} )); done
-echo "estimate: at most $total s on the GPU ($SETUP s set-up, then$(echo " $PARTS" | sed 's/ \([a-z_]*\):\([0-9]*\)/ \1 \2 s,/g' | sed 's/,$//'))"
+plan=$(echo " $PARTS" | sed 's/ \([a-z_]*\):\([0-9]*\)/ \1 \2 s,/g; s/,$//')
+echo "estimate: at most $total s on the GPU ($SETUP s set-up, then$plan)"
 [ "$MODE" = plan ] && exit 0
 mkdir -p "$OUT"
 

@@ -30,7 +30,8 @@ for split in train val; do
   for d in "$SRC/$split"/*/; do
     c=$(basename "$d")
     mkdir -p ".imagenette/$split/$c"
-    find "$d" -maxdepth 1 -type f -iname '*.jp*g' | sort | awk -v n="$n" 'NR <= n' | xargs -r cp -t ".imagenette/$split/$c"
+    find "$d" -maxdepth 1 -type f -iname '*.jp*g' | sort | awk -v n="$n" 'NR <= n' \
+      | xargs -r cp -t ".imagenette/$split/$c"
   done
 done
 
