@@ -103,7 +103,8 @@ def _run_flags(a):
     a("--resume", default=None, help="checkpoint to resume from ('auto': OUT/last.pt if it exists)")
     a("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPUs and on CPUs with native bf16, "
       "AVX512-BF16 or AMX; off elsewhere)")
-    a("--compile", action="store_true", help="torch.compile the backbone and heads")
+    a("--compile", action="store_true", help="torch.compile the step: the forward with its loss (and their "
+      "backward), and the optimizer's update (a fused SGD stays as it is)")
     a("--sync-bn", action=argparse.BooleanOptionalAction, default=None, help="SyncBatchNorm under multi-GPU DDP "
       "(global-batch statistics; default: the method's choice, on for SimCLR and BYOL); not with --compile")
     a("--compile-augment", action="store_true", help="torch.compile the device augmentation (GPU)")

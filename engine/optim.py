@@ -1,5 +1,8 @@
-"""SGD and LARS, with norms and biases excluded from weight decay (and from LARS's adaptation)."""
+"""SGD and LARS, with norms and biases excluded from weight decay (and from LARS's adaptation), and the update
+compiled under --compile (compile_update)."""
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -44,7 +47,10 @@ class LARS(torch.optim.Optimizer):
                     st["mu"] = torch.zeros_like(p)
                 if found_inf is None:
                     mu = st["mu"].mul_(g["momentum"]).add_(dp)
-                    p.add_(mu, alpha=-g["lr"])
+                    if isinstance(g["lr"], torch.Tensor):   # the update compiled (compile_update)
+                        p.sub_(mu * g["lr"])
+                    else:
+                        p.add_(mu, alpha=-g["lr"])
                 else:   # skipped where the scaled gradients overflowed: momentum and weights kept
                     skip = found_inf > 0
                     mu = torch.where(skip, st["mu"], st["mu"] * g["momentum"] + dp)
@@ -62,3 +68,26 @@ def build_optimizer(name: str, model, lr: float, weight_decay: float, momentum: 
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
     raise UsageError(f"--optimizer {name}: unknown (sgd or lars)")
+
+
+def compile_update(opt: torch.optim.Optimizer, device, backend: str = "inductor") -> bool:
+    """torch.compile the optimizer's update as one graph (its step hooks and profiling left out), the learning
+    rates held as tensors on `device` that Step fills in place: a float lr is a constant to dynamo, so each new
+    value of the schedule would compile again. torch.optim's own step wrapper breaks the graph on purpose
+    (pytorch#104053, to keep the update out of autograd): no_grad does that here. A fused SGD is one multi-tensor
+    kernel already (and dynamo has no fake kernel for it): it stays as it is. -> whether it was compiled."""
+    if opt.defaults.get("fused"):
+        return False
+    lr_as_tensors(opt, device)
+    update = inspect.unwrap(type(opt).step)
+
+    def step():
+        with torch.no_grad():
+            update(opt)
+    opt.step = torch.compile(step, backend=backend)
+    return True
+
+
+def lr_as_tensors(opt: torch.optim.Optimizer, device):
+    for g in opt.param_groups:
+        g["lr"] = torch.tensor(float(g["lr"]), device=device)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from engine.guard import NonFiniteGuard
-from engine.optim import build_optimizer
+from engine.optim import build_optimizer, compile_update, lr_as_tensors
 from engine.precision import amp_dtype, grad_scaler, load_scaler_state
 from engine.sched import momentum_schedule, warmup_cosine
 
@@ -39,8 +39,12 @@ class Step:
     def __call__(self, batch, it: int = 0):
         """One update from `batch` at global iteration `it`. -> (loss tensor, the forward's output dict)."""
         if self.lr is not None:
+            lr = float(self.lr[it])
             for g in self.opt.param_groups:
-                g["lr"] = float(self.lr[it])
+                if isinstance(g["lr"], torch.Tensor):   # a compiled update's input: filled on the device
+                    g["lr"].fill_(lr)
+                else:
+                    g["lr"] = lr
         for h in self.hooks:
             getattr(h, "before_forward", _nothing)(batch, it)
         self.guard.before()
@@ -65,7 +69,13 @@ class Step:
     def load_state_dict(self, state: dict) -> list[str]:
         """Weights, optimizer and loss scale of a checkpoint. -> notes for the user (a scale started afresh)."""
         self.model.load_state_dict(state["model"])
+        compiled = isinstance(self.opt.param_groups[0]["lr"], torch.Tensor)
         self.opt.load_state_dict(state["optimizer"])
+        if compiled:   # the saved lr may be a float (an eager run's): a compiled update takes tensors
+            lr_as_tensors(self.opt, next(self.model.parameters()).device)
+        else:
+            for g in self.opt.param_groups:
+                g["lr"] = float(g["lr"])
         if self.amp == "fp16" and not load_scaler_state(self.scaler, state.get("scaler")):
             return ["the checkpoint was saved without fp16: the loss scale starts afresh"]
         return []
@@ -75,12 +85,11 @@ def _nothing(*_):
     pass
 
 
-def compile_parts(model: nn.Module, backend: str = "inductor"):
-    """torch.compile each part the forward calls: the model's children, and the members of a ModuleList child
-    (the momentum encoder's copies, which the forward indexes rather than calls as a whole)."""
-    for child in model.children():
-        for m in (child if isinstance(child, nn.ModuleList) else [child]):
-            m.compile(backend=backend)
+def compile_step(model: nn.Module, opt: torch.optim.Optimizer, backend: str = "inductor"):
+    """--compile: the method's forward with its loss as one graph (AOTAutograd compiles its backward), and the
+    optimizer's update (engine/optim.compile_update). tests/test_compile.py finds no graph break in either."""
+    model.compile(backend=backend)
+    compile_update(opt, next(model.parameters()).device, backend)
 
 
 def schedules(args, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +108,6 @@ def build_step(args, model: nn.Module, steps_per_epoch: int, net: nn.Module | No
     opt = build_optimizer(args.optimizer, model, args.lr, args.wd)
     lr, ema = schedules(args, steps_per_epoch)
     if getattr(args, "compile", False):
-        compile_parts(model, compile_backend)
+        compile_step(model, opt, compile_backend)
     return Step(model, opt, amp=args.amp, lr=lr, momentum=ema, nonfinite_limit=args.nonfinite_limit, net=net,
                 hooks=hooks)

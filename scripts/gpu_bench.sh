@@ -8,10 +8,13 @@
 # REPEATS / BUDGET: timed windows per loader and the seconds a window may take (the slow tvpil baseline).
 # SMALL=1: the small-data part (--loader device vs torch vs synthetic, ResNet-18 on Fashion-MNIST at 28 px, and
 # a short training run for the seconds per epoch, and the non-finite guard's cost: the step with
-# --nonfinite-limit 20 and 0); Fashion-MNIST's idx files travel in $FM (default .fm:
-# mkdir .fm && cp /usr/share/datasets/fashion-mnist/* .fm && echo /.fm/ >> .git/info/exclude; carry .fm).
+# --nonfinite-limit 20 and 0); Fashion-MNIST's idx files travel in $FM (default .fm: bash scripts/gpu_prepare.sh;
+# carry .fm), and the tests read them from FASHION_MNIST_DIR, set here.
+# TESTS=1 runs the gpu tests that need the bundle (DALI, FFCV); scripts/gpu_check.sh runs the others.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+FM=$(realpath -m "${FM:-.fm}")
+export FASHION_MNIST_DIR=$FM
 N=${N:-10000}
 if [ -f /tmp/bundle.tar ] && [ ! -d /tmp/site ]; then
   mkdir -p /tmp/w && tar xf /tmp/bundle.tar -C /tmp/w
@@ -21,11 +24,11 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONWARNINGS=ignore
 python3 -c "import ffcv, nvidia.dali, yaml, tqdm, torch; print('ffcv', ffcv.__version__, 'dali', nvidia.dali.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())" 2>&1 | tail -1 | tee "$OUT/versions.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$OUT/versions.txt" 2>&1
 if [ "${TESTS:-1}" = 1 ]; then
-  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tail -25 > "$OUT/gpu_tests.txt"
+  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -m gpu -k "dali or ffcv" tests/test_dali.py tests/test_ffcv.py \
+    tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -25 > "$OUT/gpu_tests.txt"
   tail -3 "$OUT/gpu_tests.txt"
 fi
 if [ "${SMALL:-0}" = 1 ]; then
-  FM=${FM:-.fm}
   timeout 120 python3 -m pytest -q -m gpu tests/test_device.py -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/gpu_tests_device.txt"
   timeout ${SMALL_TIMEOUT:-280} python3 -m eval.bench --loader device,torch,synthetic --dataset fashion-mnist --data "$FM" \
     --arch resnet18 --res 28 --batch-size 256 --workers 16 --steps "${STEPS:-50}" --warmup 10 --compile-augment --repeats "${REPEATS:-3}" --budget-s "${BUDGET:-15}" \

@@ -11,7 +11,7 @@ from loaders.augment import RECIPES
 from loaders.datasets import open_source
 from loaders.device import DeviceLoader, resample_weights
 from loaders.torch_loader import TorchLoader
-from tests.conftest import FASHION, have_fashion
+from tests.conftest import FASHION, have_fashion, needs_fashion
 from tests.helpers import (TINY, kill_and_resume_equals_uninterrupted, make_image_folder, ranks_cover_every_index,
                            read_csv, run_here)
 
@@ -75,11 +75,13 @@ def test_device_loader_yields_the_batch_contract_and_refuses_what_it_cannot_hold
         build_loader(LoaderOptions("device", 28, 32, device_max_fraction=1e-9), fashion, RECIPES["simclr"], "cpu")
 
 
+@needs_fashion   # train.py's default data
 @pytest.mark.slow
 def test_two_ranks_cover_every_index_once_per_epoch(tmp_path):
     ranks_cover_every_index(["--loader", "device"], tmp_path)
 
 
+@needs_fashion   # train.py's default data
 @pytest.mark.slow
 def test_device_loader_trains_with_bsim_and_sepp(tmp_path):
     r = run_here(["train.py", *TINY, "--loader", "device", "--method", "moco", "--subset", "512", "--epochs", "2",
@@ -92,7 +94,7 @@ def test_device_loader_trains_with_bsim_and_sepp(tmp_path):
     assert float(info["paired"]) > 0.5 and float(info["label_agreement"]) > 0.2, info   # chance: 0.1
 
 
-
+@needs_fashion   # train.py's default data
 @pytest.mark.slow
 def test_device_loader_refusals_are_one_line(tmp_path):
     make_image_folder(tmp_path / "imgs", per_class=2, bad=False)
@@ -104,6 +106,7 @@ def test_device_loader_refusals_are_one_line(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1 and expect in lines[0], r.stderr
 
 
+@needs_fashion   # train.py's default data
 @pytest.mark.slow
 def test_kill_and_resume_gives_the_same_weights(tmp_path):
     kill_and_resume_equals_uninterrupted(["train.py", "--loader", "device", "--method", "byol", "--subset", "768",

@@ -1,6 +1,10 @@
 """The GPU step checked without a GPU (tests/fake_cuda.py): every method's step, plain, with --bsim, --sepp and
 both, under each precision, and the batch of every loader, run on a fake CUDA device that fails on a tensor left
-on the host, a dtype clash and any host-device sync. Each of the three is planted once, to show it is caught."""
+on the host, a dtype clash and any host-device sync, and checks the step's precision: the layers' convolutions and
+matrix products in bf16 (or fp16, through a GradScaler), the losses' products and the loss in fp32. Each kind of
+fault is planted, to show it is caught."""
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +15,7 @@ from loaders import build_loader
 from loaders.augment import RECIPES, DeviceAugment
 from loaders.datasets import ArraySource
 from models.methods import METHODS, build_model_from_config
-from tests.fake_cuda import DeviceCheckError, fake_cuda, strict, to_fake_cuda
+from tests.fake_cuda import DeviceCheckError, fake_cuda, products, strict, to_fake_cuda
 
 CUDA = torch.device("cuda", 0)
 B, RES, N = 8, 16, 64
@@ -47,22 +51,39 @@ def loader_batches(args, name=None):
 
 def run_steps(args, batches=loader_batches, steps=2, hooks=()):
     """`steps` training steps of train.py's step for `args` on a fake GPU, each batch from the loader's device
-    stage (batches(args) -> a callable giving the next Batch), every op checked. -> the last loss."""
+    stage (batches(args) -> a callable giving the next Batch), every op checked, and the step's precision.
+    -> the last loss."""
     model = build_model_from_config(vars(args)).to(memory_format=torch.channels_last)
     with fake_cuda() as mode:
         to_fake_cuda(model, mode)
         step = build_step(args, model, steps_per_epoch=4, hooks=hooks)
         next_batch = batches(args)
         partner = torch.arange(N, device=CUDA).roll(1)   # SePP: each sample's positive, on the device
-        with strict():
+        with strict() as checked:
             for it in range(steps):
                 batch = next_batch()
                 if args.sepp:
                     batch.pos = partner[batch.index]
-                loss, out = step(batch, it)
+                with products(checked) as seen:
+                    loss, out = step(batch, it)
         assert loss.device == CUDA and loss.dtype == torch.float32
         assert all(t.device == CUDA for t in step.model.state_dict().values())
+        assert_precision(seen, step, args.amp)
         return loss
+
+
+def assert_precision(seen, step, amp):
+    """The layers' (nn.Conv2d, nn.Linear) products of the last step in the autocast dtype: bf16, or fp16 with the
+    CUDA GradScaler scaling the loss; fp32 where autocast is off. Every other product (the losses') in fp32."""
+    want = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": torch.float32}[amp]
+    layers = [(op, dtype) for op, by_layer, dtype in seen if by_layer]
+    assert any("convolution" in op for op, _ in layers) and any("mm" in op for op, _ in layers), seen
+    wrong = sorted({(op, str(dtype)) for op, dtype in layers if dtype != want})
+    assert not wrong, f"layers' products not in {want}: {wrong}"
+    assert {dtype for op, by_layer, dtype in seen if not by_layer} <= {torch.float32}, seen
+    assert step.scaler.is_enabled() == (amp == "fp16")
+    if amp == "fp16":
+        assert step.scaler._device == "cuda" and step.scaler._scale is not None   # the loss went through it
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -78,12 +99,14 @@ def test_each_methods_step_in_fp16_and_fp32(method, amp):
     run_steps(train_args(method, "bsim+sepp", amp))
 
 
-def _torch(args):
+def _torch(args, pinned=True):
     ld = build_loader(flags.loader_options(args, B, name="torch"), source(), RECIPES["simclr"], CUDA)
-    idx = torch.arange(B)
 
-    def next_batch():   # what a worker hands over: uint8 crops [B, V, C, H, W] (pinned; non_blocking copies)
-        return ld.to_device(torch.zeros(B, 2, 1, RES, RES, dtype=torch.uint8), idx, idx)
+    def next_batch():   # what a worker hands over: uint8 crops [B, V, C, H, W], pinned by the DataLoader
+        views, idx = torch.zeros(B, 2, 1, RES, RES, dtype=torch.uint8), torch.arange(B)
+        if pinned:
+            views, idx = views.pin_memory(), idx.pin_memory()
+        return ld.to_device(views, idx, idx)
     return next_batch
 
 
@@ -183,3 +206,42 @@ def test_bsim_ratios_drawn_on_the_host_are_caught(monkeypatch):
     with pytest.raises(DeviceCheckError) as e:
         run_steps(train_args("byol", "bsim"))
     assert e.value.kind == "sync" and "host-to-device" in str(e.value)
+
+
+class FormatsTheLoss:
+    """A hook that formats the loss, as a careless progress line or log line would: on a GPU, str() and an
+    f-string copy the value to the host. A log line's failure is swallowed by logging's handler, and raised
+    when the check ends."""
+
+    def __init__(self, how):
+        self.how = how
+
+    def after_forward(self, batch, out, it):
+        if self.how == "f-string":
+            print(f"step {it}: loss {out['loss']}")
+        else:
+            logging.getLogger("tests.train").warning("step %d: loss %s", it, out["loss"])
+
+
+@pytest.mark.parametrize("how", ["f-string", "log line"])
+def test_formatting_a_device_tensor_is_caught(how):
+    with pytest.raises(DeviceCheckError) as e:
+        run_steps(train_args("simsiam"), hooks=[FormatsTheLoss(how)])
+    assert e.value.kind == "sync" and "of a device tensor" in str(e.value)
+
+
+class CopiesPageable:
+    """A hook that copies per-sample weights made on the host without waiting (non_blocking) but unpinned."""
+
+    def before_forward(self, batch, it):
+        batch.weights = torch.ones(batch.index.shape[0]).to(batch.index.device, non_blocking=True)
+
+
+@pytest.mark.parametrize("where", ["in the step", "from an unpinned worker batch"])
+def test_a_non_blocking_copy_from_pageable_memory_is_caught(where):
+    with pytest.raises(DeviceCheckError) as e:
+        if where == "in the step":
+            run_steps(train_args("simclr"), hooks=[CopiesPageable()])
+        else:   # the torch loader's device stage given a batch that was not pinned (pin_memory off)
+            run_steps(train_args("simclr"), lambda a: _torch(a, pinned=False))
+    assert e.value.kind == "sync" and "pageable memory" in str(e.value)

@@ -15,6 +15,7 @@ from loaders.augment import RECIPES
 from loaders.crops import view_box
 from loaders.ffcv_loader import FFCVLoader
 from loaders.prepare import read_rgb
+from tests.conftest import FASHION, have_fashion
 from tests.helpers import ROOT, TINY, make_image_folder, ranks_cover_every_index, read_csv, run, run_here
 
 
@@ -35,6 +36,8 @@ def folder_beton(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fashion_beton(tmp_path_factory):
+    if not have_fashion():
+        pytest.skip(f"no Fashion-MNIST idx files in {FASHION} (set FASHION_MNIST_DIR)")
     out = str(tmp_path_factory.mktemp("ffcvf") / "fashion.beton")
     r = prepare("--subset", "512", "--out", out, "--write-mode", "raw")
     assert r.returncode == 0, r.stderr

@@ -1,12 +1,16 @@
 """The GPU paths' defects a first GPU run would hit, each shown on the CPU: DALI's view dtype under each
 precision, BSIM's mixing ratios drawn on the device, a resume where fewer GPUs are visible, the random-init kNN
-weights under torchrun, fp16 loss scaling in the evaluations and on resume, and --compile with SyncBatchNorm."""
+weights under torchrun, fp16 loss scaling in the evaluations (and on the GPU, marked gpu) and on resume,
+Fashion-MNIST's folder from FASHION_MNIST_DIR (its absence skips), and --compile with SyncBatchNorm."""
 import argparse
+import os
+import sys
 
+import numpy as np
 import pytest
 import torch
 
-from tests.helpers import TINY, run
+from tests.helpers import ROOT, TINY, run
 
 
 def test_dali_views_are_fp16_only_under_autocast_on_a_gpu():
@@ -85,6 +89,74 @@ def test_linear_probe_in_fp16_scales_the_loss():
     st = scaler.state_dict()
     assert st["scale"] != 2.0 ** 16 or st["_growth_tracker"] > 0, st
     assert not torch.equal(clf.fc.weight, w0) and torch.isfinite(clf.fc.weight).all()
+
+
+def probe_scalers(monkeypatch, device, amps):
+    """eval.classify.fit as eval.linear and eval.semisup call it (no scaler given), once per autocast dtype in
+    `amps`, on `device`. -> the GradScaler fit made for each, and the classifier's weights before and after."""
+    import eval.classify as classify
+    made, real = [], classify.grad_scaler
+    monkeypatch.setattr(classify, "grad_scaler", lambda *a: made.append(real(*a)) or made[-1])
+    out = []
+    for amp in amps:
+        torch.manual_seed(0)
+        x, y = torch.randn(512, 16, device=device) * 50, torch.randint(0, 4, (512,), device=device)
+        clf = classify.Classifier(None, 16, 4, frozen=True).to(device)
+        w0 = clf.fc.weight.detach().clone()
+        classify.fit(clf, classify.TensorBatches(x, y, 64), classify.Sgd(2, lr=0.1, amp=amp), device=device)
+        out.append((made[-1], w0, clf.fc.weight.detach()))
+    return out
+
+
+def test_linear_probe_in_fp16_makes_its_own_scaler(monkeypatch):
+    """Defect 5 on the path the evaluations take (fit given no scaler): fp16 gets a GradScaler of fit's own on
+    the run's device type, which the loss went through; bf16 and fp32 a disabled one."""
+    runs = probe_scalers(monkeypatch, torch.device("cpu"), (torch.float16, torch.bfloat16, None))
+    assert [s.is_enabled() for s, _, _ in runs] == [True, False, False]
+    fp16, w0, w = runs[0]
+    assert fp16._device == "cpu" and fp16._scale is not None   # scale() made its scale: the loss was scaled
+    assert not torch.equal(w, w0) and torch.isfinite(w).all()
+
+
+@pytest.mark.gpu
+def test_linear_probe_in_fp16_on_the_gpu_scales_the_loss(monkeypatch):
+    """Defect 5 on a GPU: a CUDA GradScaler whose scale moved or grew, and trained, finite weights."""
+    [(s, w0, w)] = probe_scalers(monkeypatch, torch.device("cuda", 0), (torch.float16,))
+    st = s.state_dict()
+    assert s.is_enabled() and s._device == "cuda" and (st["scale"] != 2.0 ** 16 or st["_growth_tracker"] > 0), st
+    assert not torch.equal(w, w0) and torch.isfinite(w).all()
+
+
+def write_idx(folder, n=64):
+    """Fashion-MNIST's training split in idx format: n random 28 x 28 images and their labels."""
+    rng = np.random.default_rng(0)
+    os.makedirs(folder, exist_ok=True)
+    for name, magic, shape in (("train-images-idx3-ubyte", 2051, (n, 28, 28)), ("train-labels-idx1-ubyte", 2049, (n,))):
+        head = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in shape)
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(head + rng.integers(0, 10 if len(shape) == 1 else 256, shape, dtype=np.uint8).tobytes())
+
+
+def test_fashion_mnist_comes_from_its_variable_and_its_absence_skips(tmp_path, monkeypatch):
+    """Defect 7: a GPU host has no Debian package. FASHION_MNIST_DIR names the folder that train.py's default
+    data reads (loaders/datasets.py read afresh with it set); where it names no idx files, the tests that need
+    them skip, each saying to set it (tests/test_device.py run with it so)."""
+    import importlib.util
+    write_idx(tmp_path / "fm")
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "fm"))
+    spec = importlib.util.spec_from_file_location("fresh_datasets", os.path.join(ROOT, "loaders", "datasets.py"))
+    fresh = importlib.util.module_from_spec(spec)   # a copy: loaders.datasets stays as the other tests have it
+    monkeypatch.setitem(sys.modules, "fresh_datasets", fresh)   # (its dataclasses look their module up)
+    spec.loader.exec_module(fresh)
+    src = fresh.open_source("fashion-mnist", None)
+    assert len(src) == 64 and src.name == "fashion-mnist"
+    missing = str(tmp_path / "absent")
+    r = run(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_device.py"],
+            env={"FASHION_MNIST_DIR": missing}, timeout=300)
+    skips = [x for x in r.stdout.splitlines() if x.startswith("SKIPPED")]
+    assert r.returncode == 0 and " failed" not in r.stdout, r.stdout[-3000:]
+    assert all(f"in {missing}" in x and "set FASHION_MNIST_DIR" in x for x in skips if "no CUDA" not in x), skips
+    assert sum(int(x.split("[")[1].split("]")[0]) for x in skips if missing in x) == 7, skips   # all but one
 
 
 def test_fp16_resume_from_a_checkpoint_saved_without_fp16():
