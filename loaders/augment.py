@@ -208,16 +208,15 @@ def keyed_params(aug: ViewAug, seed: int, epoch: int, index: torch.Tensor, view:
     """Draws from the (seed, epoch, sample, view) stream of loaders/crops.py, on index's device: the same for a
     sample whichever loader, worker, batch or resume point it comes from, and equal on the CPU and the GPU."""
     from loaders.crops import crop_keys, uniforms
-    u = uniforms(crop_keys(seed, epoch, index.long(), view), range(DRAW0, DRAW0 + 14))
-    lo = torch.tensor([max(0.0, 1 - aug.brightness), max(0.0, 1 - aug.contrast), max(0.0, 1 - aug.saturation),
-                       -aug.hue], dtype=torch.float64, device=index.device)
-    hi = torch.tensor([1 + aug.brightness, 1 + aug.contrast, 1 + aug.saturation, aug.hue], dtype=torch.float64,
-                      device=index.device)
+    u = uniforms(crop_keys(seed, epoch, index.long(), view), DRAW0, 14)
+    lo = (max(0.0, 1 - aug.brightness), max(0.0, 1 - aug.contrast), max(0.0, 1 - aug.saturation), -aug.hue)
+    hi = (1 + aug.brightness, 1 + aug.contrast, 1 + aug.saturation, aug.hue)
     p = ViewParams()
     if aug.flip > 0:
         p.flip = u[:, 0] < aug.flip
     if aug.jitter > 0:
-        p.jitter, p.factors = u[:, 1] < aug.jitter, (lo + u[:, 2:6] * (hi - lo)).float()
+        p.jitter = u[:, 1] < aug.jitter
+        p.factors = torch.stack([lo[k] + u[:, 2 + k] * (hi[k] - lo[k]) for k in range(4)], 1).float()
         p.order = u[:, 6:10].argsort(1)
     if aug.gray > 0:
         p.gray = u[:, 10] < aug.gray

@@ -136,9 +136,10 @@ def crop_keys(seed: int, epoch: int, index, view: int):
     return _mix_t(h ^ (view + 1))
 
 
-def uniforms(keys, draws):
-    """float64 [len(keys), len(draws)]: _u01(key, draw) for every key and draw (bit-equal to the numba stream)."""
+def uniforms(keys, first: int, count: int):
+    """float64 [len(keys), count]: _u01(key, draw) for every key and the draws first .. first + count - 1 (bit-equal
+    to the numba stream). Made where the keys are: no host-to-device copy."""
     import torch
-    d = torch.as_tensor(list(draws), dtype=torch.int64, device=keys.device)
+    d = torch.arange(first, first + count, dtype=torch.int64, device=keys.device)
     h = _mix_t(keys.view(-1, 1) + d.view(1, -1) * _GOLD)
     return _shr(h, 11).double() * (1.0 / 9007199254740992.0)

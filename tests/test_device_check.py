@@ -102,8 +102,8 @@ def test_each_methods_step_in_fp16_and_fp32(method, amp):
 def _torch(args, pinned=True):
     ld = build_loader(flags.loader_options(args, B, name="torch"), source(), RECIPES["simclr"], CUDA)
 
-    def next_batch():   # what a worker hands over: uint8 crops [B, V, C, H, W], pinned by the DataLoader
-        views, idx = torch.zeros(B, 2, 1, RES, RES, dtype=torch.uint8), torch.arange(B)
+    def next_batch():   # what the workers hand over (loaders/torch_loader.collate): uint8 crops [V, B, C, H, W]
+        views, idx = torch.zeros(2, B, 1, RES, RES, dtype=torch.uint8), torch.arange(B)
         if pinned:
             views, idx = views.pin_memory(), idx.pin_memory()
         return ld.to_device(views, idx, idx)
