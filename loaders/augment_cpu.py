@@ -11,6 +11,9 @@ import numpy as np
 
 from loaders.augment import GRAY, ViewAug, blur_size
 
+# No OpenCV thread pool, in any process: these ops are per sample and the parallelism is the loader's workers;
+# and a pool started in a parent is not there in a forked worker, which then waits on it for ever.
+cv2.setNumThreads(1)
 LUMA = float(sum(GRAY))
 _W = np.asarray(GRAY, np.float32).reshape(1, 3)
 ONE, ZERO = (1.0,) * 4, (0.0,) * 4

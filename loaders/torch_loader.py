@@ -96,15 +96,6 @@ class EpochBatches:
         return len(self.order)
 
 
-def _worker_init(worker_id):
-    """The stop signals' rule below, then one OpenCV thread per worker (the workers are the parallelism): in that
-    order, so that OpenCV's threads inherit the blocked signals (a thread that does not block them would take
-    an outside SIGTERM and end the worker)."""
-    _stop_signals_to_the_main_process(worker_id)
-    import cv2
-    cv2.setNumThreads(1)
-
-
 def _stop_signals_to_the_main_process(_worker_id):
     """A preemption notice (SIGTERM / SIGUSR1 to the whole process group, from torchrun or SLURM) is the main
     process's: it finishes its step, checkpoints, then shuts its workers down; a worker killed by the notice
@@ -148,7 +139,7 @@ class TorchLoader:
                                  batch_sampler=self.sampler, num_workers=workers, pin_memory=pin,
                                  persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                                  generator=gen, collate_fn=collate,
-                                 worker_init_fn=_worker_init if workers else None)
+                                 worker_init_fn=_stop_signals_to_the_main_process if workers else None)
 
     set_plan = set_plan
 
