@@ -228,6 +228,24 @@ def keyed_params(aug: ViewAug, seed: int, epoch: int, index: torch.Tensor, view:
     return p
 
 
+def keyed_row(aug: ViewAug, seed: int, epoch: int, index: int, view: int) -> dict:
+    """keyed_params(...).row(0) for one sample, in plain Python (a loader worker's per-sample path: no tensor
+    ops on one-element tensors). tests/test_real_jpegs.py checks the two agree."""
+    from loaders.crops import draws
+    u = draws(seed, epoch, index, view, DRAW0, 14).tolist()
+    lo = (max(0.0, 1 - aug.brightness), max(0.0, 1 - aug.contrast), max(0.0, 1 - aug.saturation), -aug.hue)
+    hi = (1 + aug.brightness, 1 + aug.contrast, 1 + aug.saturation, aug.hue)
+    f32 = lambda x: float(np.float32(x))   # noqa: E731  (keyed_params' .float())
+    on = lambda p, k: (u[k] < p) if p > 0 else None   # noqa: E731
+    jitter = aug.jitter > 0
+    return {"flip": on(aug.flip, 0), "jitter": on(aug.jitter, 1),
+            "factors": [f32(lo[k] + u[2 + k] * (hi[k] - lo[k])) for k in range(4)] if jitter else None,
+            "order": sorted(range(4), key=lambda k: u[6 + k]) if jitter else None,
+            "gray": on(aug.gray, 10), "blur": on(aug.blur, 11),
+            "sigma": f32(aug.sigma[0] + u[12] * (aug.sigma[1] - aug.sigma[0])) if aug.blur > 0 else None,
+            "solarize": on(aug.solarize, 13)}
+
+
 def _where(coin, a, b):
     return torch.where(coin.view(-1, 1, 1, 1), a, b)
 
@@ -297,8 +315,7 @@ class DeviceAugment:
         """The per-sample path for one sample (a loader's worker): uint8 [V, H, W, C] -> normalized float32
         [V, H, W, 3]."""
         from loaders.augment_cpu import augment_views
-        i = torch.tensor([index])
-        draws = [keyed_params(a, self.seed, epoch, i, v).row(0) for v, a in enumerate(self.recipe)]
+        draws = [keyed_row(a, self.seed, epoch, index, v) for v, a in enumerate(self.recipe)]
         return augment_views(crops, self.recipe, draws, self.mean.flatten().tolist(), self.std.flatten().tolist())
 
     def __call__(self, raw: RawBatch) -> Batch:

@@ -92,6 +92,16 @@ def scaled_box(t, l, h, w, sy, sx, height, width):
     return top, left, max(1, bottom - top), max(1, right - left)
 
 
+@njit(cache=True)
+def draws(seed, epoch, index, view, first, count):
+    """float64 [count]: the uniforms first .. first + count - 1 of one sample's view (uniforms() for one key)."""
+    key = crop_key(seed, epoch, index, view)
+    out = np.empty(count, np.float64)
+    for k in range(count):
+        out[k] = _u01(key, first + k)
+    return out
+
+
 def crop_boxes(seed: int, epoch: int, indices, view: int, height: int, width: int, scale) -> np.ndarray:
     """int32 [len(indices), 4] of (top, left, h, w): crop_box for every sample of `indices` (same-sized images)."""
     idx = np.ascontiguousarray(indices, dtype=np.int64)

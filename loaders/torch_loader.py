@@ -76,7 +76,12 @@ def substitutes(i: int, n: int, tries: int = 16):
 def collate(items):
     """Worker items -> (views [V, B, ...]: stacked on dim 1, so a worker's float views [V, H, W, 3] arrive as
     channels_last per view with no copy), index [B], label [B], and the unreadable files met."""
-    views = torch.stack([it[0] for it in items], dim=1)
+    first = items[0][0]
+    out = None
+    if torch.utils.data.get_worker_info() is not None:   # straight into shared memory, as default_collate does
+        storage = first.untyped_storage()._new_shared(first.numel() * len(items) * first.element_size())
+        out = first.new(storage).view(first.shape[0], len(items), *first.shape[1:])
+    views = torch.stack([it[0] for it in items], dim=1, out=out)
     return (views, torch.tensor([it[1] for it in items]), torch.tensor([it[2] for it in items]),
             [b for it in items for b in it[3]])
 

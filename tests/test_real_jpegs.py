@@ -48,6 +48,16 @@ def test_cpu_path_gives_the_device_paths_pixels(recipe, channels):
     assert (cpu[0] - plain).abs().mean() > 0.1   # and it did augment
 
 
+@pytest.mark.parametrize("recipe", ["simclr", "byol"])
+def test_a_workers_draws_equal_the_batch_draws(recipe):
+    """keyed_row (one sample, plain Python: the workers') = keyed_params (a batch of tensors: the device's)."""
+    idx = torch.arange(40, 90)
+    for v, aug in enumerate(A.RECIPES[recipe]):
+        batch = A.keyed_params(aug, 7, 2, idx, v)
+        for b, i in enumerate(idx.tolist()):
+            assert A.keyed_row(aug, 7, 2, i, v) == batch.row(b)
+
+
 def test_draws_depend_on_sample_and_epoch_not_on_the_batch():
     aug = A.RECIPES["simclr"][0]
     a = A.keyed_params(aug, 0, 1, torch.tensor([5, 6, 7]), 0)
