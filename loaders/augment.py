@@ -204,13 +204,18 @@ def random_params(n: int, aug: ViewAug, device) -> ViewParams:
 DRAW0 = 64   # the keyed draws of a view start here (loaders/crops.py's crop box uses draws 0-39)
 
 
+def jitter_ranges(aug: ViewAug) -> tuple[tuple, tuple]:
+    """ColorJitter's factor ranges: (low, high) of brightness, contrast, saturation and hue."""
+    return ((max(0.0, 1 - aug.brightness), max(0.0, 1 - aug.contrast), max(0.0, 1 - aug.saturation), -aug.hue),
+            (1 + aug.brightness, 1 + aug.contrast, 1 + aug.saturation, aug.hue))
+
+
 def keyed_params(aug: ViewAug, seed: int, epoch: int, index: torch.Tensor, view: int) -> ViewParams:
     """Draws from the (seed, epoch, sample, view) stream of loaders/crops.py, on index's device: the same for a
     sample whichever loader, worker, batch or resume point it comes from, and equal on the CPU and the GPU."""
     from loaders.crops import crop_keys, uniforms
     u = uniforms(crop_keys(seed, epoch, index.long(), view), DRAW0, 14)
-    lo = (max(0.0, 1 - aug.brightness), max(0.0, 1 - aug.contrast), max(0.0, 1 - aug.saturation), -aug.hue)
-    hi = (1 + aug.brightness, 1 + aug.contrast, 1 + aug.saturation, aug.hue)
+    lo, hi = jitter_ranges(aug)
     p = ViewParams()
     if aug.flip > 0:
         p.flip = u[:, 0] < aug.flip
@@ -233,8 +238,7 @@ def keyed_row(aug: ViewAug, seed: int, epoch: int, index: int, view: int) -> dic
     ops on one-element tensors). tests/test_real_jpegs.py checks the two agree."""
     from loaders.crops import draws
     u = draws(seed, epoch, index, view, DRAW0, 14).tolist()
-    lo = (max(0.0, 1 - aug.brightness), max(0.0, 1 - aug.contrast), max(0.0, 1 - aug.saturation), -aug.hue)
-    hi = (1 + aug.brightness, 1 + aug.contrast, 1 + aug.saturation, aug.hue)
+    lo, hi = jitter_ranges(aug)
     f32 = lambda x: float(np.float32(x))   # noqa: E731  (keyed_params' .float())
     on = lambda p, k: (u[k] < p) if p > 0 else None   # noqa: E731
     jitter = aug.jitter > 0
@@ -300,15 +304,15 @@ class DeviceAugment:
 
     def view_batch(self, u8: torch.Tensor, index: torch.Tensor, epoch: int, v: int) -> torch.Tensor:
         """View v of a batch, uint8 [B, C, H, W] -> normalized float [B, 3, H, W] (either path)."""
-        p = keyed_params(self.recipe[v], self.seed, epoch, index, v)
+        aug = self.recipe[v]
         if not self.per_sample(u8.device):
-            return self.normalize(self.view_fn(u8, self.recipe[v], p))
+            return self.normalize(self.view_fn(u8, aug, keyed_params(aug, self.seed, epoch, index, v)))
         from loaders.augment_cpu import augment_sample, normalize
         hwc = u8.permute(0, 2, 3, 1).numpy()
         out = np.empty((len(hwc), *hwc.shape[1:3], 3), np.float32)
         mean, std = self.mean.flatten().tolist(), self.std.flatten().tolist()
-        for b in range(len(hwc)):
-            out[b] = normalize(augment_sample(hwc[b], self.recipe[v], p.row(b)), mean, std)
+        for b, i in enumerate(index.tolist()):   # the draws in plain Python, as the workers make them
+            out[b] = normalize(augment_sample(hwc[b], aug, keyed_row(aug, self.seed, epoch, i, v)), mean, std)
         return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)
 
     def sample_views(self, crops: np.ndarray, index: int, epoch: int) -> np.ndarray:
