@@ -1,5 +1,6 @@
-"""Mean, spread and Welch's t-test for comparing runs over seeds (no SciPy: the Student-t tail is the
-regularized incomplete beta function, evaluated by its continued fraction as in Numerical Recipes 6.4)."""
+"""Mean, spread, the paired and Welch's t-tests for comparing runs over seeds, and Holm's correction for many
+comparisons (no SciPy: the Student-t tail is the regularized incomplete beta function, evaluated by its continued
+fraction as in Numerical Recipes 6.4)."""
 from __future__ import annotations
 
 import math
@@ -67,8 +68,37 @@ def welch(a, b) -> dict:
     return out | {"t": t, "df": df, "p": t_two_sided_p(t, df)}
 
 
-def verdict(test: dict, alpha: float = 0.05) -> str:
-    """A plain word on a Welch test: better / worse at p < alpha, else within the seed spread."""
-    if not test["p"] < alpha:
-        return "within the seed spread" if math.isfinite(test["p"]) else "too few seeds to tell"
+def paired(a: dict, b: dict) -> dict:
+    """The paired t-test of b - a over the seeds both have (a, b: {seed: value}; a variant and its base share
+    their seeds): {diff (mean of the differences), t, df, p, n (pairs)}; p is nan with fewer than 2 pairs."""
+    seeds = sorted(set(a) & set(b))
+    d = [float(b[s]) - float(a[s]) for s in seeds]
+    out = {"diff": sum(d) / len(d) if d else math.nan, "t": math.nan, "df": math.nan, "p": math.nan, "n": len(d)}
+    if len(d) < 2:
+        return out
+    m, sd = mean_std(d)
+    if sd == 0:
+        return out | {"df": len(d) - 1, "p": 1.0 if m == 0 else 0.0}
+    t = m / (sd / math.sqrt(len(d)))
+    return out | {"t": t, "df": len(d) - 1, "p": t_two_sided_p(t, len(d) - 1)}
+
+
+def holm(ps) -> list[float]:
+    """Holm's step-down adjusted p-values (the family-wise error rate over all of `ps`, in their order); an
+    adjusted p under alpha is a comparison that survives the correction. nan stays nan and counts for nothing."""
+    order = sorted((p, i) for i, p in enumerate(ps) if math.isfinite(p))
+    out, m, running = [math.nan] * len(ps), len(order), 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def verdict(test: dict, alpha: float = 0.05, key: str = "p") -> str:
+    """A plain word on a test: better / worse at test[key] < alpha, else not significant with that many seeds."""
+    p = test[key]
+    if not p < alpha:
+        n = test.get("n")
+        seeds = f" with {n} seeds" if n else ""
+        return f"not significant{seeds}" if math.isfinite(p) else "too few seeds to tell"
     return "better" if test["diff"] > 0 else "worse"

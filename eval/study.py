@@ -1,6 +1,7 @@
 """A comparison study: methods x variants x seeds, each run trained and then evaluated (weighted kNN at
 k = 20 and 200, linear probe), summarised as mean +- std per (method, variant), the difference to that
-method's baseline with Welch's t-test and a plain verdict, the per-run rows, and a bar chart.
+method's baseline with the paired t-test over shared seeds (Holm-corrected) and a plain verdict, the per-run
+rows, and a bar chart.
 
     python -m eval.study --config configs/fashion_study.yaml --methods simclr,moco \
         --variants base,bsim,sepp,bsim+sepp --seeds 0,1,2 --out runs/study --parallel 3
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from engine.errors import parser_error_one_line
 from engine.errors import UsageError, cli_main
 from eval.runs import read_json
-from eval.stats import mean_std, verdict, welch
+from eval.stats import holm, mean_std, paired, verdict, welch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("base", "base2x", "bsim", "sepp", "bsim+sepp")
@@ -231,27 +232,38 @@ def summarise(a, runs: list[Run]) -> dict:
                                            if ref and (n == "base" or mines_with_base(a, v))]
             for key, _ in METRICS:
                 g[key] = mean_std([x[key] for x in got])
-                for name, ref in refs:
-                    t = welch([x[key] for x in ref], [x[key] for x in got])
+                for name, ref in refs:   # a variant and its reference share their seeds: paired by seed
+                    t = paired({x["seed"]: x[key] for x in ref}, {x["seed"]: x[key] for x in got})
                     tests.append({"method": m, "variant": v, "against": name, "metric": key, **t,
-                                  "verdict": verdict(t)})
+                                  "p_welch": welch([x[key] for x in ref], [x[key] for x in got])["p"]})
+            # end-to-end training time (train.py's wall clock, set-up included, evaluations apart); the fastest
+            # seed's, since a run that shares its machine or is paused only ever takes longer
             train = [x["train_s"] for x in got if x["train_s"] is not None]
-            g["train_s"] = sum(train) / len(train) if train else None
+            g["train_s"] = min(train) if train else None
             groups.append(g)
+    for t, adjusted in zip(tests, holm([t["p"] for t in tests])):   # the family: every test of the study
+        t["p_holm"], t["verdict"] = adjusted, verdict(t | {"p_holm": adjusted}, key="p_holm")
     return {"rows": rows, "groups": groups, "tests": tests}
+
+
+def _p(p: float) -> str:
+    return "-" if p != p else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def markdown(a, s: dict, split: str, sha: str) -> str:
     fmt = lambda ms: f"{ms[0]:.2f} ± {ms[1]:.2f}"   # noqa: E731
     lines = [f"Command: `{a.command}`  ", f"Git SHA: `{sha}`; scored on the {split} split; "
              f"{time.strftime('%Y-%m-%d')}.", "",
-             "| method | variant | seeds | " + " | ".join(n for _, n in METRICS) + " | train s/run | compute s/run |",
+             "| method | variant | seeds | " + " | ".join(n for _, n in METRICS)
+             + " | train s (fastest seed) | compute s (x base) |",
              "|---|---|---|" + "---|" * len(METRICS) + "---|---|"]
     base_s = {g["method"]: g["train_s"] for g in s["groups"] if g["variant"] == "base"}
     for g in s["groups"]:
         tr = f"{g['train_s']:.0f}" if g["train_s"] is not None else "-"
         miner = base_s.get(g["method"]) if mines_with_base(a, g["variant"]) else 0.0   # SePP's miner: a base run
-        total = f"{g['train_s'] + miner:.0f}" if g["train_s"] is not None and miner is not None else "-"
+        base = base_s.get(g["method"])
+        total = (f"{g['train_s'] + miner:.0f}" + (f" ({(g['train_s'] + miner) / base:.1f}x)" if base else "")
+                 if g["train_s"] is not None and miner is not None else "-")
         lines.append(f"| {g['method']} | {g['variant']} | {g['seeds']} | "
                      + " | ".join(fmt(g[k]) for k, _ in METRICS) + f" | {tr} | {total} |")
     mining = [v for v in a.variants if mines_with_base(a, v)]
@@ -265,19 +277,22 @@ def markdown(a, s: dict, split: str, sha: str) -> str:
     if s.get("left_out"):
         lines += ["", "Summarised from the runs evaluated so far; left out, not evaluated: "
                   f"{', '.join(s['left_out'])}."]
-    names, seeds = dict(METRICS), {(g["method"], g["variant"]): g["seeds"] for g in s["groups"]}
-    for ref, title in (("base", "Differences to the method's base (variant - base), Welch's t-test over seeds:"),
+    names = dict(METRICS)
+    lines += ["", f"Tests: the paired t-test over the seeds a variant shares with its reference (the mean of the "
+              f"per-seed differences); p (Holm): corrected by Holm's method over all {len(s['tests'])} tests of this "
+              "table; the verdict is on the corrected p < 0.05. Welch's p (the runs taken as independent) beside."]
+    for ref, title in (("base", "Differences to the method's base (variant - base):"),
                        ("base2x", "Against base2x, the compute-fair control of the variants that mine with a base "
                         "run (variant - base2x):")):
         tests = [t for t in s["tests"] if t["against"] == ref]
         if not tests:
             continue
-        lines += ["", title, "", "| method | variant (seeds) | metric | difference | p | verdict |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", title, "", "| method | variant (pairs) | metric | difference | p | p (Holm) | p (Welch) | "
+                  "verdict |", "|---|---|---|---|---|---|---|---|"]
         for t in tests:
-            n = f"{seeds[(t['method'], t['variant'])]} vs {seeds[(t['method'], ref)]}"
-            lines.append(f"| {t['method']} | {t['variant']} ({n}) | {names[t['metric']]} | {t['diff']:+.2f} | "
-                         f"{t['p']:.3f} | {t['verdict']} |")
+            lines.append(f"| {t['method']} | {t['variant']} ({t['n']} pairs) | {names[t['metric']]} | "
+                         f"{t['diff']:+.2f} | {_p(t['p'])} | {_p(t['p_holm'])} | {_p(t['p_welch'])} | "
+                         f"{t['verdict']} |")
     lines += ["", "Runs:", "", "| run | " + " | ".join(n for _, n in METRICS) + " | train s | eval s |",
               "|---|" + "---|" * (len(METRICS) + 2)]
     for x in s["rows"]:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.stats import mean_std, t_two_sided_p, verdict, welch
+from eval.stats import holm, mean_std, paired, t_two_sided_p, verdict, welch
 from tests.helpers import TINY, run, run_here
 
 
@@ -27,9 +27,28 @@ def test_welch_t_test_matches_hand_computed_values():
     # tables of Student's t: two-sided 5% critical values; df = 1 is Cauchy: p = 1 - 2 atan(t) / pi
     assert abs(t_two_sided_p(2.776445, 4) - 0.05) < 1e-6 and abs(t_two_sided_p(2.228139, 10) - 0.05) < 1e-6
     assert abs(t_two_sided_p(3.0, 1) - (1 - 2 * math.atan(3.0) / math.pi)) < 1e-12
-    assert verdict(welch([70.1, 70.5, 69.9], [70.3, 70.0, 70.6])) == "within the seed spread"
+    assert verdict(welch([70.1, 70.5, 69.9], [70.3, 70.0, 70.6])) == "not significant"
+    assert verdict(paired({0: 70.1, 1: 70.5, 2: 69.9}, {0: 70.3, 1: 70.0, 2: 70.6})) == "not significant with 3 seeds"
     assert verdict(welch([1.0], [2.0])) == "too few seeds to tell"
     assert mean_std([1, 2, 3]) == (2.0, 1.0)
+
+
+def test_paired_t_test_and_holm_match_hand_computed_values():
+    # differences 1, 2, 3 over the seeds both share (seed 9 of b has no partner): mean 2, sd 1, t = 2 / (1 / sqrt 3)
+    t = paired({0: 10.0, 1: 10.0, 2: 10.0, 5: 1.0}, {0: 11.0, 1: 12.0, 2: 13.0, 9: 0.0})
+    assert t["n"] == 3 and t["diff"] == 2.0 and t["df"] == 2
+    assert math.isclose(t["t"], 2 * math.sqrt(3), rel_tol=1e-12)
+    # df = 2: P(|T| >= t) = 1 - t / sqrt(t^2 + 2), in closed form
+    assert math.isclose(t["p"], 1 - t["t"] / math.sqrt(t["t"] ** 2 + 2), rel_tol=1e-10)
+    # a constant shift: Welch sees the seeds' spread, the paired test sees none
+    a, b = {0: 70.0, 1: 72.0, 2: 74.0}, {0: 70.5, 1: 72.55, 2: 74.45}
+    assert paired(a, b)["p"] < 0.01 < welch(list(a.values()), list(b.values()))["p"]
+    assert math.isnan(paired({0: 1.0}, {0: 2.0})["p"]) and paired({0: 1.0}, {1: 2.0})["n"] == 0
+    # Holm: sorted p 0.01, 0.02, 0.04, 0.30 times 4, 3, 2, 1, kept non-decreasing; back in the input order
+    got = holm([0.04, 0.01, float("nan"), 0.30, 0.02])
+    assert got[:2] == pytest.approx([0.08, 0.04]) and math.isnan(got[2]) and got[3:] == pytest.approx([0.30, 0.06])
+    assert holm([0.5, 0.4]) == pytest.approx([0.8, 0.8])   # 2 x 0.4 = 0.8, then max(0.8, 1 x 0.5)
+    assert verdict({"diff": 1.0, "p": 0.01, "p_holm": 0.08, "n": 3}, key="p_holm") == "not significant with 3 seeds"
 
 
 @pytest.mark.slow
@@ -53,11 +72,12 @@ def test_study_on_a_tiny_grid_writes_table_chart_and_skips_finished_runs(tmp_pat
     assert sepp["linear"] == pytest.approx(list(mean_std(lin)))
     test = [t for t in s["tests"] if t["metric"] == "linear"][0]
     base = [rows[("simclr", "base", k)]["linear"] for k in (0, 1)]
-    assert test["p"] == pytest.approx(welch(base, lin)["p"], nan_ok=True)
+    assert test["p"] == pytest.approx(paired(dict(enumerate(base)), dict(enumerate(lin)))["p"], nan_ok=True)
+    assert test["p_welch"] == pytest.approx(welch(base, lin)["p"], nan_ok=True)
     log = (out / "runs" / "simclr-sepp-s0" / "study.log").read_text()   # mined with the base run's encoder
     assert "--sepp-encoder " + str(out / "runs" / "simclr-base-s0" / "last.pt") in log and "SePP refresh" in log
     md = (out / "study.md").read_text()
-    assert "| simclr | sepp | 2 |" in md and "Welch" in md and "git" in md.lower() and "test split" in md
+    assert "| simclr | sepp | 2 |" in md and "paired" in md and "git" in md.lower() and "test split" in md
     assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "study_embedding_simclr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"   # base beside sepp
     assert f"[study] embedding (PCA): {out / 'study_embedding_simclr.png'}" in r.stdout
@@ -174,16 +194,21 @@ def test_summarise_tables_the_evaluated_runs_and_holds_sepp_against_base2x(tmp_p
     assert sorted((x["variant"], x["seed"]) for x in s["rows"]) == sorted(lin)
     got = {(t["variant"], t["against"], t["metric"]): t for t in s["tests"]}
     col = lambda v: [lin[(v, k)] for k in range(3) if (v, k) in lin]   # noqa: E731
-    assert got[("sepp", "base", "linear")]["p"] == pytest.approx(welch(col("base"), col("sepp"))["p"])
+    seeded = lambda v: {k: lin[(v, k)] for k in range(3) if (v, k) in lin}   # noqa: E731
+    assert got[("sepp", "base", "linear")]["p"] == pytest.approx(paired(seeded("base"), seeded("sepp"))["p"])
+    assert got[("sepp", "base", "linear")]["p_welch"] == pytest.approx(welch(col("base"), col("sepp"))["p"])
     twice = got[("sepp", "base2x", "linear")]
-    assert twice["diff"] == pytest.approx(np.mean(col("sepp")) - np.mean(col("base2x")))
-    assert twice["p"] == pytest.approx(welch(col("base2x"), col("sepp"))["p"])
+    assert twice["diff"] == pytest.approx(np.mean(col("sepp")[:2]) - np.mean(col("base2x")))   # seeds 0 and 1
+    assert twice["p"] == pytest.approx(paired(seeded("base2x"), seeded("sepp"))["p"]) and twice["n"] == 2
+    ps = [t["p"] for t in s["tests"]]
+    assert [t["p_holm"] for t in s["tests"]] == pytest.approx(holm(ps), nan_ok=True)
     assert ("bsim", "base2x", "linear") not in got and ("base2x", "base2x", "linear") not in got
     assert ("k5", "base2x", "linear") in got and ("own", "base2x", "linear") not in got   # own: not mined by base
     assert got[("bsim", "base", "linear")]["verdict"] == "too few seeds to tell"
     md = (tmp_path / "study.md").read_text()
-    assert "| simclr | sepp (3 vs 2) | linear top-1 | -1.23 |" in md and "Against base2x" in md and left in md
-    assert "| simclr | base2x | 2 | 81.30 ± 0.42 | 80.30 ± 0.42 | 82.30 ± 0.42 | 200 | 200 |" in md
+    assert "| simclr | sepp (2 pairs) | linear top-1 | -1.10 |" in md and "Against base2x" in md and left in md
+    assert "| simclr | base2x | 2 | 81.30 ± 0.42 | 80.30 ± 0.42 | 82.30 ± 0.42 | 200 | 200 (2.0x) |" in md
+    assert "| simclr | sepp | 3 |" in md and "| 100 | 200 (2.0x) |" in md   # its miner: a base run
     r = run_here(["-m", "eval.study", "--methods", "simclr", "--out", str(tmp_path / "none"), "--summarise"])
     assert r.returncode == 2 and "--summarise: no run of this grid" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "none").exists()
