@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 import torch
 import yaml
@@ -83,6 +84,9 @@ def _model_flags(a):
       "64); 32 halves every stage, about 4x fewer FLOPs")
     a("--res", type=int, default=None, help="crop size (default: 224, 28 for fashion-mnist, 32/96 CIFAR/STL)")
     a("--epochs", type=int, default=100)
+    a("--time-limit", default=None, help="train for this wall-clock time (90s, 15m, 1h30m; a bare number: minutes), "
+      "from the first step, the set-up and the final kNN apart: the schedules are planned for the steps that fit "
+      "(measured as it goes), the run ends there with a checkpoint and the final kNN; --epochs is then the most")
     a("--batch-size", type=int, default=256, help="global batch size, split over ranks")
     a("--lr", type=float, default=None, help="base learning rate per 256 images (scaled linearly)")
     a("--wd", type=float, default=None)
@@ -191,10 +195,29 @@ def resolve(args):
                              f"need 0 < min-res <= --res ({args.res}) and start-ramp <= end-ramp")
     from loaders.dali import check_options
     check_options(args.dali_hw_load, args.dali_pipes, args.dali_augment)
+    args.time_limit_s = duration(args.time_limit)
     if args.epochs < 1 or args.batch_size < 2:
         raise UsageError("--epochs must be >= 1 and --batch-size >= 2")
     extensions.check(args)   # each add-on its own flags (extensions.py), once the core flags are checked
     return args
+
+
+def duration(text) -> float | None:
+    """--time-limit's value in seconds: 90s, 15m, 1h30m, 1.5h, or a bare number of minutes (None: none)."""
+    if text is None or text == "":
+        return None
+    t = str(text).strip().lower()
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", t)
+    if re.fullmatch(r"\d+(?:\.\d+)?", t):
+        seconds = 60 * float(t)
+    elif parts and any(parts.groups()):
+        h, m, s = (float(g or 0) for g in parts.groups())
+        seconds = 3600 * h + 60 * m + s
+    else:
+        raise UsageError(f"--time-limit {text}: not a duration (such as 90s, 15m, 1h30m, or minutes)")
+    if seconds <= 0:
+        raise UsageError(f"--time-limit {text}: must be more than 0")
+    return seconds
 
 
 def resolve_data(args):

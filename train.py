@@ -33,6 +33,7 @@ from engine.errors import UsageError, cli_main
 from engine.guard import all_finite
 from engine.log import RunLog, Throughput
 from engine.progress import progress
+from engine.sched import TimePlan, stretch
 from engine.step import Step, build_step
 from eval.knn import knn_accuracy
 from eval.subset import pick
@@ -70,14 +71,17 @@ class StopSignals:
         self.got = signal.Signals(signum).name
 
 
-def save_checkpoint(path, step, args, cfg, epoch, *, batch=0, ranks=None):
+def save_checkpoint(path, step, args, cfg, epoch, *, batch=0, ranks=None, plan=None):
     """Atomic, keeping the previous one. epoch: epochs done; batch > 0: that many batches of the next epoch
-    done too, with every rank's RNG state and partial loss (`ranks`) to go on exactly there."""
+    done too, with every rank's RNG state and partial loss (`ranks`) to go on exactly there. plan: a
+    --time-limit run's TimePlan, saved with the schedules it planned."""
     if not all_finite(step.model):   # only without the guard (--nonfinite-limit 0)
         raise UsageError(f"the weights are not finite at epoch {epoch + 1}: no checkpoint written "
                          f"({path} keeps the previous one); lower --lr, or try --amp off")
     state = step.state_dict() | {"epoch": epoch, "batch": batch, "ranks": ranks, "method": args.method,
                                  "rng": ckpt.rng_state(), "config": cfg}
+    if plan is not None:
+        state["plan"] = plan.state_dict() | {"lr": step.lr, "momentum": step.momentum}
     ckpt.save_keeping_previous(state, path)
 
 
@@ -126,6 +130,7 @@ class Run:
     step: Step | None = None
     lr_s: object = None                        # the per-iteration learning rates
     extensions: list = field(default_factory=list)   # engine/extension.py: the add-ons, from extensions.py
+    plan: TimePlan | None = None               # --time-limit: the steps that fit, planned as the run goes
     random_init_state: dict | None = None      # --knn-random-init's weights
     acc0: float | None = None                  # the monitor at random init
     # resume
@@ -142,6 +147,7 @@ class Run:
     time: float = 0.0
     wait: float = 0.0
     last_epoch_s: float = 0.0
+    final_knn_s: float = 0.0                   # the last kNN monitor's time (outside a --time-limit)
     epoch_loss: object = 0.0                   # a device tensor during an epoch (no sync)
     epoch_good: object = 0
 
@@ -194,6 +200,9 @@ def setup(args) -> Run:
     r.extensions = build_extensions(args, r, model)   # the add-ons (extensions.py), bound to the loop's events
     r.step = build_step(args, model, r.steps_per_epoch, net=r.net, hooks=r.extensions)
     r.lr_s = r.step.lr
+    if args.time_limit_s is not None:
+        most = args.epochs * r.steps_per_epoch
+        r.plan = TimePlan(args.time_limit_s, most, most=most, calibrate=min(20, max(3, r.steps_per_epoch // 4)))
 
     resume(r)
     r.cfg = {k: v for k, v in vars(args).items()} | {"world": r.world, "git_sha": ckpt.git_sha()} | splits.record()
@@ -232,6 +241,10 @@ def resume(r: Run):
         if r.main_rank:
             print(f"note: {note}", flush=True)
     ckpt.set_rng_state(state["rng"])
+    if r.plan is not None and state.get("plan"):   # the schedules as planned, the time already used
+        r.plan.load_state_dict(state["plan"])
+        r.step.lr, r.step.momentum = state["plan"]["lr"], state["plan"]["momentum"]
+        r.lr_s, args.epochs = r.step.lr, -(-r.plan.total // r.steps_per_epoch)
     r.start_epoch, r.start_batch, r.resume_ranks = state["epoch"], state.get("batch", 0), state.get("ranks")
     if r.start_batch and not r.loader.resumes_mid_epoch:
         if r.main_rank:
@@ -310,17 +323,39 @@ def log_step(r: Run, epoch: int, it: int, step: int, loss, *, out, bar) -> bool:
     r.log.write("train", row, step)
     bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{img_s:.0f}", wait=f"{wait:.0%}")
     due = args.ckpt_every_min > 0 and time.monotonic() - r.last_ckpt >= 60 * args.ckpt_every_min
-    stop, due = dist.any_rank([r.stops.got is not None, due], r.device)   # every rank agrees
+    over = r.plan is not None and r.plan.over()
+    stop, due, over = dist.any_rank([r.stops.got is not None, due, over], r.device)   # every rank agrees
     if stop:
         r.stopping = r.stops.got or "a signal to another rank"
+    if over and step + 1 < r.plan.total:   # slower than planned: the run ends at this step
+        if r.main_rank:
+            print(f"--time-limit {args.time_limit} reached at step {step + 1}, before the {r.plan.total} planned: "
+                  "the run ends here", flush=True)
+        r.plan.total, args.epochs = step + 1, epoch + 1
     return due
+
+
+def replan(r: Run, done: int):
+    """--time-limit: the steps that fit (rank 0's clock, the same plan on every rank), the schedules stretched or
+    shrunk to end there, and the epochs that holds (the last one may end inside)."""
+    total = dist.gather_objects(r.plan.fit(done))[0]
+    if total == r.plan.total:
+        return
+    warm = int(r.args.warmup_epochs * r.steps_per_epoch)
+    r.step.lr = r.lr_s = stretch(r.step.lr, done, total, warm)
+    if r.step.momentum is not None:
+        r.step.momentum = stretch(r.step.momentum, done, total)
+    r.plan.total, r.args.epochs = total, -(-total // r.steps_per_epoch)
+    if r.main_rank:
+        print(f"--time-limit {r.args.time_limit}: {total} steps planned ({total / r.steps_per_epoch:.2f} "
+              f"epochs), {r.plan.used() / 60:.1f} min used at step {done}", flush=True)
 
 
 def mid_epoch_checkpoint(r: Run, epoch: int, done: int):
     """`done` batches of `epoch` trained: every rank's RNG state and partial loss go in with the weights."""
     ranks = dist.gather_objects({"rng": ckpt.rng_state(), "loss_sum": float(r.epoch_loss), "good": int(r.epoch_good)})
     if r.main_rank:
-        save_checkpoint(r.ckpt_path, r.step, r.args, r.cfg, epoch=epoch, batch=done, ranks=ranks)
+        save_checkpoint(r.ckpt_path, r.step, r.args, r.cfg, epoch=epoch, batch=done, ranks=ranks, plan=r.plan)
     r.last_ckpt = time.monotonic()
 
 
@@ -338,11 +373,18 @@ def run_epoch(r: Run, epoch: int):
         r.wait += time.perf_counter() - t_wait
         r.images += batch.size * world
         step = epoch * r.steps_per_epoch + it
+        if r.plan is not None:
+            r.plan.started(step)
         loss, out = train_step(r, batch, step)
+        if r.plan is not None and r.plan.due(step):
+            replan(r, step + 1)
         due = False
-        if it % args.log_every == 0 or it == r.steps_per_epoch - 1:
+        end = r.plan is not None and step + 1 >= r.plan.total
+        if it % args.log_every == 0 or it == r.steps_per_epoch - 1 or end:
             due = log_step(r, epoch, it, step, loss=loss, out=out, bar=bar)
         bar.update(1)
+        if end or (r.plan is not None and step + 1 >= r.plan.total):   # the time limit's last step: end_epoch ends the run
+            break
         if (r.stopping or due) and it + 1 < r.steps_per_epoch:   # mid-epoch (the epoch's end writes its own)
             mid_epoch_checkpoint(r, epoch, it + 1)
             if r.stopping:
@@ -359,13 +401,17 @@ def end_epoch(r: Run, epoch: int) -> dict:
     args = r.args
     mean_loss = dist.all_reduce_mean(r.epoch_loss / max(1, r.epoch_good)).item()
     if r.main_rank:
-        save_checkpoint(r.ckpt_path, r.step, args, r.cfg, epoch=epoch + 1)
+        save_checkpoint(r.ckpt_path, r.step, args, r.cfg, epoch=epoch + 1, plan=r.plan)
     r.last_ckpt = time.monotonic()
     row = {"epoch": epoch + 1, "loss": mean_loss, "knn_top1": ""}
-    last = epoch + 1 == args.epochs
+    last = epoch + 1 >= args.epochs
     if r.test_src is not None and (last or (args.knn_every and (epoch + 1) % args.knn_every == 0)):
+        t = time.perf_counter()
         row["knn_top1"] = knn_monitor(r.model, args, r.device, train_src=r.train_src, test_src=r.test_src, norm=r.norm)
         r.log.write("knn", {"epoch": epoch + 1, "knn_top1": row["knn_top1"], "what": "trained"}, epoch + 1)
+        r.final_knn_s = time.perf_counter() - t if last else 0.0
+    if r.plan is not None and not last:   # the monitor's and the checkpoint's time measured: plan again
+        replan(r, (epoch + 1) * r.steps_per_epoch)
     if r.main_rank:
         r.log.write("epoch", row, epoch + 1)
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if v != ""),
@@ -382,14 +428,18 @@ def finish(r: Run, row: dict):
     if r.main_rank and r.time > 0:
         knn = f"kNN top-1 {row['knn_top1']:.2f}%" if row.get("knn_top1") != "" else "no kNN"
         knn += f" (random init {r.acc0:.2f}%)" if r.acc0 is not None else ""
+        limit = f" in {r.plan.used() / 60:.1f} min of --time-limit {args.time_limit}" if r.plan else ""
         print(f"done: {knn}; {r.images / r.time:.0f} img/s, each as {len(r.recipe)} views, "
-              f"{r.wait / r.time:.0%} of the time waiting for data; checkpoint {r.ckpt_path}", flush=True)
+              f"{r.wait / r.time:.0%} of the time waiting for data; trained {r.time / 60:.1f} min{limit}, final "
+              f"kNN {r.final_knn_s:.0f} s; checkpoint {r.ckpt_path}", flush=True)
     skipped = report_skipped(r)
     if r.main_rank and r.time > 0:
         with open(os.path.join(args.out, "summary.json"), "w") as f:
             json.dump({"epochs": args.epochs, "loss": row["loss"], "knn_top1": row.get("knn_top1"),
                        "knn_random_init": r.acc0, "img_s": r.images / r.time, "data_wait": r.wait / r.time,
-                       "world": r.world, "device": str(r.device), "skipped": skipped}, f, indent=1)
+                       "world": r.world, "device": str(r.device), "skipped": skipped, "train_s": r.time,
+                       "final_knn_s": r.final_knn_s, "time_limit_s": args.time_limit_s,
+                       "steps": r.plan.total if r.plan else args.epochs * r.steps_per_epoch}, f, indent=1)
     r.log.close()
     dist.cleanup()
 
@@ -413,9 +463,11 @@ def main(argv=None):
     r = setup(flags.parse(argv))
     knn_at_random_init(r)
     row = None
-    for epoch in range(r.start_epoch, r.args.epochs):
+    epoch = r.start_epoch
+    while epoch < r.args.epochs:   # --time-limit plans the epochs as it goes
         run_epoch(r, epoch)
         row = end_epoch(r, epoch)
+        epoch += 1
     if row is not None:
         finish(r, row)
     else:
