@@ -198,11 +198,16 @@ def stl10(root: str, train: bool) -> ArraySource:
                        mean=(0.441, 0.428, 0.387), std=(0.268, 0.261, 0.269), name="stl10")
 
 
+def scored_folder(root: str) -> str | None:
+    """The split beside train/ that a run scores on: val/, else test/ (CIFAR-10's JPEG folders); None: neither."""
+    return next((os.path.join(root, s) for s in ("val", "test") if os.path.isdir(os.path.join(root, s))), None)
+
+
 def folder(root: str, train: bool) -> FolderSource:
-    sub = os.path.join(root, "train" if train else "val")
     if train:
+        sub = os.path.join(root, "train")
         return FolderSource(sub if os.path.isdir(sub) else root)
-    val = FolderSource(sub if os.path.isdir(sub) else val_folder(root))
+    val = FolderSource(scored_folder(root) or val_folder(root))
     trained = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root
     classes = sorted(d.name for d in os.scandir(trained) if d.is_dir())   # as FolderSource numbers them
     if val.classes != classes:   # labels are class folders in sorted order: other folders, other labels
@@ -220,8 +225,9 @@ class NoValSplit(UsageError):
 def val_folder(root: str) -> str:
     """The val split of a class tree with no val/ inside: a val/ beside it when the tree is a train/ folder."""
     if os.path.isdir(os.path.join(root, "train")):
-        raise NoValSplit(f"`data` {root}: train/ has no val/ beside it to score on (the training images would "
-                         "score themselves): add val/<class>/ images, or turn the kNN monitor off (`knn_every` -1)")
+        raise NoValSplit(f"`data` {root}: train/ has no val/ beside it to score on, nor test/ (the training images "
+                         "would score themselves): add val/<class>/ images, or turn the kNN monitor off (`knn_every` "
+                         "-1)")
     here = os.path.abspath(root)
     beside = os.path.join(os.path.dirname(here), "val")
     if os.path.basename(here) == "train" and os.path.isdir(beside):
@@ -287,7 +293,8 @@ def detect(path: str) -> tuple[str, str]:
         return "images", f"unlabelled images ({'nested' if nested else 'flat'}: label -1)"
     dirs = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
     if "train" in dirs and _has_image(os.path.join(path, "train")):
-        return "imagefolder", "an ImageNet layout (train/" + (" and val/" if "val" in dirs else "") + ")"
+        scored = next((f" and {d}/" for d in ("val", "test") if d in dirs), "")
+        return "imagefolder", f"an ImageNet layout (train/{scored})"
     classes = [d for d in dirs if _has_image(os.path.join(path, d))]
     if classes:
         return "imagefolder", f"a class-per-folder tree ({len(classes)} classes)"

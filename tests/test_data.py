@@ -196,6 +196,17 @@ def test_a_train_folder_without_val_is_never_scored_on_itself(tmp_path):
         open_source("imagefolder", str(tmp_path / "inet"), False)
 
 
+def test_a_train_folder_with_test_beside_it_scores_on_test(tmp_path):
+    """CIFAR-10's JPEG folders (train/ and test/, no val/): test/ is the split scored, in the same class order."""
+    write_jpegs([str(tmp_path / "c10" / s / c / f"{s}{i}.jpg") for s in ("train", "test") for c in ("cat", "dog")
+                 for i in range(2 if s == "train" else 1)])
+    assert recognise(None, str(tmp_path / "c10")) == ("imagefolder", f"an ImageNet layout (train/ and test/) in "
+                                                                     f"{tmp_path / 'c10'}")
+    scored = open_source("imagefolder", str(tmp_path / "c10"), False)
+    assert len(scored) == 2 and scored.classes == ["cat", "dog"]
+    assert all("/test/" in p for p in scored.files), scored.files[:2]
+
+
 @needs_fashion
 def test_prepare_and_the_evaluations_say_what_they_recognised(tmp_path, capsys):
     from eval.features import eval_sources
