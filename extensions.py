@@ -114,8 +114,11 @@ class SePPAddOn(AddOn):
         if args.loader == "synthetic":   # refused here, not after embedding the whole set
             raise UsageError("--sepp needs a loader that takes a sample order (torch, device, ffcv or dali), "
                              "not synthetic")
-        if args.loader == "ffcv":
-            args.ffcv_order = "ours"  # the pair plan is an index order
+        if args.loader == "ffcv":   # the pair plan is an index order: ours, never silently in place of another
+            if args.ffcv_order not in ("auto", "ours"):
+                raise UsageError(f"--sepp keeps each pair in one batch by its own sample order: --ffcv-order "
+                                 f"{args.ffcv_order} would replace it (drop it, or give --ffcv-order ours)")
+            args.ffcv_order = "ours"
         if args.loader == "dali" and args.dali_pipes > 1:   # checked here, not at the first refresh
             raise UsageError("--sepp with --loader dali runs one pipeline per GPU: drop --dali-pipes")
 

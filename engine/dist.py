@@ -63,10 +63,6 @@ def world() -> int:
     return dist.get_world_size() if active() else 1
 
 
-def is_main() -> bool:
-    return rank() == 0
-
-
 def barrier():
     if active():
         dist.barrier()

@@ -22,6 +22,7 @@ from engine import dist
 from engine.errors import parser_error_one_line
 from loaders.datasets import DEFAULT_RES
 from engine.errors import UsageError, cli_main
+from engine.precision import AMP_DTYPES, amp_dtype, default_amp
 from eval.classify import Classifier, Sgd, Standardize, TensorBatches, evaluate, fit
 from loaders.embed import Images, extract_sharded, feature_dim
 from eval.features import STEM_STRIDE_HELP, eval_sources, labelled_loader, load_run, scoring_loader
@@ -86,7 +87,8 @@ def build_parser(description=__doc__):
     p.add_argument("--aug", default="auto", help="training crops: rrc (random-resized) | crop (pad + crop, "
                    "small images) | none (default: rrc from 96 px, crop below)")
     p.add_argument("--random-init", action="store_true", help="also evaluate the same arch at random init")
-    p.add_argument("--amp", default=None, help="bf16 | fp16 | off (default: bf16 on GPU)")
+    p.add_argument("--amp", default=None, help="bf16 | fp16 | off (default: as train.py, bf16 on GPUs and on CPUs "
+                   "with native bf16, off elsewhere)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 2))
     p.add_argument("--n-test", type=int, default=0, help="score a fixed random subset of test images (0: all)")
@@ -108,10 +110,12 @@ def setup(a):
     train_src, test_src, norm = eval_sources(cfg, a.dataset, a.data)
     a.res = a.res or cfg["res"] or DEFAULT_RES.get(train_src.name, 224)
     a.aug = a.aug if a.aug != "auto" else ("rrc" if a.res >= 96 else "crop")
-    a.amp = a.amp or ("bf16" if device.type == "cuda" else "off")
-    if a.amp in ("bf16", "fp16") and device.type != "cuda":
-        raise UsageError(f"--amp {a.amp} needs a GPU; use --amp off on CPU")
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
+    a.amp = a.amp or default_amp(device.type)[0]   # train.py's rule: bf16 on GPUs and on CPUs with native bf16
+    if a.amp not in AMP_DTYPES:
+        raise UsageError(f"--amp {a.amp}: choose from {', '.join(AMP_DTYPES)}")
+    if a.amp == "fp16" and device.type != "cuda":
+        raise UsageError("--amp fp16 needs a GPU (fp16 + GradScaler); on CPU use --amp bf16 or off")
+    amp = amp_dtype(a.amp)
     a.test_idx = pick(a.n_test, len(test_src))   # the images eval.knn --n-test scores too
     return device, rank, world, cfg, train_src, test_src, norm, amp
 

@@ -64,12 +64,11 @@ def pair_order(neighbours: np.ndarray, seed: int, epoch: int):
 
 
 class PairPlan:
-    """Callable plan for the loaders (Loader.set_plan: it becomes their EpochOrder's plan): epoch -> order, and the
-    partner table of the last epoch planned."""
+    """Callable plan for the loaders (Loader.set_plan: it becomes their EpochOrder's plan): epoch -> order;
+    plan(epoch) -> (order, the partner table of that epoch)."""
 
     def __init__(self, neighbours: np.ndarray, seed: int):
         self.neighbours, self.seed = np.asarray(neighbours), seed
-        self.partner = np.full(len(self.neighbours), -1, np.int64)
         self._cache = {}
 
     def plan(self, epoch: int):
@@ -78,5 +77,4 @@ class PairPlan:
         return self._cache[epoch]
 
     def __call__(self, epoch: int) -> np.ndarray:
-        order, self.partner = self.plan(epoch)
-        return order
+        return self.plan(epoch)[0]

@@ -84,9 +84,12 @@ def keep_top(sims: torch.Tensor, ids: torch.Tensor, keep: float):
 class SePP(Extension):
     """SePP in the loop (engine/extension.py): a refresh at the start of the epochs it is due, the epoch's pair
     plan, each batch's positives, and the train bank's forward hooks."""
-    log_keys = ("loss_sepp",)
+    log_keys = ("sepp_paired", "loss_sepp")
 
     def __init__(self, args, loader, source, normalize, device, *, rank, world, model=None):
+        # sepp_paired: the batch's share with a positive, every method; loss_sepp: the term, where the method has
+        # one of its own (BYOL, SimSiam); SimCLR's and MoCo's positives are in their loss's mask
+        self.log_keys = ("sepp_paired",) + (("loss_sepp",) if getattr(model, "sepp_term", False) else ())
         if loader.order is not None and loader.order.n != len(source):
             raise UsageError(f"--sepp: the loader holds {loader.order.n} samples, the training set {len(source)}; "
                              "mining needs the same samples")
@@ -212,6 +215,10 @@ class SePP(Extension):
 
     def batch_loaded(self, batch):
         self.tag(batch)
+
+    def after_forward(self, batch, out: dict, it: int):
+        if batch.pos is not None:
+            out["sepp_paired"] = (batch.pos >= 0).float().mean()
 
     def start_epoch(self, epoch: int):
         self.partner = None

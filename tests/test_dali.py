@@ -300,10 +300,10 @@ def test_sample_plan_over_files_keeps_pairs_in_one_batch(tmp_path):
     loader.set_plan(plan)
     for epoch in range(2):
         loader.set_epoch(epoch)
-        seen = []
+        seen, partner = [], plan.plan(epoch)[1]
         for b in loader:
             ids = b.index.tolist()
-            assert all(plan.partner[i] in ids for i in ids if plan.partner[i] >= 0)
+            assert all(partner[i] in ids for i in ids if partner[i] >= 0)
             assert b.label.tolist() == [int(src.labels[i]) for i in ids]
             seen += ids
         assert sorted(seen) == list(range(32)) and len(loader) == 4

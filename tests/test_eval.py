@@ -112,6 +112,8 @@ def test_eval_commands_on_a_tiny_run(tiny_run, tmp_path):
                          (["-m", "eval.knn", "--checkpoint", ck, "--k", "x"], "comma-separated integers"),
                          (["-m", "eval.semisup", "--checkpoint", ck, "--fraction", "2"], "must be in (0, 1]"),
                          (["-m", "eval.linear", "--checkpoint", ck, "--mode", "nope"], "--mode nope"),
+                         (["-m", "eval.linear", "--checkpoint", ck, "--amp", "fp16", "--device", "cpu"],
+                          "--amp fp16 needs a GPU"),
                          (["-m", "eval.plot", str(tmp_path / "none")], "no such run folder"),
                          (["-m", "eval.bench", "--loader", "nope"], "--loader nope: unknown")]:
         r = run_here(args)
@@ -125,7 +127,8 @@ def test_knn_and_linear_probe_score_the_same_test_images(tiny_run, tmp_path):
     from eval.subset import digest, pick
     ck, got = str(tiny_run / "last.pt"), {}
     for name, args in [("knn", ["-m", "eval.knn", "--n-train", "2000"]),
-                       ("linear", ["-m", "eval.linear", "--epochs", "1", "--n-train", "2000", "--seed", "5"])]:
+                       ("linear", ["-m", "eval.linear", "--epochs", "1", "--n-train", "2000", "--seed", "5",
+                                   "--amp", "bf16"])]:   # bf16 on a CPU, as train.py allows (issue 47)
         r = run_here(args + ["--checkpoint", ck, "--n-test", "300", "--workers", "1", "--no-progress",
                         "--json", str(tmp_path / f"{name}.json")])
         assert r.returncode == 0, r.stderr[-2000:]

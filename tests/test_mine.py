@@ -131,6 +131,9 @@ def test_each_method_trains_with_mined_pairs_and_other_samples_are_refused(encod
         assert all(math.isfinite(float(x["loss"])) for x in rows)
         if method in ("byol", "simsiam"):   # their SePP term is logged: the pairs reached the step
             assert all(x["loss_sepp"] != "" and math.isfinite(float(x["loss_sepp"])) for x in rows)
+        else:   # SimCLR and MoCo: positives in the loss's mask, no term of their own: no empty loss_sepp column
+            assert "loss_sepp" not in rows[0], rows[0]
+        assert all(0 < float(x["sepp_paired"]) <= 1 for x in rows), rows[:2]   # the pairs reached every step
     r = run_here(["train.py", *TINY, "--subset", "256", "--seed", "1", "--epochs", "1", "--batch-size", "64",
                   "--sepp-pairs", str(d / "pairs.pt"), "--out", str(tmp_path / "x")])
     lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]

@@ -199,3 +199,19 @@ def test_a_toy_extension_joins_the_loop_without_touching_it(tmp_path, monkeypatc
     assert toy.events == [("epoch", 0)] + [("batch", 64)] * 4 + [("epoch", 1)] + [("batch", 64)] * 4
     rows = read_csv(tmp_path / "train.csv")
     assert rows and all(float(x["loss_toy"]) == 1.5 for x in rows), rows[:2]
+
+
+def test_sepp_refuses_an_ffcv_order_that_would_replace_its_pairs():
+    """SePP keeps each pair in one batch through its own sample order: with --loader ffcv it takes --ffcv-order
+    auto as ours, and refuses an order given explicitly that would silently replace it (issue 47 item 3)."""
+    import extensions
+    import flags
+    from engine.errors import UsageError
+    p = flags.build_parser()
+    args = p.parse_args(["--sepp", "--loader", "ffcv", "--ffcv-order", "random"])
+    with pytest.raises(UsageError, match="--ffcv-order random would replace it"):
+        extensions.check(args)
+    for given in ("auto", "ours"):
+        args = p.parse_args(["--sepp", "--loader", "ffcv", "--ffcv-order", given])
+        extensions.check(args)
+        assert args.ffcv_order == "ours"

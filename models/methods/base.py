@@ -23,6 +23,7 @@ class Method(nn.Module):
     sync_bn = False        # convert BN to SyncBatchNorm under multi-GPU DDP (global-batch statistics)
     momentum_encoder = False
     recipe = "simclr"      # augmentation recipe (loaders/augment.py RECIPES)
+    sepp_term = False      # SePP's positives as a loss term of their own (out["loss_sepp"]), not a positive mask
 
     def __init__(self, arch="resnet18", small_stem=False, stem_stride=1, width=64, bsim_weight=1.0, sepp_weight=1.0,
                  **_):
@@ -99,10 +100,6 @@ class Method(nn.Module):
 
     def after_loss(self, e, ids: torch.Tensor):
         """State kept from the step (MoCo's queue); nothing by default."""
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features for evaluation (kNN, linear probe)."""
-        return self.backbone(x)
 
 
 def fp32(device_type: str):

@@ -7,6 +7,8 @@ from models.methods.base import Method, mix_regression, regression_loss
 
 
 class SimSiam(Method):
+    sepp_term = True
+
     def __init__(self, proj_hidden=2048, proj_dim=2048, pred_hidden=512, **kw):
         super().__init__(**kw)
         self.projector = mlp(self.feat_dim, proj_hidden, proj_dim, 3, last_bn=True)
