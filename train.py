@@ -148,6 +148,7 @@ class Run:
     wait: float = 0.0
     last_epoch_s: float = 0.0
     final_knn_s: float = 0.0                   # the last kNN monitor's time (outside a --time-limit)
+    clock: float | None = None                 # perf_counter at this process's first step (knn.csv's minutes)
     epoch_loss: object = 0.0                   # a device tensor during an epoch (no sync)
     epoch_good: object = 0
 
@@ -267,7 +268,7 @@ def knn_at_random_init(r: Run):
     r.model.load_state_dict(cur)
     if r.main_rank:
         print(f"kNN random init: {r.acc0:.2f}%", flush=True)
-    r.log.write("knn", {"epoch": 0, "knn_top1": r.acc0, "what": "random-init"}, 0)
+    r.log.write("knn", {"epoch": 0, "knn_top1": r.acc0, "what": "random-init", "minutes": 0.0}, 0)
 
 
 def begin_epoch(r: Run, epoch: int) -> int:
@@ -373,6 +374,7 @@ def run_epoch(r: Run, epoch: int):
         r.wait += time.perf_counter() - t_wait
         r.images += batch.size * world
         step = epoch * r.steps_per_epoch + it
+        r.clock = time.perf_counter() if r.clock is None else r.clock
         if r.plan is not None:
             r.plan.started(step)
         loss, out = train_step(r, batch, step)
@@ -408,7 +410,9 @@ def end_epoch(r: Run, epoch: int) -> dict:
     if r.test_src is not None and (last or (args.knn_every and (epoch + 1) % args.knn_every == 0)):
         t = time.perf_counter()
         row["knn_top1"] = knn_monitor(r.model, args, r.device, train_src=r.train_src, test_src=r.test_src, norm=r.norm)
-        r.log.write("knn", {"epoch": epoch + 1, "knn_top1": row["knn_top1"], "what": "trained"}, epoch + 1)
+        minutes = (r.plan.used() if r.plan else time.perf_counter() - r.clock) / 60   # from the first step
+        r.log.write("knn", {"epoch": epoch + 1, "knn_top1": row["knn_top1"], "what": "trained",
+                            "minutes": round(minutes, 3)}, epoch + 1)
         r.final_knn_s = time.perf_counter() - t if last else 0.0
     if r.plan is not None and not last:   # the monitor's and the checkpoint's time measured: plan again
         replan(r, (epoch + 1) * r.steps_per_epoch)

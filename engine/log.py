@@ -24,8 +24,12 @@ class RunLog:
         path = os.path.join(self.out, f"{kind}.csv")
         if kind not in self.files:
             new = not os.path.exists(path) or os.path.getsize(path) == 0
+            header = list(row)
+            if not new:   # a resumed run goes on under the file's own header (one written by an older version too)
+                with open(path, newline="") as old:
+                    header = next(csv.reader(old), None) or header
             f = open(path, "a", newline="")
-            w = csv.DictWriter(f, fieldnames=list(row))
+            w = csv.DictWriter(f, fieldnames=header, extrasaction="ignore", restval="")
             if new:
                 w.writeheader()
             self.files[kind] = (f, w)

@@ -57,6 +57,8 @@ def test_a_run_with_a_time_limit_plans_its_steps_and_ends_with_a_checkpoint_and_
     assert state["plan"]["lr"][-1] < 0.05 * peak or not planned   # planned to end: the cosine (nearly) at zero
     logged = read_csv(out / "train.csv")
     assert int(logged[-1]["step"]) == steps - 1   # the last step trained is the plan's last
+    knn = read_csv(out / "knn.csv")[-1]   # the final kNN, with the training minutes it took to get there
+    assert float(knn["minutes"]) == pytest.approx(summary["train_s"] / 60, abs=0.5)
 
 
 def test_a_stopped_time_limited_run_resumes_with_its_plan_and_the_time_left(tmp_path):
