@@ -71,15 +71,16 @@ class StopSignals:
         self.got = signal.Signals(signum).name
 
 
-def save_checkpoint(path, step, args, cfg, epoch, *, batch=0, ranks=None, plan=None):
+def save_checkpoint(path, step, args, cfg, epoch, *, batch=0, ranks=None, plan=None, extensions=()):
     """Atomic, keeping the previous one. epoch: epochs done; batch > 0: that many batches of the next epoch
     done too, with every rank's RNG state and partial loss (`ranks`) to go on exactly there. plan: a
-    --time-limit run's TimePlan, saved with the schedules it planned."""
+    --time-limit run's TimePlan, saved with the schedules it planned; extensions: the add-ons, each its own state."""
     if not all_finite(step.model):   # only without the guard (--nonfinite-limit 0)
         raise UsageError(f"the weights are not finite at epoch {epoch + 1}: no checkpoint written "
                          f"({path} keeps the previous one); lower --lr, or try --amp off")
     state = step.state_dict() | {"epoch": epoch, "batch": batch, "ranks": ranks, "method": args.method,
-                                 "rng": ckpt.rng_state(), "config": cfg}
+                                 "rng": ckpt.rng_state(), "config": cfg,
+                                 "extensions": {type(e).__name__: e.state_dict() for e in extensions}}
     if plan is not None:
         state["plan"] = plan.state_dict() | {"lr": step.lr, "momentum": step.momentum}
     ckpt.save_keeping_previous(state, path)
@@ -242,6 +243,11 @@ def resume(r: Run):
         if r.main_rank:
             print(f"note: {note}", flush=True)
     ckpt.set_rng_state(state["rng"])
+    saved = state.get("extensions")   # None: a checkpoint from before the add-ons saved their state
+    for e in r.extensions:
+        note = e.load_state_dict(None if saved is None else saved.get(type(e).__name__, {}))
+        if note and r.main_rank:
+            print(f"note: {note}", flush=True)
     if r.plan is not None and state.get("plan"):   # the schedules as planned, the time already used
         r.plan.load_state_dict(state["plan"])
         r.step.lr, r.step.momentum = state["plan"]["lr"], state["plan"]["momentum"]
@@ -356,7 +362,8 @@ def mid_epoch_checkpoint(r: Run, epoch: int, done: int):
     """`done` batches of `epoch` trained: every rank's RNG state and partial loss go in with the weights."""
     ranks = dist.gather_objects({"rng": ckpt.rng_state(), "loss_sum": float(r.epoch_loss), "good": int(r.epoch_good)})
     if r.main_rank:
-        save_checkpoint(r.ckpt_path, r.step, r.args, r.cfg, epoch=epoch, batch=done, ranks=ranks, plan=r.plan)
+        save_checkpoint(r.ckpt_path, r.step, r.args, r.cfg, epoch=epoch, batch=done, ranks=ranks, plan=r.plan,
+                        extensions=r.extensions)
     r.last_ckpt = time.monotonic()
 
 
@@ -403,7 +410,7 @@ def end_epoch(r: Run, epoch: int) -> dict:
     args = r.args
     mean_loss = dist.all_reduce_mean(r.epoch_loss / max(1, r.epoch_good)).item()
     if r.main_rank:
-        save_checkpoint(r.ckpt_path, r.step, args, r.cfg, epoch=epoch + 1, plan=r.plan)
+        save_checkpoint(r.ckpt_path, r.step, args, r.cfg, epoch=epoch + 1, plan=r.plan, extensions=r.extensions)
     r.last_ckpt = time.monotonic()
     row = {"epoch": epoch + 1, "loss": mean_loss, "knn_top1": ""}
     last = epoch + 1 >= args.epochs

@@ -12,8 +12,18 @@ class Extension:
     before_forward(batch, it)      inside the step, before the forward (engine/step.py)
     after_forward(batch, out, it)  inside the step, after the forward; it may change out['loss']
     log_keys                       loss terms of the forward's output that the training log carries
+    state_dict() / load_state_dict(state)   what the extension keeps between steps (SePP: its pairs, its bank, the
+                                   epoch of its last refresh), saved in every checkpoint under the class's name;
+                                   load_state_dict gets None from a checkpoint without it and returns a note
+                                   saying what is rebuilt (or None)
     """
     log_keys: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict | None) -> str | None:
+        return None
 
     def epoch_start(self, run, epoch: int):
         pass

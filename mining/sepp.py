@@ -99,6 +99,7 @@ class SePP(Extension):
         self.args, self.loader, self.source, self.normalize = args, loader, source, normalize
         self.device, self.rank, self.world = device, rank, world
         self.plan, self.partner = None, None
+        self.refreshed = None   # the epoch of the last refresh (a resumed epoch is not refreshed again)
         self.encoder = None
         if args.sepp_encoder:   # fixed: embedded once, at the start of the run (mining/encoders.py: its forms)
             from mining.encoders import load_encoder
@@ -156,7 +157,7 @@ class SePP(Extension):
 
     def due(self, epoch: int) -> bool:
         a = self.args
-        if self.fixed:
+        if self.fixed or self.refreshed == epoch:
             return False
         if self.encoder is not None:   # a fixed encoder: mined at the start (no warm-up to wait for), never again
             return self.plan is None
@@ -187,7 +188,7 @@ class SePP(Extension):
         if ids.is_cuda:   # the kernels run asynchronously: wait for them before reading the clock
             torch.cuda.synchronize(ids.device)
         search_s = time.perf_counter() - t1
-        self.plan = PairPlan(ids.cpu().numpy(), a.seed)
+        self.plan, self.refreshed = PairPlan(ids.cpu().numpy(), a.seed), epoch
         attach(self.loader, self.plan)
         got, agree = label_agreement(np.asarray(self.source.labels), self.plan.plan(epoch)[1])
         valid = (ids >= 0).float().mean().item()
@@ -215,6 +216,29 @@ class SePP(Extension):
 
     def batch_loaded(self, batch):
         self.tag(batch)
+
+    def state_dict(self) -> dict:
+        """The pairs (their neighbour table: the plan of every epoch follows from it and the seed), the epoch they
+        were mined at, and a --sepp-bank train bank. A pairs file's plan is the file's: not saved."""
+        tb = self.train_bank
+        return {"refreshed": self.refreshed,
+                "neighbours": None if self.plan is None or self.fixed else torch.as_tensor(self.plan.neighbours),
+                "train_bank": None if tb is None or tb.bank is None else {"bank": tb.bank.cpu(),
+                                                                         "filled": tb.filled.cpu()}}
+
+    def load_state_dict(self, state: dict | None) -> str | None:
+        if state is None:
+            return ("the checkpoint holds no SePP state (written before SePP saved it): its bank and pairs are mined "
+                    "again at the next epoch's start, from the weights there")
+        if not state:   # the checkpoint's run had no SePP: mined when due, as a fresh run
+            return None
+        if state["neighbours"] is not None:
+            self.plan, self.refreshed = PairPlan(state["neighbours"].numpy(), self.args.seed), state["refreshed"]
+            attach(self.loader, self.plan)
+        if state["train_bank"] is not None and self.train_bank is not None:
+            self.train_bank.bank = state["train_bank"]["bank"].to(self.device)
+            self.train_bank.filled = state["train_bank"]["filled"].to(self.device)
+        return None
 
     def after_forward(self, batch, out: dict, it: int):
         if batch.pos is not None:
