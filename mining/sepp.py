@@ -150,6 +150,8 @@ class SePP(Extension):
     def after_forward(self, batch, out, it):
         if self.train_bank is not None:
             self.train_bank.after_forward(batch, out, it)
+        if batch.pos is not None:   # the batch's share with a semantic positive (logged for every method)
+            out["sepp_paired"] = (batch.pos >= 0).float().mean()
 
     def space(self, backbone, projector):
         """The network whose L2-normalised output is the bank: the backbone, or backbone + projector."""
@@ -239,10 +241,6 @@ class SePP(Extension):
             self.train_bank.bank = state["train_bank"]["bank"].to(self.device)
             self.train_bank.filled = state["train_bank"]["filled"].to(self.device)
         return None
-
-    def after_forward(self, batch, out: dict, it: int):
-        if batch.pos is not None:
-            out["sepp_paired"] = (batch.pos >= 0).float().mean()
 
     def start_epoch(self, epoch: int):
         self.partner = None
