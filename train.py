@@ -392,7 +392,7 @@ def run_epoch(r: Run, epoch: int):
         if it % args.log_every == 0 or it == r.steps_per_epoch - 1 or end:
             due = log_step(r, epoch, it, step, loss=loss, out=out, bar=bar)
         bar.update(1)
-        if end or (r.plan is not None and step + 1 >= r.plan.total):   # the time limit's last step: end_epoch ends the run
+        if r.plan is not None and step + 1 >= r.plan.total:   # the plan's last step (log_step may have moved it)
             break
         if (r.stopping or due) and it + 1 < r.steps_per_epoch:   # mid-epoch (the epoch's end writes its own)
             mid_epoch_checkpoint(r, epoch, it + 1)
@@ -417,7 +417,8 @@ def end_epoch(r: Run, epoch: int) -> dict:
     if r.test_src is not None and (last or (args.knn_every and (epoch + 1) % args.knn_every == 0)):
         t = time.perf_counter()
         row["knn_top1"] = knn_monitor(r.model, args, r.device, train_src=r.train_src, test_src=r.test_src, norm=r.norm)
-        minutes = (r.plan.used() if r.plan else time.perf_counter() - r.clock) / 60   # from the first step
+        since = r.plan.used() if r.plan else time.perf_counter() - (r.clock or time.perf_counter())
+        minutes = since / 60   # from this run's first step
         r.log.write("knn", {"epoch": epoch + 1, "knn_top1": row["knn_top1"], "what": "trained",
                             "minutes": round(minutes, 3)}, epoch + 1)
         r.final_knn_s = time.perf_counter() - t if last else 0.0
