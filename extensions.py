@@ -1,7 +1,7 @@
 """The add-ons of train.py, the one place that names them, beside flags.py at the top layer. Each add-on owns
-its flags (add_flags, a group of train.py's --help), their checks (check, once the flags are resolved), what it
-asks of the loader (loader_options) and the extension it binds to the loop's events (build, engine/extension.py).
-A new add-on is one class here and its entry in ADDONS: flags.py, train.py and the loaders do not change."""
+its flags (add_flags, a group of train.py's --help), their checks (check, once the flags are resolved) and the
+extension it binds to the loop's events (build, engine/extension.py), whose state checkpoints keep. A new add-on is
+one class here and its entry in ADDONS: flags.py, train.py, the loaders and the methods do not change."""
 from __future__ import annotations
 
 import argparse
@@ -14,16 +14,13 @@ from engine.extension import Extension
 class AddOn:
     """What flags.py and train.py know of an add-on: every method is a no-op unless the add-on says otherwise."""
     title = ""
+    needs_run = False   # build reads the run (its loader, its data): False where the flags and the model suffice
 
     def add_flags(self, a):
         """a: add_argument of this add-on's group of train.py's parser."""
 
     def check(self, args):
         """args: the resolved flags; a bad value is a UsageError (one line); may set values the add-on implies."""
-
-    def loader_options(self, args) -> dict:
-        """LoaderOptions fields this add-on sets (loaders/__init__.py)."""
-        return {}
 
     def build(self, args, run, model) -> Extension | None:
         """The run's extension (None: the add-on is off)."""
@@ -50,19 +47,16 @@ class BSIMAddOn(AddOn):
         if args.bsim_alpha <= 0:
             raise UsageError(f"--bsim-alpha {args.bsim_alpha}: must be > 0")
 
-    def loader_options(self, args) -> dict:
-        from loaders.mix import MixSpec
-        return {"mix": MixSpec(args.bsim_mode, args.bsim_alpha)} if getattr(args, "bsim", False) else {}
-
     def build(self, args, run, model):
         if not args.bsim:
             return None
-        from loaders.mix import BSIM
-        return BSIM()
+        from loaders.mix import BSIM, MixSpec
+        return BSIM(MixSpec(args.bsim_mode, args.bsim_alpha), args.bsim_weight)
 
 
 class SePPAddOn(AddOn):
     title = "semantic positive pairs, SePP (docs/ADDONS.md)"
+    needs_run = True
 
     def add_flags(self, a):
         a("--sepp", action="store_true", help="semantic positive pairs: mined nearest neighbours become positives")
@@ -177,16 +171,11 @@ def check(args):
         addon.check(args)
 
 
-def loader_options(args) -> dict:
-    """The LoaderOptions fields the run's add-ons set (BSIM: the mixtures)."""
-    out = {}
-    for addon in ADDONS:
-        mine = addon.loader_options(args)
-        if set(mine) & set(out):
-            raise ValueError(f"{type(addon).__name__} sets loader options another add-on sets: {set(mine) & set(out)}")
-        out |= mine
-    return out
-
-
 def build_extensions(args, run, model) -> list[Extension]:
     return [e for e in (a.build(args, run, model) for a in ADDONS) if e is not None]
+
+
+def step_extensions(args, model) -> list[Extension]:
+    """The extensions that need no run, for a step built outside train.py (the benches, the device checks):
+    BSIM's, where --bsim is on."""
+    return [e for e in (a.build(args, None, model) for a in ADDONS if not a.needs_run) if e is not None]

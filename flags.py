@@ -238,9 +238,9 @@ def resolve_data(args):
 
 
 def loader_options(args, batch_size: int, **override):
-    """The LoaderOptions of the flags `args`, with what the run's add-ons set (BSIM's mixtures); override wins."""
+    """The LoaderOptions of the flags `args`; override wins."""
     from loaders import LoaderOptions
-    return LoaderOptions.from_args(args, batch_size, **(extensions.loader_options(args) | override))
+    return LoaderOptions.from_args(args, batch_size, **override)
 
 
 def resolve_device(args) -> torch.device:

@@ -4,7 +4,7 @@
     loss, out = step(batch, it)                            # it: the global iteration (indexes the schedules)
 
 One call: the iteration's learning rate and momentum from per-iteration schedules (DINO's arrays), the
-extensions' before_forward, the forward under autocast, their after_forward (which may add loss terms), backward
+extensions' before_forward, the forward under autocast (with the extensions' loss terms), their after_forward (which may add loss terms), backward
 through the fp16 GradScaler where it is on, the optimizer step, the momentum encoder's update, and the
 non-finite guard around all of it (engine/guard.py). Nothing in it waits for the device: tests/test_device_check.py
 runs it on a fake CUDA device and fails on any sync.
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from engine.extension import adds_terms
 from engine.guard import NonFiniteGuard
 from engine.optim import build_optimizer, compile_update, lr_as_tensors
 from engine.precision import amp_dtype, grad_scaler, load_scaler_state
@@ -28,13 +29,14 @@ class Step:
         """model: the method (its forward(batch) -> dict with 'loss'); net: what runs the forward (a DDP wrapper
         of model), model itself by default; lr / momentum: per-iteration arrays (None: left as they are);
         hooks: objects with before_forward(batch, it) and/or after_forward(batch, out, it) (which may change
-        out['loss'])."""
+        out['loss']); the extensions among them that bring loss terms (engine/extension.py) go into the forward."""
         self.model, self.opt, self.net = model, optimizer, net or model
         device = next(model.parameters()).device
         self.device_type, self.amp, self.dtype = device.type, amp, amp_dtype(amp)
         self.scaler = grad_scaler(device.type, amp)
         self.guard = NonFiniteGuard(model, optimizer, nonfinite_limit, device)
         self.lr, self.momentum, self.hooks = lr, momentum, list(hooks)
+        self.terms = [h for h in self.hooks if adds_terms(h)]
 
     def __call__(self, batch, it: int = 0):
         """One update from `batch` at global iteration `it`. -> (loss tensor, the forward's output dict)."""
@@ -49,7 +51,7 @@ class Step:
             getattr(h, "before_forward", _nothing)(batch, it)
         self.guard.before()
         with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
-            out = self.net(batch)
+            out = self.net(batch, self.terms) if self.terms else self.net(batch)
         for h in self.hooks:
             getattr(h, "after_forward", _nothing)(batch, out, it)
         loss = out["loss"]

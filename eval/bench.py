@@ -11,7 +11,8 @@ data-wait fraction and peak GPU / host memory, measured in one run so that the r
 decoded whole by as many processes as the loaders have workers (eval/baselines.py). --loader-only times each
 loader alone and skips the end-to-end windows. Images/s counts source images; each one is V (=2) augmented views.
 Variant sepp: the loader follows a SePP pair plan (random pairs: the cost does not depend on who is paired)
-and the step computes the semantic-positive term; bsim: the loader mixes, the step adds the mixture term.
+and the step computes the semantic-positive term; bsim: the step mixes and adds the mixture term
+(BSIM's extension).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import flags
 from engine.errors import parser_error_one_line
 from engine.errors import UsageError, cli_main
 from engine.step import build_step
+from extensions import step_extensions
 from eval.baselines import TVPIL, decode_ceiling
 from loaders import build_loader
 from loaders.augment import RECIPES
@@ -167,7 +169,6 @@ def build(a, t, name, source, *, device, recipe, res, variant):
     if name == "tvpil":
         return TVPIL(source, res, batch=t.batch_size, workers=t.workers, device=device)
     loader = "dali" if name in ("dali-roi", "dali-device") else name
-    # t.bsim is the variant's (bench_config): the BSIM add-on gives the loader its mixtures
     opts = flags.loader_options(t, t.batch_size, name=loader, res=res, seed=0,
                                 ffcv_order="ours" if sepp and name == "ffcv" else t.ffcv_order,
                                 dali_roi=name == "dali-roi" or t.dali_roi,   # dali-device: DALI crops only
@@ -212,8 +213,9 @@ def measure(a, ld, device, step):
 
 def make_step(t, model, steps_per_epoch: int):
     """train.py's step (engine/step.py) for the flags `t`: its optimizer, precision, schedules from the first
-    iteration, momentum update and non-finite guard (--nonfinite-limit 0: none), and --compile."""
-    step = build_step(t, model, steps_per_epoch)
+    iteration, momentum update and non-finite guard (--nonfinite-limit 0: none), --compile, and BSIM's mixtures
+    and term where the variant has them."""
+    step = build_step(t, model, steps_per_epoch, hooks=step_extensions(t, model))   # --bsim: BSIM's extension
     it = iter(range(10 ** 9))
     return lambda batch: step(batch, next(it) % len(step.lr))
 

@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.errors import DataError, UsageError
 from loaders.augment import DeviceAugment
-from loaders.mix import MixSpec
 
 LOADERS = ("torch", "device", "synthetic", "ffcv", "dali")
 
@@ -38,7 +37,6 @@ class LoaderOptions:
     workers: int = 4
     channels_last: bool = False
     amp: str = "off"                        # the step's precision (dali: fp16 views under autocast, else fp32)
-    mix: MixSpec | None = None              # BSIM mixtures, made on the device after the loader
     compile_augment: bool = False
     drop_last: bool = True
     res_at: Callable[[int], int] | None = None   # progressive resolution (ffcv): epoch -> crop size
@@ -58,8 +56,7 @@ class LoaderOptions:
 
     @classmethod
     def from_args(cls, args, batch_size: int, **override) -> "LoaderOptions":
-        """The options that the values in `args` (an argparse namespace) name; `override` wins, and brings what
-        no namespace holds (BSIM's mix)."""
+        """The options that the values in `args` (an argparse namespace) name; `override` wins."""
         kw = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
         kw.update(name=args.loader, batch_size=batch_size)
         if "res_at" not in override and getattr(args, "min_res", 0):
@@ -72,7 +69,7 @@ def build_loader(opts: LoaderOptions, source, recipe, device, rank=0, world=1):
     """The loader opts.name over `source` (ffcv: the .beton opts.beton, whose rows `source` is: a BetonSource of
     it, a Subset of one, or a source with the same samples)."""
     name = opts.name
-    aug = DeviceAugment(recipe, source.mean, source.std, channels_last=opts.channels_last, mix=opts.mix,
+    aug = DeviceAugment(recipe, source.mean, source.std, channels_last=opts.channels_last,
                         compile=opts.compile_augment, device=device)
     if opts.res_at is not None and name != "ffcv":
         raise UsageError(f"progressive resolution (`min_res`) needs `loader` ffcv, not {name}")

@@ -281,9 +281,9 @@ class DeviceAugment:
     come from the (seed, epoch, sample, view) stream (keyed_params). On a GPU the batch path runs (branchless);
     on a CPU the per-sample path (loaders/augment_cpu.py, only the ops drawn), the same pixels either way."""
 
-    def __init__(self, recipe, mean, std, channels_last: bool = False, mix=None, *, compile: bool | str = False,
+    def __init__(self, recipe, mean, std, channels_last: bool = False, *, compile: bool | str = False,
                  device=None, seed: int = 0):
-        self.recipe, self.mix, self.seed = tuple(recipe), mix, seed   # mix: loaders.mix.MixSpec for BSIM, or None
+        self.recipe, self.seed = tuple(recipe), seed
         # compile: torch.compile fuses the many elementwise passes (jitter evaluates its 4 ops at each of its 4
         # random-order slots) into a few kernels; same math, for GPU runs (a string: the compile backend)
         self.compiled = bool(compile)
@@ -329,14 +329,10 @@ class DeviceAugment:
         return self.finish(views, raw.index, raw.label)
 
     def finish(self, views: torch.Tensor, index: torch.Tensor, label: torch.Tensor) -> Batch:
-        """Augmented, normalized views [V, B, 3, H, W] -> Batch: the run's memory format, and BSIM's mixtures."""
+        """Augmented, normalized views [V, B, 3, H, W] -> Batch, in the run's memory format."""
         if not views[0].is_contiguous(memory_format=self.memory_format):   # a worker's [B, V, H, W, C]
             views = torch.stack([v.contiguous(memory_format=self.memory_format) for v in views])
-        batch = Batch(views=views, index=index, label=label)
-        if self.mix is not None:
-            from loaders.mix import make_mix
-            batch.mix = make_mix(views[0], self.mix)
-        return batch
+        return Batch(views=views, index=index, label=label)
 
     def plain(self, u8: torch.Tensor) -> torch.Tensor:
         """No augmentation (evaluation): uint8 [B, C, H, W] -> normalized float [B, 3, H, W]."""

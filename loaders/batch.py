@@ -5,8 +5,8 @@ Shapes and dtypes, declared once like an FFCV operation's output:
                                 when the run uses it); float32, or float16 from DALI on a GPU under autocast
   index  int64 [B]              real sample indices into the training set (never fakes: SePP needs them)
   label  int64 [B]              class labels, -1 where the dataset has none
-  mix    Mix | None             BSIM mixtures (loaders/mix.py), made on the device from views[0]
-  pos    int64 [B] | None       SePP: the sample id (an index value) of each sample's mined positive, -1 for none
+  pos    int64 [B] | None       an extra positive per sample (SePP's mined one): a sample id (an index value), -1
+                                for none; every method's loss accepts it (models/methods/base.py)
 """
 from __future__ import annotations
 
@@ -21,18 +21,10 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Mix:
-    images: torch.Tensor   # float [B, C, H, W]: lam * x_i + (1 - lam) * x_partner (or a cutmix paste)
-    partner: torch.Tensor  # int64 [B]: in-batch index j of the second source, never i itself
-    lam: torch.Tensor      # float32 [B]: weight of the first source (for cutmix: the area actually kept)
-
-
-@dataclass
 class Batch:
     views: torch.Tensor
     index: torch.Tensor
     label: torch.Tensor
-    mix: Mix | None = None
     pos: torch.Tensor | None = None
 
     @property

@@ -194,20 +194,20 @@ class DALILoader:
             import nvidia.dali  # noqa: F401
         except ImportError:
             raise UsageError("`loader` dali: nvidia-dali is not installed (pip install nvidia-dali-cuda130)")
-        res, batch_size, seed, workers, mix = opts.res, opts.batch_size, opts.seed, opts.workers, opts.mix
+        res, batch_size, seed, workers = opts.res, opts.batch_size, opts.seed, opts.workers
         channels_last, drop_last, skip_files = opts.channels_last, opts.drop_last, opts.skip_files
         roi, hw_load, branchless = opts.dali_roi, opts.dali_hw_load, opts.dali_branchless
         pipes, concurrent = opts.dali_pipes, opts.dali_concurrent
         self.amp = opts.amp
         self.source, self.res, self.recipe, self.batch = source, res, tuple(recipe), batch_size
         self.device, self.rank, self.world, self.seed = torch.device(device), rank, world, seed
-        self.workers, self.channels_last, self.mix = max(1, workers), channels_last, mix
+        self.workers, self.channels_last = max(1, workers), channels_last
         self.prefetch = opts.dali_prefetch
         self.drop_last, self.roi, self.hw_load, self.branchless = drop_last, roi, hw_load, branchless
         check_options(hw_load, pipes, opts.dali_augment, batch_size)
         self.pipes, self.concurrent = pipes, concurrent
         # augment (a loaders.augment.DeviceAugment): DALI decodes and crops, the shared device stage does the
-        # rest (flip, colour, blur, solarize, normalize, BSIM mixtures) as for the torch and ffcv back ends
+        # rest (flip, colour, blur, solarize, normalize) as for the torch and ffcv back ends
         self.augment = augment
         self.cpu = self.device.type != "cuda"
         self.mean, self.std = source.mean, source.std
@@ -402,11 +402,7 @@ class DALILoader:
             views = views.permute(0, 1, 4, 2, 3)
         if self.cpu:
             views = views.float()
-        batch = Batch(views=views, index=index, label=self.labels[index])
-        if self.mix is not None:
-            from loaders.mix import make_mix
-            batch.mix = make_mix(views[0], self.mix)
-        return batch
+        return Batch(views=views, index=index, label=self.labels[index])
 
 
 def _stack(pieces):

@@ -1,4 +1,5 @@
-"""BSIM mixture views, made on the device from views already decoded (no extra decode).
+"""BSIM mixture views, made on the device from views already decoded (no extra decode), and BSIM's extension:
+all of BSIM's work in the loop (the loaders and the methods name it nowhere).
 
 BSIM ("Beyond Single Instance Multi-view", arXiv 2011.13356) mixes two instances x_i, x_j into m and asks
 the mixture to be jointly similar to both sources, weighted by the mixing ratio. Only the abstract is
@@ -17,9 +18,15 @@ from dataclasses import dataclass
 import torch
 
 from engine.extension import Extension
-from loaders.batch import Mix
 
 MODES = ("mixup", "cutmix", "both")
+
+
+@dataclass
+class Mix:
+    images: torch.Tensor   # float [B, C, H, W]: lam * x_i + (1 - lam) * x_partner (or a cutmix paste)
+    partner: torch.Tensor  # int64 [B]: in-batch index j of the second source, never i itself
+    lam: torch.Tensor      # float32 [B]: weight of the first source (for cutmix: the area actually kept)
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,20 @@ def make_mix(x: torch.Tensor, spec: MixSpec, lam: torch.Tensor | None = None,
 
 
 class BSIM(Extension):
-    """BSIM in the loop: the loader's device stage makes the mixtures (MixSpec) and the method adds their term
-    (Batch.mix); the training log carries that term."""
+    """BSIM in the loop: before each forward, the mixtures of the batch's first views (make_mix, on the device,
+    from the global random stream that checkpoints save); inside the forward, their online embeddings and the
+    method's mix_term, weighted: total = L_method + weight * L_mix. The training log carries L_mix."""
     log_keys = ("loss_mix",)
+
+    def __init__(self, spec: MixSpec, weight: float = 1.0):
+        self.spec, self.weight = spec, weight
+        self.mix: Mix | None = None   # the current step's mixtures
+
+    def before_forward(self, batch, it: int):
+        self.mix = make_mix(batch.views[0], self.spec)
+
+    def embed(self, method, batch):
+        return method.online(self.mix.images)
+
+    def terms(self, method, e, em, batch) -> dict:
+        return {"loss_mix": (method.mix_term(e, em, batch.index, self.mix), self.weight)}

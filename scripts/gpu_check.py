@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flags  # noqa: E402
 from engine.step import build_step  # noqa: E402
+from extensions import step_extensions  # noqa: E402
 from loaders import build_loader  # noqa: E402
 from loaders.augment import RECIPES  # noqa: E402
 from loaders.batch import Batch  # noqa: E402
@@ -78,7 +79,8 @@ def train_args(a, argv, trace=False):
 
 def model_and_step(t, dev, steps_per_epoch=100, tiny=False):
     model = build_model_from_config(vars(t)).to(dev).to(memory_format=torch.channels_last)
-    return model, build_step(t, model, steps_per_epoch, compile_backend="aot_eager" if tiny else "inductor")
+    return model, build_step(t, model, steps_per_epoch, hooks=step_extensions(t, model),
+                             compile_backend="aot_eager" if tiny else "inductor")
 
 
 def study_argv(a, extra=()):

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loaders.batch import Batch, Mix
-from loaders.mix import MixSpec, cutmix_boxes, derangement, make_mix
+from loaders.batch import Batch
+from loaders.mix import BSIM, Mix, MixSpec, cutmix_boxes, derangement, make_mix
 from models.methods import build_method
 from models.methods.moco import moco_contrast, moco_mix
 from models.methods.simclr import nt_xent_mix
@@ -92,17 +92,18 @@ def test_moco_mix_term_matches_reference_and_reduces_at_lambda_one():
 def test_method_total_is_own_loss_plus_weighted_mix_term(name):
     torch.manual_seed(0)
     m = build_method(name, arch="resnet10", small_stem=True, proj_hidden=32, proj_dim=16, pred_hidden=16,
-                     queue_size=32, bsim_weight=0.5)
+                     queue_size=32)
     views = torch.randn(2, 8, 3, 16, 16)
     b = Batch(views, torch.arange(8), torch.zeros(8).long())
-    b.mix = make_mix(views[0], MixSpec("mixup"))
+    bsim = BSIM(MixSpec("mixup"), weight=0.5)   # its extension: the mixtures before the forward, the term inside
+    bsim.before_forward(b, 0)
     q0 = m.queue.clone() if name == "moco" else None
-    out = m(b)
+    out = m(b, [bsim])
     torch.testing.assert_close(out["loss"], out["loss_method"] + 0.5 * out["loss_mix"])
     with torch.no_grad():  # recompute the BYOL / SimSiam term from the formula, float64
-        lam, j = b.mix.lam.double(), b.mix.partner
+        lam, j = bsim.mix.lam.double(), bsim.mix.partner
         if name in ("byol", "simsiam"):
-            pm = m.predictor(m.projector(m.backbone(b.mix.images))).double()
+            pm = m.predictor(m.projector(m.backbone(bsim.mix.images))).double()
             z = (m.target[1](m.target[0](views[1])) if name == "byol" else m.projector(m.backbone(views[1]))).double()
             cos = lambda a, c: (F.normalize(a, dim=1) * F.normalize(c, dim=1)).sum(1)  # noqa: E731
             D = (lambda a, c: 2 - 2 * cos(a, c)) if name == "byol" else (lambda a, c: -cos(a, c))

@@ -11,6 +11,7 @@ from torch._dynamo.utils import counters
 
 import flags
 from engine.step import build_step
+from extensions import step_extensions
 from loaders import build_loader
 from loaders.augment import RECIPES
 from models.methods import METHODS, build_model_from_config
@@ -31,7 +32,7 @@ def compiled_step(method, optimizer, augment=True, variant="bsim+sepp"):
     extra = ["--compile", "--optimizer", optimizer] + (["--compile-augment"] if augment else [])
     args = train_args(method, variant, "bf16", extra=extra)
     model = build_model_from_config(vars(args)).to(memory_format=torch.channels_last)
-    step = build_step(args, model, steps_per_epoch=4, compile_backend="aot_eager")
+    step = build_step(args, model, steps_per_epoch=4, hooks=step_extensions(args, model), compile_backend="aot_eager")
     opts = flags.loader_options(args, B, compile_augment="aot_eager" if augment else False)
     ld = build_loader(opts, source(), RECIPES[METHODS[method].recipe], torch.device("cpu"))
     partner = torch.arange(N).roll(1)   # SePP pairs distinct samples (never a sample with itself)

@@ -11,6 +11,7 @@ import torch
 
 import flags
 from engine.step import build_step
+from extensions import step_extensions
 from loaders import build_loader
 from loaders.augment import RECIPES, DeviceAugment
 from loaders.datasets import ArraySource
@@ -56,7 +57,7 @@ def run_steps(args, batches=loader_batches, steps=2, hooks=()):
     model = build_model_from_config(vars(args)).to(memory_format=torch.channels_last)
     with fake_cuda() as mode:
         to_fake_cuda(model, mode)
-        step = build_step(args, model, steps_per_epoch=4, hooks=hooks)
+        step = build_step(args, model, steps_per_epoch=4, hooks=[*step_extensions(args, model), *hooks])
         next_batch = batches(args)
         partner = torch.arange(N, device=CUDA).roll(1)   # SePP: each sample's positive, on the device
         with strict() as checked:
@@ -112,8 +113,7 @@ def _torch(args, pinned=True):
 
 def _ffcv(args):
     from loaders.ffcv_loader import device_batch
-    aug = DeviceAugment(RECIPES["simclr"], (0.5,) * 3, (0.25,) * 3, True, flags.loader_options(args, B).mix,
-                        device=CUDA)
+    aug = DeviceAugment(RECIPES["simclr"], (0.5,) * 3, (0.25,) * 3, True, device=CUDA)
     idx = torch.arange(B, device=CUDA)
     # ToDevice's output: uint8 crops [B, V, H, W, 3] on the device
     return lambda: device_batch(torch.zeros(B, 2, RES, RES, 3, dtype=torch.uint8, device=CUDA), idx, idx, aug)
@@ -122,7 +122,7 @@ def _ffcv(args):
 def _dali(args, augment="pipeline"):
     from loaders.dali import DALILoader, output_dtype
     opts = flags.loader_options(args, B, dali_augment=augment)
-    aug = DeviceAugment(RECIPES["simclr"], (0.5,) * 3, (0.25,) * 3, True, opts.mix, device=CUDA)
+    aug = DeviceAugment(RECIPES["simclr"], (0.5,) * 3, (0.25,) * 3, True, device=CUDA)
     ld = DALILoader(source(3), RECIPES["simclr"], opts, CUDA, augment=aug if augment == "device" else None)
     idx = torch.arange(B, device=CUDA)
     if augment == "device":   # DALI's crops: uint8 CHW

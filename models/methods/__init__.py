@@ -16,7 +16,7 @@ def build_method(name: str, **kw):
 
 # what a run's saved config says of its model (the rest is training): enough to rebuild it from a checkpoint
 MODEL_KEYS = ("arch", "small_stem", "stem_stride", "width", "temperature", "proj_hidden", "proj_dim", "pred_hidden",
-              "queue_size", "bsim_weight", "sepp_weight")
+              "queue_size", "sepp_weight")
 
 
 def model_kwargs(cfg: dict) -> dict:

@@ -1,13 +1,15 @@
 """What the four methods share: the online encoder, an optional momentum copy, fp32 losses, and forward.
 
-Every method's forward is Method.forward: the add-ons reach a method through two declared arguments and
-nothing else (no method reads the batch):
-  pos  int64 [B] or None   SePP: each sample's mined positive (a sample id, -1 for none); contrastive methods add
-                           it to their positive masks (the masked info_nce), the others add a regression term
-  mix  Mix or None         BSIM: the mixtures (loaders/batch.Mix), embedded along the online path (online) and
-                           scored by the method's mix_term, weighted by bsim_weight
+Every method's forward is Method.forward, and an add-on (engine/extension.py) reaches a method through one
+declared interface, with no branch on any add-on in a method:
+  positives  int64 [B] or None (Batch.pos)   an extra positive per sample (a sample id, -1 for none; SePP's):
+                           contrastive methods add it to their positive masks (the masked info_nce), BYOL and
+                           SimSiam a regression term of its own (sepp_term), weighted by sepp_weight
+  terms      the add-on's own loss terms: its extension's embed (extra forward passes under autocast, e.g. through
+                           online, the online path) and terms (float32 terms over the method's embeddings, e.g.
+                           mix_term for BSIM's mixtures), each added with its weight
 A method defines embed (the views, under autocast), prepare (float32 forms of those embeddings), loss (its own
-term, with pos), mix_term and online; after_loss if it keeps state (MoCo's queue)."""
+term, with the positives), online and mix_term; after_loss if it keeps state (MoCo's queue)."""
 from __future__ import annotations
 
 import copy
@@ -25,11 +27,9 @@ class Method(nn.Module):
     recipe = "simclr"      # augmentation recipe (loaders/augment.py RECIPES)
     sepp_term = False      # SePP's positives as a loss term of their own (out["loss_sepp"]), not a positive mask
 
-    def __init__(self, arch="resnet18", small_stem=False, stem_stride=1, width=64, bsim_weight=1.0, sepp_weight=1.0,
-                 **_):
+    def __init__(self, arch="resnet18", small_stem=False, stem_stride=1, width=64, sepp_weight=1.0, **_):
         super().__init__()
         self.backbone, self.feat_dim = build_backbone(arch, small_stem, stem_stride, width=width)
-        self.bsim_weight = bsim_weight   # total = L_method + w * L_mix (BSIM)
         self.sepp_weight = sepp_weight   # BYOL/SimSiam: total += w * L_sepp (semantic positives)
 
     def make_target(self, *modules: nn.Module) -> nn.ModuleList:
@@ -66,15 +66,20 @@ class Method(nn.Module):
             out.append(v)
         return out
 
-    def forward(self, batch) -> dict:
-        """batch (loaders/batch.Batch) -> {'loss': float32 total, and the logged terms}."""
+    def forward(self, batch, extensions=()) -> dict:
+        """batch (loaders/batch.Batch), extensions: the add-ons that bring loss terms (engine/extension.py) ->
+        {'loss': float32 total, 'loss_method' (the method's own, where terms were added), and the logged terms}."""
         e = self.embed(batch.views)
-        em = self.online(batch.mix.images) if batch.mix is not None else None
+        extra = [x.embed(self, batch) for x in extensions]
         with fp32(batch.views.device.type):
             e = self.prepare(e)
             out = self.loss(e, batch.index, batch.pos)
-            if em is not None:
-                out = with_mix(out, self, self.mix_term(e, em, batch.index, batch.mix))
+            terms = {k: v for x, ex in zip(extensions, extra) for k, v in x.terms(self, e, ex, batch).items()}
+            if terms:
+                out["loss_method"] = out["loss"].detach()
+            for name, (term, weight) in terms.items():
+                out[name] = term.detach()
+                out["loss"] = out["loss"] + weight * term
         self.after_loss(e, batch.index)
         return out
 
@@ -135,10 +140,4 @@ def regression_loss(method: "Method", p: list, z: list, ids: torch.Tensor, pos: 
 def with_sepp(out: dict, method: "Method", loss_sepp: torch.Tensor) -> dict:
     out["loss_sepp"] = loss_sepp.detach()
     out["loss"] = out["loss"] + method.sepp_weight * loss_sepp
-    return out
-
-
-def with_mix(out: dict, method: "Method", loss_mix: torch.Tensor) -> dict:
-    out["loss_method"], out["loss_mix"] = out["loss"].detach(), loss_mix.detach()
-    out["loss"] = out["loss"] + method.bsim_weight * loss_mix
     return out
