@@ -52,9 +52,9 @@ def _loader_flags(a):
       "data set (its sidecar FILE.json names its kind, folder, classes, mean and std)")
     a("--val-beton", default=None, help="--loader ffcv: a .beton of the val split to score on (prepare --split "
       "val; default: the val split of the .beton's data set where it is here, else 10%% of the .beton held out)")
-    a("--ffcv-order", default="auto", help="auto (one process: random, quasi_random with --no-os-cache; "
-      "torchrun: ours) | "
-      "quasi_random | random | ours (the rank split of one global permutation, as the other loaders)")
+    a("--ffcv-order", default="auto", help="auto (ours; on one process with --no-os-cache: quasi_random) | "
+      "quasi_random | random | ours (the rank split of one global permutation, as the other loaders: a resume goes "
+      "on mid-epoch; FFCV's own orders restart the epoch)")
     a("--os-cache", action=argparse.BooleanOptionalAction, default=True,
       help="ffcv: use the OS page cache (off: a private cache per process, RAM grows with the number of GPUs)")
     a("--batches-ahead", type=int, default=3, help="ffcv: batches prepared ahead")

@@ -243,10 +243,10 @@ class FFCVLoader:
             self.position[torch.from_numpy(self.rows)] = torch.arange(self.n)
             self.position = self.position.to(self.device)
         self.decoder = _decoder_class()(res, [a.crop_scale for a in recipe], seed)
-        # auto: under torchrun our rank split; on one process FFCV's RANDOM, or QUASI_RANDOM when os_cache is
-        # off (what it is for: it reads a few pages at a time, so batches come from few pages)
-        self.order_name = order if order != "auto" else ("ours" if world > 1 else "random" if os_cache
-                                                         else "quasi_random")
+        # auto: the shared epoch order (loaders/order.py: a resume goes on at its batch, SePP's plan can replace
+        # it), or FFCV's QUASI_RANDOM on one process with os_cache off (what it is for: it reads a few pages at a
+        # time, so batches come from few pages)
+        self.order_name = order if order != "auto" else ("ours" if world > 1 or os_cache else "quasi_random")
         if world > 1 and self.order_name != "ours":
             raise UsageError(f"`ffcv_order` {order}: under torchrun only 'ours' (the rank split of one global "
                              "permutation) gives every sample once per epoch")
