@@ -105,6 +105,9 @@ class SePPAddOn(AddOn):
         enc = args.sepp_encoder
         if enc and not os.path.isfile(enc) and not os.path.isfile(enc.rpartition(":")[0]):
             raise UsageError(f"--sepp-encoder {enc}: no such file")
+        if enc and args.sepp_bank == "train":
+            raise UsageError("--sepp-bank train fills the bank from the training network: drop --sepp-encoder or use "
+                             "--sepp-bank pass")
         if args.loader == "synthetic":   # refused here, not after embedding the whole set
             raise UsageError("--sepp needs a loader that takes a sample order (torch, device, ffcv or dali), "
                              "not synthetic")

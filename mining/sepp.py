@@ -109,10 +109,7 @@ class SePP(Extension):
         if args.sepp_pairs:
             self.use_pairs(args.sepp_pairs)
         self.train_bank = None
-        if args.sepp_bank == "train":
-            if args.sepp_encoder:
-                raise UsageError("--sepp-bank train fills the bank from the training network: drop --sepp-encoder "
-                                 "or use --sepp-bank pass")
+        if args.sepp_bank == "train":   # without --sepp-encoder (extensions.py)
             i = 0 if args.sepp_space == "backbone" else 1
             module = model.target[i] if model.momentum_encoder else (model.backbone, model.projector)[i]
             self.train_bank = TrainBank(len(source), module, device)

@@ -231,3 +231,21 @@ def test_sepp_refuses_an_ffcv_order_that_would_replace_its_pairs():
         args = p.parse_args(["--sepp", "--loader", "ffcv", "--ffcv-order", given])
         extensions.check(args)
         assert args.ffcv_order == "ours"
+
+
+def test_each_addon_check_fires_on_the_flags_alone(tmp_path):
+    """The add-ons' checks (extensions.py) refuse bad combinations from the flags, before any data is read: each
+    one fires (issue 47 item 5: two of them could not)."""
+    import flags
+    from engine.errors import UsageError
+    enc = tmp_path / "enc.pt"
+    enc.write_bytes(b"x")
+    for argv, message in (
+            (["--sepp", "--loader", "synthetic"], "--sepp needs a loader that takes a sample order"),
+            (["--sepp", "--sepp-bank", "train", "--sepp-encoder", str(enc)], "--sepp-bank train fills the bank"),
+            (["--sepp", "--sepp-bank", "cache"], "--sepp-bank cache: unknown"),
+            (["--sepp", "--loader", "dali", "--dali-pipes", "2"], "runs one pipeline per GPU"),
+            (["--sepp-pairs", str(enc), "--sepp-bank", "train"], "--sepp-pairs brings its own positives"),
+            (["--bsim", "--bsim-mode", "blend"], "--bsim-mode blend: unknown")):
+        with pytest.raises(UsageError, match=message):
+            flags.parse(argv)
