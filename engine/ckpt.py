@@ -101,4 +101,4 @@ def load_resume(path: str, need=("model", "optimizer", "epoch")) -> tuple[dict, 
         if p != path and int(os.environ.get("RANK", "0")) == 0:
             print(f"warning: {errors[0]}; resuming from the previous checkpoint {p}", file=sys.stderr, flush=True)
         return state, p
-    raise UsageError(f"--resume {path}: no readable checkpoint ({'; '.join(errors)})")
+    raise UsageError(f"`resume` {path}: no readable checkpoint ({'; '.join(errors)})")

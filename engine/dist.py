@@ -46,7 +46,7 @@ def init_device(name: str) -> tuple[torch.device, int, int]:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         from engine.errors import UsageError
-        raise UsageError("--device cuda: no CUDA device here; use --device cpu")
+        raise UsageError("`device` cuda: no CUDA device here; use `device` cpu")
     rank, world, local = init(device.type)
     return (torch.device("cuda", local) if device.type == "cuda" else device), rank, world
 

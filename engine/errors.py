@@ -34,13 +34,13 @@ def cli_main(fn):
         except (UsageError, DataError) as e:
             _die(e.for_cli())
         except MemoryError:
-            _die("out of host memory: lower --batch-size or --workers")
+            _die(UsageError("out of host memory: lower `batch_size` or `workers`").for_cli())
         except RuntimeError as e:
             if "out of memory" in str(e).lower():
-                _die("out of device memory: lower --batch-size (or --res), or use --amp bf16")
+                _die(UsageError("out of device memory: lower `batch_size` (or `res`), or use `amp` bf16").for_cli())
             raise
         except KeyboardInterrupt:
-            _die("interrupted; resume with --resume", code=130)
+            _die(UsageError("interrupted; resume with `resume`").for_cli(), code=130)
     return wrapper
 
 

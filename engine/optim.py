@@ -67,7 +67,7 @@ def build_optimizer(name: str, model, lr: float, weight_decay: float, momentum: 
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=cuda or None)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
-    raise UsageError(f"--optimizer {name}: unknown (sgd or lars)")
+    raise UsageError(f"`optimizer` {name}: unknown (sgd or lars)")
 
 
 def compile_update(opt: torch.optim.Optimizer, device, backend: str = "inductor") -> bool:

@@ -94,12 +94,12 @@ def compile_step(model: nn.Module, opt: torch.optim.Optimizer, backend: str = "i
     compile_update(opt, next(model.parameters()).device, backend)
 
 
-def schedules(args, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+def schedules(args, steps_per_epoch: int, cosine_momentum: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(lr, momentum) per iteration from the flags: lr per 256 images scaled to the global batch, warmed up
-    linearly then cosine to 0; momentum constant (MoCo) or BYOL's cosine from --ema to 1."""
+    linearly then cosine to 0; momentum constant (MoCo), or with cosine_momentum (BYOL) a cosine from ema to 1."""
     total = args.epochs * steps_per_epoch
     lr = warmup_cosine(args.lr * args.batch_size / 256, 0.0, total, int(args.warmup_epochs * steps_per_epoch))
-    ema = momentum_schedule(args.ema, total) if args.method == "byol" else np.full(total, args.ema or 0.0)
+    ema = momentum_schedule(args.ema, total) if cosine_momentum else np.full(total, args.ema or 0.0)
     return lr, ema
 
 
@@ -108,7 +108,7 @@ def build_step(args, model: nn.Module, steps_per_epoch: int, net: nn.Module | No
     """The Step that train.py runs for the resolved flags `args` (flags.py): its optimizer, precision,
     schedules, guard, and --compile. eval.bench and mining.bench build theirs here too."""
     opt = build_optimizer(args.optimizer, model, args.lr, args.wd)
-    lr, ema = schedules(args, steps_per_epoch)
+    lr, ema = schedules(args, steps_per_epoch, getattr(model, "cosine_momentum", False))
     if getattr(args, "compile", False):
         compile_step(model, opt, compile_backend)
     return Step(model, opt, amp=args.amp, lr=lr, momentum=ema, nonfinite_limit=args.nonfinite_limit, net=net,

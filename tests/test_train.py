@@ -249,3 +249,17 @@ def test_each_addon_check_fires_on_the_flags_alone(tmp_path):
             (["--bsim", "--bsim-mode", "blend"], "--bsim-mode blend: unknown")):
         with pytest.raises(UsageError, match=message):
             flags.parse(argv)
+
+
+def test_the_momentum_schedule_is_the_methods_byol_a_cosine_to_one_moco_constant():
+    """engine/ names no method: a method declares its momentum schedule (Method.cosine_momentum). BYOL's target
+    momentum is 1 - (1 - ema)(cos(pi k / K) + 1) / 2 at step k of K (its section 3.2); MoCo's stays at ema."""
+    import flags
+    from engine.step import build_step
+    from models.methods import build_model_from_config
+    for method, ema in (("byol", 0.996), ("moco", 0.99)):
+        a = flags.parse(["--method", method, "--arch", "resnet10", "--width", "8", "--epochs", "2", "--ema", str(ema)])
+        m = build_step(a, build_model_from_config(vars(a)), 10).momentum
+        k = torch.arange(20, dtype=torch.float64)
+        want = 1 - (1 - ema) * (torch.cos(math.pi * k / 20) + 1) / 2 if method == "byol" else torch.full((20,), ema, dtype=torch.float64)
+        torch.testing.assert_close(torch.as_tensor(m, dtype=torch.float64), want, rtol=0, atol=1e-6)

@@ -24,6 +24,7 @@ class Method(nn.Module):
     concat_views = False   # forward V views as one batch (BN statistics over all views) or one by one
     sync_bn = False        # convert BN to SyncBatchNorm under multi-GPU DDP (global-batch statistics)
     momentum_encoder = False
+    cosine_momentum = False  # the momentum encoder's ema: constant (MoCo), or a cosine from ema to 1 (BYOL)
     recipe = "simclr"      # augmentation recipe (loaders/augment.py RECIPES)
     sepp_term = False      # SePP's positives as a loss term of their own (out["loss_sepp"]), not a positive mask
 

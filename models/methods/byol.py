@@ -8,6 +8,7 @@ from models.methods.base import Method, mix_regression, regression_loss
 
 class BYOL(Method):
     momentum_encoder = True
+    cosine_momentum = True    # the target's momentum rises from ema to 1 along a cosine (eq. in section 3.2)
     sepp_term = True
     sync_bn = True            # the paper uses global BN over 4096 images
     recipe = "byol"           # asymmetric views (blur 1.0 / 0.1, solarize 0 / 0.2)
