@@ -170,12 +170,12 @@ def signal_and_resume_equals_uninterrupted(args, tmp_path, stop_step, torchrun=0
     """Run `args` (train.py ... without --out, with --log-every 1) to the end; run it again with a SIGTERM at
     global step `stop_step` (rank 0 signals itself): it must write a mid-epoch checkpoint and exit with code 3
     and one line; resumed with --resume auto, its final weights must equal the uninterrupted run's. Without
-    torchrun, the uninterrupted and the resumed runs are run in this process (run_here)."""
+    torchrun, all three run in this process (run_here: train.py's SIGTERM handler is put back after each)."""
     import torch
     ref = one_or_more(args + ["--out", str(tmp_path / "ref")], torchrun)
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "stopped"
-    r = run(args + ["--out", str(out), "--fault-signal-step", str(stop_step)], torchrun=torchrun)
+    r = one_or_more(args + ["--out", str(out), "--fault-signal-step", str(stop_step)], torchrun)
     # torchrun reports its workers' exit code 3 as a failure of its own
     assert (r.returncode != 0 if torchrun else r.returncode == 3), (r.returncode, r.stderr[-3000:])
     assert "stopped by SIGTERM" in r.stderr and "--resume auto" in r.stderr, r.stderr[-3000:]
