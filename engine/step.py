@@ -4,8 +4,8 @@
     loss, out = step(batch, it)                            # it: the global iteration (indexes the schedules)
 
 One call: the iteration's learning rate and momentum from per-iteration schedules (DINO's arrays), the
-extensions' before_forward, the forward under autocast (with the extensions' loss terms), their after_forward (which may add loss terms), backward
-through the fp16 GradScaler where it is on, the optimizer step, the momentum encoder's update, and the
+extensions' before_forward, the forward under autocast (with the extensions' loss terms), their after_forward,
+backward through the fp16 GradScaler where it is on, the optimizer step, the momentum encoder's update, and the
 non-finite guard around all of it (engine/guard.py). Nothing in it waits for the device: tests/test_device_check.py
 runs it on a fake CUDA device and fails on any sync.
 """

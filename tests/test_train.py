@@ -261,5 +261,6 @@ def test_the_momentum_schedule_is_the_methods_byol_a_cosine_to_one_moco_constant
         a = flags.parse(["--method", method, "--arch", "resnet10", "--width", "8", "--epochs", "2", "--ema", str(ema)])
         m = build_step(a, build_model_from_config(vars(a)), 10).momentum
         k = torch.arange(20, dtype=torch.float64)
-        want = 1 - (1 - ema) * (torch.cos(math.pi * k / 20) + 1) / 2 if method == "byol" else torch.full((20,), ema, dtype=torch.float64)
+        want = (1 - (1 - ema) * (torch.cos(math.pi * k / 20) + 1) / 2 if method == "byol"
+                else torch.full((20,), ema, dtype=torch.float64))
         torch.testing.assert_close(torch.as_tensor(m, dtype=torch.float64), want, rtol=0, atol=1e-6)
