@@ -132,6 +132,7 @@ class Run:
     lr_s: object = None                        # the per-iteration learning rates
     extensions: list = field(default_factory=list)   # engine/extension.py: the add-ons, from extensions.py
     plan: TimePlan | None = None               # --time-limit: the steps that fit, planned as the run goes
+    epochs: int = 0                            # the epochs trained: --epochs, or those --time-limit plans
     random_init_state: dict | None = None      # --knn-random-init's weights
     acc0: float | None = None                  # the monitor at random init
     # resume
@@ -202,6 +203,7 @@ def setup(args) -> Run:
     r.extensions = build_extensions(args, r, model)   # the add-ons (extensions.py), bound to the loop's events
     r.step = build_step(args, model, r.steps_per_epoch, net=r.net, hooks=r.extensions)
     r.lr_s = r.step.lr
+    r.epochs = args.epochs
     if args.time_limit_s is not None:
         most = args.epochs * r.steps_per_epoch
         r.plan = TimePlan(args.time_limit_s, most, most=most, calibrate=min(20, max(3, r.steps_per_epoch // 4)))
@@ -251,7 +253,7 @@ def resume(r: Run):
     if r.plan is not None and state.get("plan"):   # the schedules as planned, the time already used
         r.plan.load_state_dict(state["plan"])
         r.step.lr, r.step.momentum = state["plan"]["lr"], state["plan"]["momentum"]
-        r.lr_s, args.epochs = r.step.lr, -(-r.plan.total // r.steps_per_epoch)
+        r.lr_s, r.epochs = r.step.lr, -(-r.plan.total // r.steps_per_epoch)
     r.start_epoch, r.start_batch, r.resume_ranks = state["epoch"], state.get("batch", 0), state.get("ranks")
     if r.start_batch and not r.loader.resumes_mid_epoch:
         if r.main_rank:
@@ -338,7 +340,7 @@ def log_step(r: Run, epoch: int, it: int, step: int, loss, *, out, bar) -> bool:
         if r.main_rank:
             print(f"--time-limit {args.time_limit} reached at step {step + 1}, before the {r.plan.total} planned: "
                   "the run ends here", flush=True)
-        r.plan.total, args.epochs = step + 1, epoch + 1
+        r.plan.total, r.epochs = step + 1, epoch + 1
     return due
 
 
@@ -352,7 +354,7 @@ def replan(r: Run, done: int):
     r.step.lr = r.lr_s = stretch(r.step.lr, done, total, warm)
     if r.step.momentum is not None:
         r.step.momentum = stretch(r.step.momentum, done, total)
-    r.plan.total, r.args.epochs = total, -(-total // r.steps_per_epoch)
+    r.plan.total, r.epochs = total, -(-total // r.steps_per_epoch)
     if r.main_rank:
         print(f"--time-limit {r.args.time_limit}: {total} steps planned ({total / r.steps_per_epoch:.2f} "
               f"epochs), {r.plan.used() / 60:.1f} min used at step {done}", flush=True)
@@ -371,7 +373,7 @@ def run_epoch(r: Run, epoch: int):
     """The epoch's batches from its first to run; stops early, after a checkpoint, on an agreed signal."""
     args, world = r.args, r.world
     skip = begin_epoch(r, epoch)
-    bar = progress(total=r.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{args.epochs}",
+    bar = progress(total=r.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{r.epochs}",
                    enabled=r.main_rank and not args.no_progress, file=sys.stdout)
     t_epoch = t_wait = time.perf_counter()
     for it, batch in enumerate(r.loader, start=skip):
@@ -413,7 +415,7 @@ def end_epoch(r: Run, epoch: int) -> dict:
         save_checkpoint(r.ckpt_path, r.step, args, r.cfg, epoch=epoch + 1, plan=r.plan, extensions=r.extensions)
     r.last_ckpt = time.monotonic()
     row = {"epoch": epoch + 1, "loss": mean_loss, "knn_top1": ""}
-    last = epoch + 1 >= args.epochs
+    last = epoch + 1 >= r.epochs
     if r.test_src is not None and (last or (args.knn_every and (epoch + 1) % args.knn_every == 0)):
         t = time.perf_counter()
         row["knn_top1"] = knn_monitor(r.model, args, r.device, train_src=r.train_src, test_src=r.test_src, norm=r.norm)
@@ -447,11 +449,11 @@ def finish(r: Run, row: dict):
     skipped = report_skipped(r)
     if r.main_rank and r.time > 0:
         with open(os.path.join(args.out, "summary.json"), "w") as f:
-            json.dump({"epochs": args.epochs, "loss": row["loss"], "knn_top1": row.get("knn_top1"),
+            json.dump({"epochs": r.epochs, "loss": row["loss"], "knn_top1": row.get("knn_top1"),
                        "knn_random_init": r.acc0, "img_s": r.images / r.time, "data_wait": r.wait / r.time,
                        "world": r.world, "device": str(r.device), "skipped": skipped, "train_s": r.time,
                        "final_knn_s": r.final_knn_s, "time_limit_s": args.time_limit_s,
-                       "steps": r.plan.total if r.plan else args.epochs * r.steps_per_epoch}, f, indent=1)
+                       "steps": r.plan.total if r.plan else r.epochs * r.steps_per_epoch}, f, indent=1)
     r.log.close()
     dist.cleanup()
 
@@ -476,7 +478,7 @@ def main(argv=None):
     knn_at_random_init(r)
     row = None
     epoch = r.start_epoch
-    while epoch < r.args.epochs:   # --time-limit plans the epochs as it goes
+    while epoch < r.epochs:   # --time-limit plans the epochs as it goes
         run_epoch(r, epoch)
         row = end_epoch(r, epoch)
         epoch += 1

@@ -11,17 +11,15 @@ bf16 or fp16 autocast) or fp32 (CPU, or an fp32 step: output_dtype), CHW. Ops wi
 One difference from the torch path: jitter's four ops run in a fixed order (torchvision: random order).
 
 Sources:
-- an ImageFolder/ImageNet directory (or a file list): fn.readers.file with shard_id/num_shards = rank/world,
-  the file list permuted once by the seed and reshuffled by DALI after every epoch (shuffle_after_epoch,
-  the same reader seed on every rank so shards stay disjoint), pad_last_batch=True with
-  LastBatchPolicy.DROP: the padded tail batch is dropped, never a duplicate; the list is cut to a multiple
-  of the world size so that every rank has the same number of steps. The iterator is bound to the reader
-  (reader_name) so epochs end. DALI cannot restore a reader's position: a resumed run starts epoch E with a
-  fresh shuffle drawn from (seed, E) and says so.
+- an ImageFolder/ImageNet directory (or a file list): fn.readers.file over this rank's files of the epoch, in
+  the shared epoch order (loaders/order.py: its permutation, rank split and skip, as every back end), given
+  to the reader unshuffled; the pipeline is built again for each epoch (and at a resume, from the batch it
+  resumes at). With pipes > 1, pipe q reads the q-th slice of every batch. The iterator is bound to the reader
+  (reader_name) so epochs end. A mid-epoch resume goes on with the same samples; DALI's own random draws (crops,
+  colour) then differ from the uninterrupted run's.
 - with roi=True (--dali-roi), each view is decoded on its own, only its random crop window
   (fn.decoders.image_random_crop): two partial decodes instead of one whole decode + two crops.
-- images held in memory (Fashion-MNIST, CIFAR): fn.external_source per sample, in the shared epoch order
-  (loaders/order.py) split by rank like the torch back end.
+- images held in memory (Fashion-MNIST, CIFAR): fn.external_source per sample, in the same shared epoch order.
 
 GPU tuning (scripts/sweep_dali.py times each): hw_load (the hardware JPEG decoder's share), branchless (jitter,
 grayscale, blur and solarize as identity factors for the samples that skip them, no conditionals), pipes (N
@@ -224,34 +222,26 @@ class DALILoader:
                 files, labels = [files[k] for k in kept], labels[kept]
             self.files = files
             self.labels = torch.as_tensor(labels, dtype=torch.long)
-            # the reader: the same number of samples on every shard (pipes shards per rank), cut to a multiple
-            # of their number
             self.n = len(files)
-            shards = world * pipes
-            self.n_reader = self.n - self.n % shards
-            per_shard, sub = self.n_reader // shards, batch_size // pipes
-            self.steps = per_shard // sub if drop_last else math.ceil(per_shard / sub)
+            if pipes > 1 and (batch_size % pipes or not drop_last):
+                raise UsageError(f"`dali_pipes` {pipes} split each batch: `batch_size` {batch_size} must divide by "
+                                 "them, and the last short batch be dropped")
         else:
             if pipes > 1:
                 raise UsageError("`dali_pipes` > 1 needs a folder or file list of images (DALI's file reader)")
             self.labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
             self.n = len(source)
-        # our order: in-memory sources always, files once a plan is set (the reader shuffles them otherwise)
         self.order = EpochOrder(self.n, batch_size, rank=rank, world=world, seed=seed, drop_last=drop_last)
-        if self.files is None:
-            self.steps = len(self.order)
+        self.steps = len(self.order)
         self.labels = self.labels.to(self.device)
-        self.epoch, self.built_for, self.it = 0, None, None
+        self.epoch, self.skip, self.built_for, self.it = 0, 0, None, None
 
     @property
     def _plan(self):
         return self.order.plan
 
     def set_plan(self, plan):
-        """A sample plan (SePP: each anchor next to its positive): files are then fed in that order through an
-        external source (encoded bytes, still decoded by DALI on the GPU) instead of DALI's shuffling reader."""
-        if self.files is not None and plan is not None and not self.drop_last:
-            raise ValueError("a sample plan with DALI's file reader needs drop_last")
+        """A sample plan (SePP: each anchor next to its positive) in place of the epoch's permutation."""
         if plan is not None and self.pipes > 1:
             raise ValueError(f"a sample plan with DALI runs one pipeline, not {self.pipes}")
         self.order.plan, self.it = plan, None
@@ -277,9 +267,9 @@ class DALILoader:
             return (*views, index if cpu else index.gpu())
 
         self.built_for = epoch
-        # per-rank, per-pipe, per-epoch augmentation seed; the reader's own seed is shared by all shards.
-        # pipes > 1: several pipelines of batch/pipes on the same device, each its own shard of the reader and
-        # its own executor (their batches are concatenated)
+        # per-rank, per-pipe, per-epoch (and resumed batch) augmentation seed. pipes > 1: several pipelines of
+        # batch/pipes on the same device, each reading its slice of every batch, with its own executor (their
+        # batches are concatenated)
         threads = max(1, self.workers // self.pipes)
         # concurrent: independent operators (the views' chains) run at once, each on its own CUDA stream;
         # DALI's default runs one GPU operator at a time
@@ -288,35 +278,28 @@ class DALILoader:
                 if self.concurrent else {})
         ps = [pipe(q, **conc, batch_size=self.batch // self.pipes, num_threads=threads,
                    device_id=None if cpu else (self.device.index or 0), prefetch_queue_depth=self.prefetch,
-                   seed=(self.seed * 1000003 + (self.rank * self.pipes + q) * 7919 + epoch) % (2 ** 31))
+                   seed=(self.seed * 1000003 + (self.rank * self.pipes + q) * 7919 + epoch + 104729 * self.skip)
+                   % (2 ** 31))
               for q in range(self.pipes)]
         try:
             for p in ps:
                 p.build()
         except RuntimeError as e:
             raise DataError(f"DALI pipeline failed to build: {_first_line(e)}")
-        if self.files is not None and self._plan is None:
-            policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-            self.it = DALIGenericIterator(ps, names, reader_name="Reader", last_batch_policy=policy,
-                                          auto_reset=True)
-        else:
-            self.it = DALIGenericIterator(ps, names, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        reader = {"reader_name": "Reader"} if self.files is not None else {}
+        self.it = DALIGenericIterator(ps, names, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True, **reader)
 
     def _source(self, fn, types, q, epoch, dec):
         """Pipeline `q`'s samples (inside the pipeline definition): (decoded images or None, encoded JPEGs or
-        None, the sample index). Files with no plan come from DALI's shuffling reader, files with a plan and
-        in-memory images from an external source in our order."""
+        None, the sample index), in the epoch order: files from DALI's reader given this rank's list (pipe q: the
+        q-th slice of each batch), in-memory images from an external source."""
         cpu = self.cpu
-        if self.files is not None and self._plan is None:
+        if self.files is not None:
             # the sample's position in self.files rides as its "label"; class labels are looked up after
-            order = np.random.default_rng([self.seed, epoch, 11]).permutation(self.n)[:self.n_reader]
-            jpegs, index = fn.readers.file(
-                files=[self.files[i] for i in order], labels=[int(i) for i in order], name="Reader",
-                shard_id=self.rank * self.pipes + q, num_shards=self.world * self.pipes,
-                shuffle_after_epoch=True, seed=self.seed + 1, pad_last_batch=True, random_shuffle=False)
-        elif self.files is not None:  # files in our order (a plan): encoded bytes, decoded by DALI
-            jpegs, index = fn.external_source(source=self._sample_fn(), num_outputs=2, batch=False,
-                                              dtype=[types.UINT8, types.INT64])
+            sub = self.batch // self.pipes
+            order = [i for b in self.order.batches(epoch, self.skip) for i in b[q * sub:(q + 1) * sub]]
+            jpegs, index = fn.readers.file(files=[self.files[i] for i in order], labels=[int(i) for i in order],
+                                           name="Reader", random_shuffle=False, pad_last_batch=True)
         else:
             images, index = fn.external_source(source=self._sample_fn(), num_outputs=2, batch=False,
                                                dtype=[types.UINT8, types.INT64], layout=["HWC", ""])
@@ -326,15 +309,13 @@ class DALILoader:
         return images, jpegs, index
 
     def _sample_fn(self):
-        src, loader, files = self.source, self, self.files
+        src, loader = self.source, self
 
         def sample(info):
             order = loader._rank_order(info.epoch_idx + loader.built_for)
             if info.idx_in_epoch >= len(order):
                 raise StopIteration
             i = int(order[info.idx_in_epoch])
-            if files is not None:
-                return np.fromfile(files[i], dtype=np.uint8), np.array(i, dtype=np.int64)
             img = src.load(i)[0].permute(1, 2, 0).numpy()
             if img.shape[2] == 1:
                 img = np.repeat(img, 3, axis=2)
@@ -342,23 +323,24 @@ class DALILoader:
         return sample
 
     def _rank_order(self, epoch):
-        """This rank's samples of `epoch` (computed once per epoch: the callback asks for every sample)."""
-        key = (epoch, self._plan)
-        if getattr(self, "_order_key", None) != key:   # from batch 0: a DALI epoch always starts at its beginning
-            self._order, self._order_key = self.order.samples(epoch, skip=0), key
+        """This rank's samples of `epoch` from the batch it starts at (computed once per epoch: the callback asks
+        for every sample)."""
+        key = (epoch, self.skip, self._plan)
+        if getattr(self, "_order_key", None) != key:
+            self._order, self._order_key = self.order.samples(epoch, self.skip), key
         return self._order
 
     # ---- loader interface
-    resumes_mid_epoch = False   # a DALI reader cannot start at a position: a resume restarts the epoch
+    resumes_mid_epoch = True   # the pipeline is built for the epoch's batches from `skip` on
 
     def set_epoch(self, epoch: int, skip: int = 0):
-        if self.built_for is not None and epoch != self.epoch + 1 and epoch != self.epoch:
-            self.it = None  # not the next epoch (a resume): rebuild for it
-        if self.built_for is None and epoch > 0 and self.files is not None and self._plan is None and self.rank == 0:
-            print(f"note: DALI cannot restore a reader's position: epoch {epoch} starts with a fresh shuffle "
-                  f"of the file list (seed {self.seed}, epoch {epoch})", flush=True)
-        self.epoch = epoch
-        self.order.set_epoch(epoch)   # no skip: a DALI epoch restarts
+        """The next iteration is `epoch`'s from batch `skip`: the pipeline is built for it (files: the reader's
+        list is the epoch's; in memory: for a resume or a jump, else the external source goes on)."""
+        if self.files is not None or skip or self.skip or (self.built_for is not None and epoch != self.epoch + 1
+                                                             and epoch != self.epoch):
+            self.it = None
+        self.epoch, self.skip = epoch, skip
+        self.order.set_epoch(epoch, skip)
 
     def __len__(self):
         return self.steps
@@ -372,8 +354,10 @@ class DALILoader:
                 outs = next(self.it)   # one dict of outputs per pipeline
             except StopIteration:
                 steps, self._pos = self._pos, 0
-                if steps != self.steps:
-                    raise RuntimeError(f"DALI gave {steps} batches this epoch, expected {self.steps}")
+                if steps != self.steps - self.skip:
+                    raise RuntimeError(f"DALI gave {steps} batches this epoch, expected {self.steps - self.skip}")
+                if self.files is not None:
+                    self.it = None   # the next epoch's list is another
                 return
             except RuntimeError as e:
                 raise DataError(self.explain(e))
