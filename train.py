@@ -71,19 +71,20 @@ class StopSignals:
         self.got = signal.Signals(signum).name
 
 
-def save_checkpoint(path, step, args, cfg, epoch, *, batch=0, ranks=None, plan=None, extensions=()):
+def save_checkpoint(r: "Run", epoch: int, *, batch: int = 0, ranks=None):
     """Atomic, keeping the previous one. epoch: epochs done; batch > 0: that many batches of the next epoch
-    done too, with every rank's RNG state and partial loss (`ranks`) to go on exactly there. plan: a
-    --time-limit run's TimePlan, saved with the schedules it planned; extensions: the add-ons, each its own state."""
+    done too, with every rank's RNG state and partial loss (`ranks`) to go on exactly there. A --time-limit
+    run's TimePlan goes in with the schedules it planned, and each add-on's state under its class's name."""
+    step, args = r.step, r.args
     if not all_finite(step.model):   # only without the guard (--nonfinite-limit 0)
         raise UsageError(f"the weights are not finite at epoch {epoch + 1}: no checkpoint written "
-                         f"({path} keeps the previous one); lower --lr, or try --amp off")
+                         f"({r.ckpt_path} keeps the previous one); lower --lr, or try --amp off")
     state = step.state_dict() | {"epoch": epoch, "batch": batch, "ranks": ranks, "method": args.method,
-                                 "rng": ckpt.rng_state(), "config": cfg,
-                                 "extensions": {type(e).__name__: e.state_dict() for e in extensions}}
-    if plan is not None:
-        state["plan"] = plan.state_dict() | {"lr": step.lr, "momentum": step.momentum}
-    ckpt.save_keeping_previous(state, path)
+                                 "rng": ckpt.rng_state(), "config": r.cfg,
+                                 "extensions": {type(e).__name__: e.state_dict() for e in r.extensions}}
+    if r.plan is not None:
+        state["plan"] = r.plan.state_dict() | {"lr": step.lr, "momentum": step.momentum}
+    ckpt.save_keeping_previous(state, r.ckpt_path)
 
 
 def stop_run(why, epoch, batch, path, main_rank, log):
@@ -312,10 +313,11 @@ def train_step(r: Run, batch, step: int):
     return loss, out
 
 
-def log_step(r: Run, epoch: int, it: int, step: int, loss, *, out, bar) -> bool:
-    """A log step (the one sync of the loop): the row, the non-finite limit, and the ranks' agreement to stop
-    (a signal) or to checkpoint (--ckpt-every-min). -> whether a mid-epoch checkpoint is due."""
-    args = r.args
+def log_step(r: Run, epoch: int, it: int, out: dict, bar) -> bool:
+    """A log step (the one sync of the loop) after batch `it` of `epoch`, whose step output is `out`: the row, the
+    non-finite limit, and the ranks' agreement to stop (a signal) or to checkpoint (--ckpt-every-min). -> whether
+    a mid-epoch checkpoint is due."""
+    args, loss, step = r.args, out["loss"], epoch * r.steps_per_epoch + it
     lv = dist.all_reduce_mean(loss.detach()).item()
     skipped, longest = r.step.guard.read()
     if not math.isfinite(lv) and not args.nonfinite_limit:
@@ -364,8 +366,7 @@ def mid_epoch_checkpoint(r: Run, epoch: int, done: int):
     """`done` batches of `epoch` trained: every rank's RNG state and partial loss go in with the weights."""
     ranks = dist.gather_objects({"rng": ckpt.rng_state(), "loss_sum": float(r.epoch_loss), "good": int(r.epoch_good)})
     if r.main_rank:
-        save_checkpoint(r.ckpt_path, r.step, r.args, r.cfg, epoch=epoch, batch=done, ranks=ranks, plan=r.plan,
-                        extensions=r.extensions)
+        save_checkpoint(r, epoch, batch=done, ranks=ranks)
     r.last_ckpt = time.monotonic()
 
 
@@ -392,7 +393,7 @@ def run_epoch(r: Run, epoch: int):
         due = False
         end = r.plan is not None and step + 1 >= r.plan.total
         if it % args.log_every == 0 or it == r.steps_per_epoch - 1 or end:
-            due = log_step(r, epoch, it, step, loss=loss, out=out, bar=bar)
+            due = log_step(r, epoch, it, out, bar)
         bar.update(1)
         if r.plan is not None and step + 1 >= r.plan.total:   # the plan's last step (log_step may have moved it)
             break
@@ -412,7 +413,7 @@ def end_epoch(r: Run, epoch: int) -> dict:
     args = r.args
     mean_loss = dist.all_reduce_mean(r.epoch_loss / max(1, r.epoch_good)).item()
     if r.main_rank:
-        save_checkpoint(r.ckpt_path, r.step, args, r.cfg, epoch=epoch + 1, plan=r.plan, extensions=r.extensions)
+        save_checkpoint(r, epoch + 1)
     r.last_ckpt = time.monotonic()
     row = {"epoch": epoch + 1, "loss": mean_loss, "knn_top1": ""}
     last = epoch + 1 >= r.epochs

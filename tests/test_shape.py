@@ -1,5 +1,5 @@
 """The code's shape (scripts/shape.py, STYLE.md): functions over 60 lines at most 2 (the goal, met), and parameter
-lists over 6 no more than today's 31 (the goal is 10, issue 47 item 6: not met yet; this count may only fall)."""
+lists over 6 no more than today's 29 (the goal is 10, issue 47 item 6: not met yet; this count may only fall)."""
 import os
 import sys
 
@@ -14,4 +14,4 @@ def test_the_counts_are_right_on_a_known_function_and_within_their_ceilings(tmp_
     m = shape.measure()
     assert any("train.py" in x for x in m["params_over_6"])   # it reads the project's files
     assert len(m["lines_over_60"]) <= 2, m["lines_over_60"]
-    assert len(m["params_over_6"]) <= 31, m["params_over_6"]
+    assert len(m["params_over_6"]) <= 29, m["params_over_6"]
