@@ -109,8 +109,8 @@ class SePPAddOn(AddOn):
             raise UsageError("--sepp-bank train fills the bank from the training network: drop --sepp-encoder or use "
                              "--sepp-bank pass")
         if args.loader == "synthetic":   # refused here, not after embedding the whole set
-            raise UsageError("--sepp needs a loader that takes a sample order (torch, device, ffcv or dali), "
-                             "not synthetic")
+            raise UsageError("--sepp needs real images to mine neighbours among (torch, device, ffcv or dali), "
+                             "not synthetic (random pixels)")
         if args.loader == "ffcv":   # the pair plan is an index order: ours, never silently in place of another
             if args.ffcv_order not in ("auto", "ours"):
                 raise UsageError(f"--sepp keeps each pair in one batch by its own sample order: --ffcv-order "

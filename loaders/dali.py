@@ -29,7 +29,6 @@ augment (DALI decodes and crops only; the shared device augmentation, optionally
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -287,7 +286,9 @@ class DALILoader:
         except RuntimeError as e:
             raise DataError(f"DALI pipeline failed to build: {_first_line(e)}")
         reader = {"reader_name": "Reader"} if self.files is not None else {}
-        self.it = DALIGenericIterator(ps, names, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True, **reader)
+        # files: one epoch per build (no auto_reset, which would prefetch the same list again, to be thrown away)
+        self.it = DALIGenericIterator(ps, names, last_batch_policy=LastBatchPolicy.PARTIAL,
+                                      auto_reset=self.files is None, **reader)
 
     def _source(self, fn, types, q, epoch, dec):
         """Pipeline `q`'s samples (inside the pipeline definition): (decoded images or None, encoded JPEGs or

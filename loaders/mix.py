@@ -108,3 +108,6 @@ class BSIM(Extension):
 
     def terms(self, method, e, em, batch) -> dict:
         return {"loss_mix": (method.mix_term(e, em, batch.index, self.mix), self.weight)}
+
+    def after_forward(self, batch, out, it: int):
+        self.mix = None   # the mixtures' memory is the step's, not kept through the monitor and checkpoints

@@ -241,7 +241,7 @@ def test_each_addon_check_fires_on_the_flags_alone(tmp_path):
     enc = tmp_path / "enc.pt"
     enc.write_bytes(b"x")
     for argv, message in (
-            (["--sepp", "--loader", "synthetic"], "--sepp needs a loader that takes a sample order"),
+            (["--sepp", "--loader", "synthetic"], "--sepp needs real images to mine"),
             (["--sepp", "--sepp-bank", "train", "--sepp-encoder", str(enc)], "--sepp-bank train fills the bank"),
             (["--sepp", "--sepp-bank", "cache"], "--sepp-bank cache: unknown"),
             (["--sepp", "--loader", "dali", "--dali-pipes", "2"], "runs one pipeline per GPU"),

@@ -75,7 +75,13 @@ class Method(nn.Module):
         with fp32(batch.views.device.type):
             e = self.prepare(e)
             out = self.loss(e, batch.index, batch.pos)
-            terms = {k: v for x, ex in zip(extensions, extra) for k, v in x.terms(self, e, ex, batch).items()}
+            terms = {}
+            for x, ex in zip(extensions, extra):
+                mine = x.terms(self, e, ex, batch)
+                taken = set(mine) & (set(terms) | set(out))   # one would hide the other in the log, or in the loss
+                if taken:
+                    raise ValueError(f"{type(x).__name__} names a loss term already taken: {sorted(taken)}")
+                terms |= mine
             if terms:
                 out["loss_method"] = out["loss"].detach()
             for name, (term, weight) in terms.items():
