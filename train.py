@@ -343,6 +343,9 @@ def log_step(r: Run, epoch: int, it: int, out: dict, bar) -> bool:
             print(f"--time-limit {args.time_limit} reached at step {step + 1}, before the {r.plan.total} planned: "
                   "the run ends here", flush=True)
         r.plan.total, r.epochs = step + 1, epoch + 1
+        r.step.lr = r.lr_s = r.step.lr[:step + 1]   # the schedule saved is the one run
+        if r.step.momentum is not None:
+            r.step.momentum = r.step.momentum[:step + 1]
     return due
 
 
